@@ -1,0 +1,24 @@
+# The whole set-up of a fresh machine is `make train` (the main job) or `make test` (the tests).
+PYTHON ?= python3
+PIP_INSTALL = $(PYTHON) -m pip install -e ".[dev]"
+# torchvision's C++ ops must load against the installed torch (see README, "Install")
+CHECK_TORCHVISION = $(PYTHON) -c "import torch, torchvision.ops as o; o.nms(torch.rand(1, 4), torch.rand(1), 0.5)" \
+	|| { echo "torchvision's ops do not load against this torch; reinstall the pair: see README, Install"; exit 1; }
+
+.PHONY: install train test test-slow bench
+
+install:
+	$(PIP_INSTALL)
+	@$(CHECK_TORCHVISION)
+
+train: install
+	$(PYTHON) tools/bench_losses.py
+
+test: install
+	$(PYTHON) -m pytest
+
+test-slow: install
+	$(PYTHON) -m pytest -m slow
+
+bench: install
+	$(PYTHON) tools/bench_losses.py

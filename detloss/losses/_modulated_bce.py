@@ -1,0 +1,307 @@
+"""The engine shared by the focal, varifocal and quality focal losses: ``BCE(x, t) · m(σ(x), t)``, fused.
+
+All three scale the elementwise binary cross-entropy with logits by a modulating factor ``m`` of ``p = σ(x)`` and
+the target ``t`` (a soft score in [0, 1]):
+
+=============  ===============================================================  ======================
+``kind``       ``m(p, t)``                                                       paper
+=============  ===============================================================  ======================
+``focal``      ``α_t · (p + t − 2pt)^γ``, ``α_t = αt + (1 − α)(1 − t)``          Lin et al., 2017
+``varifocal``  ``t`` where ``t > 0``, ``α · p^γ`` where ``t = 0``                  Zhang et al., 2021
+``quality``    ``|t − p|^β``                                                     Li et al., 2020
+=============  ===============================================================  ======================
+
+(``p + t − 2pt`` is ``1 − p_t`` of the focal loss paper, written for soft targets as torchvision does.)
+
+Written as composed autograd ops, such a loss costs about a dozen full-size temporaries forward and as many
+backward. :class:`_FusedModulatedBCE` instead computes the loss and its derivative
+
+    dL/dx = (p − t) · m  +  BCE · ∂m/∂p · p(1 − p)
+
+together, block by block on CPU (the temporaries of a block of :data:`BLOCK` elements stay in cache, so the only
+full-size memory traffic is reading ``x`` and ``t`` and writing the derivative), keeps the derivative for the
+backward, and the backward scales that buffer in place and hands it over as the gradient. Two more things keep it
+fast on detection-sized inputs, where almost every target is 0:
+
+* where ``t = 0`` all three factors reduce to ``c · p^e`` (``c``, ``e`` from :func:`_background`), so the
+  dense pass runs the short kernel :func:`_background_block` over everything, which reads ``x`` only; the few
+  ``t ≠ 0`` elements are then gathered, recomputed with the general formula (:func:`_terms`) and written over;
+* ``p^e`` comes from ``exp(e · log σ(x))`` with ``log σ(x) = x − softplus(x)`` (``pow`` is costly), except for
+  ``e`` in {0, 1, 2, 3, 0.5}, done with multiplies / ``sqrt``.
+
+:func:`reference` is the plain composed-autograd form of the same losses. It is used when the target requires
+grad and, inside the backward, when the graph of the gradient is wanted (``create_graph=True``: double backward);
+the tests check the fused path against it.
+
+Where a base of a fractional power hits 0 (``p = 0`` with ``t = 0`` once ``x`` is below about −88 in float32, or
+``p = t`` for the quality focal loss) the derivative of ``base^e`` is infinite for ``e < 1``; both paths clamp the base at the
+smallest normal number there, which keeps gradients finite (0 in the limit) and moves no value by more than that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._utils import apply_weight, reduce
+
+__all__ = ["FOCAL", "QUALITY", "VARIFOCAL", "autocast_off", "check_finite_nonneg", "modulated_bce", "reference"]
+
+FOCAL, VARIFOCAL, QUALITY = "focal", "varifocal", "quality"
+
+#: elements per block on CPU (1 MiB per float32 temporary: a block's few temporaries stay in cache)
+BLOCK = 1 << 18
+#: inputs at least this large take the sparse route (background kernel + fix-up of the ``t ≠ 0`` elements) ...
+SPARSE_MIN_NUMEL = 1 << 16
+#: ... when at most this fraction of the target (estimated from a strided sample) is non-zero
+SPARSE_MAX_DENSITY = 1 / 16
+_SAMPLE = 1 << 14  # elements in that sample
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the plain composed form (autograd does the backward)
+
+
+def _pow(base: Tensor, exponent: float) -> Tensor:
+    """``base ** exponent`` for ``base >= 0``, clamped where a fractional power would need it (see module doc)."""
+    if exponent != int(exponent):
+        base = base.clamp_min(torch.finfo(base.dtype).tiny if exponent < 1 else 0.0)
+    return base.pow(exponent)
+
+
+def reference(x: Tensor, t: Tensor, kind: str, a: float, b: float) -> Tensor:
+    """Elementwise loss from composed autograd ops: differentiable in ``x`` and ``t``, to any order."""
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p = torch.sigmoid(x)
+    if kind == FOCAL:  # a = alpha, b = gamma
+        p_t = p * t + (1 - p) * (1 - t)
+        m = _pow(1 - p_t, b)
+        if a >= 0:
+            m = m * (a * t + (1 - a) * (1 - t))
+    elif kind == VARIFOCAL:  # a = alpha, b = gamma
+        m = torch.where(t > 0, t, a * _pow(p, b))
+    else:  # quality: b = beta
+        m = _pow((t - p).abs(), b)
+    return ce * m
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loss and derivative without autograd
+
+
+def _power_and_slope(u: Tensor, e: float) -> tuple[Tensor, Tensor | None]:
+    """``(u^e, e·u^(e−1))`` for ``u >= 0``; the slope is ``None`` where it is 0 (``e == 0``)."""
+    if e == 0:
+        return torch.ones_like(u), None
+    if e == 1:
+        return u, torch.ones_like(u)
+    if e == 2:
+        return u * u, 2 * u
+    if e != int(e):
+        u = u.clamp_min(torch.finfo(u.dtype).tiny if e < 1 else 0.0)
+    return u.pow(e), e * u.pow(e - 1)
+
+
+def _terms(x: Tensor, t: Tensor, kind: str, a: float, b: float, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """Elementwise loss and ``dloss/dx`` for any target, from plain (non-recorded) ops."""
+    p = torch.sigmoid(x)
+    ce = torch.log1p(torch.exp(-x.abs())).add_(x.clamp(min=0)).sub_(x * t)  # the stable BCE with logits
+    if kind == FOCAL:
+        s = 1 - 2 * t
+        m, dm = _power_and_slope(torch.addcmul(t, p, s), b)  # (p + t − 2pt)^γ and its slope in it
+        if dm is not None:
+            dm = dm * s
+        if a >= 0:
+            alpha_t = (1 - a) + (2 * a - 1) * t
+            m = m * alpha_t
+            dm = None if dm is None else dm * alpha_t
+    elif kind == VARIFOCAL:
+        pos = t > 0
+        pg, dpg = _power_and_slope(p, b)
+        m = torch.where(pos, t, a * pg)
+        dm = None if dpg is None else torch.where(pos, 0.0, a * dpg)
+    else:
+        d = p - t
+        m, dm = _power_and_slope(d.abs(), b)
+        if dm is not None:
+            dm = dm * d.sign()
+    loss = ce * m
+    if not need_grad:
+        return loss, None
+    grad = (p - t) * m
+    if dm is not None:
+        grad += ce * dm * (p * (1 - p))
+    return loss, grad
+
+
+def _background(kind: str, a: float, b: float) -> tuple[float, float]:
+    """``(c, e)`` with ``m(p, 0) = c · p^e``."""
+    if kind == FOCAL:
+        return (1 - a if a >= 0 else 1.0), b
+    if kind == VARIFOCAL:
+        return a, b
+    return 1.0, b
+
+
+def _background_block(x: Tensor, c: float, e: float, loss_out: Tensor | None, grad_out: Tensor | None):
+    """The ``t = 0`` kernel on a 1-D block, with ``sp = softplus(x)``::
+
+        L = c · sp · p^e,    dL/dx = c · p^e · (p + e · sp · (1 − p))
+
+    Writes ``loss_out`` (or returns the block's sum when it is ``None``) and ``grad_out`` (when given).
+    """
+    sp = F.softplus(x, threshold=40.0)  # = BCE(x, 0); x itself above 40, where log1p(e^-x) < 5e-18
+    p = torch.sigmoid(x)
+    if e == 0:
+        cpe = torch.full_like(p, c)
+    elif e == 1:
+        cpe = p if c == 1 else p * c
+    elif e == 2:
+        cpe = torch.addcmul(x.new_zeros(()), p, p, value=c)
+    else:
+        # p^e = exp(e · log σ(x)) with log σ(x) = x − softplus(x); pow itself is several times slower
+        cpe = torch.pow(p, e) if e in (3, 0.5) else torch.sub(x, sp).mul_(e).exp_()
+        if c != 1:
+            cpe.mul_(c)
+    if grad_out is not None:
+        if e == 0:
+            torch.mul(p, c, out=grad_out)
+        else:
+            r = torch.addcmul(sp, sp, p, value=-1)  # sp·(1 − p)
+            torch.add(p, r, alpha=e, out=r)
+            torch.mul(r, cpe, out=grad_out)
+    if loss_out is None:
+        return sp.mul_(cpe).sum()  # (torch.dot would save a pass, but sums less accurately)
+    torch.mul(sp, cpe, out=loss_out)
+    return None
+
+
+def _nonzero(t: Tensor) -> Tensor:
+    """Indices of the non-zeros of a mostly-zero 1-D ``t``: rows of 64 with a non-zero first, then within them.
+
+    About 3× faster than ``torch.nonzero`` on detection-sized score maps, same result.
+    """
+    n = t.numel()
+    head = n - n % 64
+    rows = t[:head].view(-1, 64)
+    row = torch.nonzero((rows.amax(1) != 0).logical_or_(rows.amin(1) != 0)).squeeze(1)
+    r, col = torch.nonzero(rows[row], as_tuple=True)
+    tail = torch.nonzero(t[head:]).squeeze(1).add_(head)
+    return torch.cat([row[r].mul_(64).add_(col), tail])
+
+
+def _blocks(n: int, device: torch.device):
+    step = BLOCK if device.type == "cpu" else max(n, 1)
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+def _is_sparse(t: Tensor) -> bool:
+    n = t.numel()
+    if n < SPARSE_MIN_NUMEL or t.device.type != "cpu":
+        return False
+    sample = t[:: max(1, n // _SAMPLE)]
+    return int(torch.count_nonzero(sample)) <= SPARSE_MAX_DENSITY * sample.numel()
+
+
+def _fused_forward(x: Tensor, t: Tensor, kind: str, a: float, b: float, reduce_sum: bool, need_grad: bool):
+    """``(loss, grad)``: the elementwise loss (or its sum) and ``dloss/dx`` (``None`` unless ``need_grad``)."""
+    xf, tf = x.reshape(-1), t.reshape(-1)
+    n = xf.numel()
+    grad = torch.empty_like(x, memory_format=torch.contiguous_format) if need_grad else None
+    loss = None if reduce_sum else torch.empty_like(x, memory_format=torch.contiguous_format)
+    gf = None if grad is None else grad.view(-1)
+    lf = None if loss is None else loss.view(-1)
+    sums = []
+    if _is_sparse(tf):
+        c, e = _background(kind, a, b)
+        for s in _blocks(n, x.device):
+            total = _background_block(xf[s], c, e, None if lf is None else lf[s], None if gf is None else gf[s])
+            if total is not None:
+                sums.append(total)
+        idx = _nonzero(tf)
+        if idx.numel():
+            xi = xf[idx]
+            li, gi = _terms(xi, tf[idx], kind, a, b, need_grad)
+            if lf is None:  # swap the background value for the true one in the sum
+                sums.append(li.sum() - _background_block(xi, c, e, None, None))
+            else:
+                lf[idx] = li
+            if gf is not None:
+                gf[idx] = gi
+    else:
+        for s in _blocks(n, x.device):
+            li, gi = _terms(xf[s], tf[s], kind, a, b, need_grad)
+            if lf is None:
+                sums.append(li.sum())
+            else:
+                lf[s] = li
+            if gf is not None:
+                gf[s] = gi
+    if reduce_sum:
+        loss = torch.stack(sums).sum() if sums else xf.new_zeros(())
+    return loss, grad
+
+
+class _FusedModulatedBCE(torch.autograd.Function):
+    """Loss (elementwise, or summed with ``reduce_sum``) with the derivative computed in the forward.
+
+    Gradient w.r.t. ``x`` only (callers send targets that require grad to :func:`reference`).
+    """
+
+    @staticmethod
+    def forward(ctx, x, t, kind, a, b, reduce_sum, need_grad):
+        loss, grad = _fused_forward(x, t, kind, a, b, reduce_sum, need_grad)
+        ctx.save_for_backward(x, t)
+        ctx.options = (kind, a, b, reduce_sum)
+        ctx.grad = grad
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, t = ctx.saved_tensors
+        kind, a, b, reduce_sum = ctx.options
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable, take the reference
+            with torch.enable_grad():
+                loss = reference(x, t, kind, a, b)
+                if reduce_sum:
+                    loss = loss.sum()
+                (gx,) = torch.autograd.grad(loss, x, grad_out, create_graph=True)
+            return gx, None, None, None, None, None, None
+        grad, ctx.grad = ctx.grad, None  # hand the buffer over: autograd may keep it as x.grad, no copy
+        if grad is None:  # a second backward through a retained graph (or no grad was prepared): recompute
+            _, grad = _fused_forward(x, t, kind, a, b, True, True)
+        return grad.mul_(grad_out), None, None, None, None, None, None
+
+
+def autocast_off(device: torch.device):
+    """Turn autocast off inside a loss: its inputs are float32 (or float64) already and so must stay its maths."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def modulated_bce(x: Tensor, t: Tensor, kind: str, a: float, b: float, weight: Tensor | None, reduction: str) -> Tensor:
+    """The loss of ``kind`` for checked float logits ``x`` and target ``t`` of one shape and dtype, reduced.
+
+    ``a``, ``b``: (alpha, gamma) for ``focal`` / ``varifocal``, (unused, beta) for ``quality``.
+    """
+    with autocast_off(x.device):
+        if t.requires_grad or x.numel() == 0:
+            return reduce(apply_weight(reference(x, t, kind, a, b), weight), reduction)
+        need_grad = torch.is_grad_enabled() and x.requires_grad
+        if weight is None and reduction != "none":
+            total = _FusedModulatedBCE.apply(x, t, kind, a, b, True, need_grad)
+            return total if reduction == "sum" else total / x.numel()
+        loss = _FusedModulatedBCE.apply(x, t, kind, a, b, False, need_grad)
+        return reduce(apply_weight(loss, weight), reduction)
+
+
+def check_finite_nonneg(name: str, value: float) -> None:
+    """Option check shared by the three losses (exponents, the varifocal alpha)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -1,0 +1,178 @@
+"""CompositeLoss: named, weighted, swappable terms over the views a task-specific criterion builds.
+
+A criterion (detection, segmentation) knows the geometry; it turns raw model output and targets into *views*,
+the matched inputs one kind of term needs (``box``: predicted and target boxes; ``dist``: bin logits and target
+distances; ``cls``: class logits and target scores; ``pixels``: segmentation logits and masks). The composite
+knows nothing of boxes: it feeds each term the view it names, reduces and normalises once, and sums::
+
+    total = Σ_term  weight_term · Σ (view.weight · loss_term(*view.args)) / view.norm
+
+A view with ``norm`` set is summed and divided by ``norm`` (detection divides every term by the target-score
+sum); its ``weight`` is per item of the leading dimension(s), so one ``(M,)`` weight serves a loss that returns
+``(M,)`` (CIoU) and one that returns ``(M, 4)`` (L1 on coordinates). A view without ``norm`` uses each loss's own
+``"mean"`` (cross-entropy's mean over valid pixels, Dice's mean over samples and classes). The composite sets each
+term's ``reduction`` accordingly, so no loss reduces twice.
+
+In a Hydra config the terms read as the maths reads::
+
+    _target_: detloss.losses.CompositeLoss
+    terms:
+      box: {loss: {_target_: detloss.losses.CIoULoss}, weight: 7.5, view: box}
+      dfl: {loss: {_target_: detloss.losses.DFLoss}, weight: 1.5, view: dist}
+      cls: {loss: {_target_: detloss.losses.BCEWithLogitsLoss}, weight: 0.5, view: cls}
+
+A term set to ``null`` is dropped; a term of weight 0 is kept (its logged value is 0) but not computed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CompositeLoss", "LossOutput", "View"]
+
+
+class LossOutput(NamedTuple):
+    """``total``: the differentiable weighted sum; ``terms``: each term's detached weighted value by name."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+
+
+@dataclass
+class View:
+    """The inputs that the terms of one view receive.
+
+    Args:
+        args: positional inputs of the loss, e.g. ``(pred_boxes, target_boxes)``.
+        weight: optional weight of each item along the leading dimension(s) of the unreduced values.
+        norm: divide the summed values by this (a tensor stays on the device, no host sync); ``None`` means
+            each loss's own ``"mean"``.
+    """
+
+    args: tuple
+    weight: Tensor | None = None
+    norm: Tensor | float | None = None
+    kwargs: dict = field(default_factory=dict)
+
+
+def _align(name: str, weight: Tensor, value: Tensor) -> Tensor:
+    """A view's weight is per item of the leading dimension(s): ``(M,)`` rescales row ``m`` of a ``(M, 4)`` loss."""
+    if weight.ndim > value.ndim or value.shape[: weight.ndim] != weight.shape:
+        raise ValueError(
+            f"term {name!r}: the view's weight of shape {tuple(weight.shape)} does not match the leading dimensions "
+            f"of the unreduced loss {tuple(value.shape)}"
+        )
+    return weight.reshape(weight.shape + (1,) * (value.ndim - weight.ndim)).to(value.dtype)
+
+
+class _Term(NamedTuple):
+    loss: nn.Module
+    view: str
+
+
+def _parse_term(name: str, spec) -> tuple[_Term, float]:
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"term {name!r} must be a mapping with keys loss, weight, view; got {type(spec).__name__}")
+    unknown = set(spec) - {"loss", "weight", "view"}
+    if unknown:
+        raise ValueError(f"term {name!r} has unknown keys {sorted(unknown)}; expected loss, weight, view")
+    missing = {"loss", "view"} - set(spec)
+    if missing:
+        raise ValueError(f"term {name!r} is missing {sorted(missing)}")
+    loss, view, weight = spec["loss"], spec["view"], spec.get("weight", 1.0)
+    if not isinstance(loss, nn.Module):
+        raise ValueError(
+            f"term {name!r}: loss must be an nn.Module (e.g. {{_target_: detloss.losses.CIoULoss}}), got {type(loss).__name__}"
+        )
+    if not hasattr(loss, "reduction"):
+        raise ValueError(f"term {name!r}: {type(loss).__name__} has no `reduction` attribute for the composite to set")
+    if not isinstance(view, str):
+        raise ValueError(f"term {name!r}: view must be a string, got {view!r}")
+    return _Term(loss, view), _check_weight(name, weight)
+
+
+def _check_weight(name: str, weight) -> float:
+    if isinstance(weight, Tensor):
+        weight = float(weight)
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"term {name!r}: weight must be a finite number >= 0, got {weight!r}")
+    return float(weight)
+
+
+class CompositeLoss(nn.Module):
+    """A weighted sum of named loss terms, each fed the view it names.
+
+    Args:
+        terms: ``{name: {"loss": nn.Module, "weight": float, "view": str}}``; ``None`` drops a term.
+    """
+
+    def __init__(self, terms: Mapping[str, Mapping | None]):
+        super().__init__()
+        if not isinstance(terms, Mapping):
+            raise ValueError(f"terms must be a mapping of name to {{loss, weight, view}}, got {type(terms).__name__}")
+        parsed = {name: _parse_term(name, spec) for name, spec in terms.items() if spec is not None}
+        if not parsed:
+            raise ValueError("terms is empty: a composite needs at least one term")
+        self.losses = nn.ModuleDict({name: term.loss for name, (term, _) in parsed.items()})
+        self.views: dict[str, str] = {name: term.view for name, (term, _) in parsed.items()}
+        self.weights: dict[str, float] = {name: weight for name, (_, weight) in parsed.items()}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.views)
+
+    def set_weight(self, name: str, weight: float) -> None:
+        """Change a term's weight between steps (schedules, learned balancing)."""
+        if name not in self.weights:
+            raise ValueError(f"unknown term {name!r}; terms: {', '.join(self.weights)}")
+        self.weights[name] = _check_weight(name, weight)
+
+    def check_views(self, available: set[str] | frozenset[str], owner: str) -> None:
+        """Raise if a term names a view that ``owner`` (a criterion) does not build."""
+        for name, view in self.views.items():
+            if view not in available:
+                raise ValueError(
+                    f"term {name!r} asks for view {view!r}, which {owner} does not build; views: {sorted(available)}"
+                )
+
+    def forward(self, views: Mapping[str, View]) -> LossOutput:
+        total: Tensor | None = None
+        terms: dict[str, Tensor] = {}
+        for name, loss in self.losses.items():
+            weight = self.weights[name]
+            view_name = self.views[name]
+            if view_name not in views:
+                raise ValueError(f"term {name!r} asks for view {view_name!r}; views given: {sorted(views)}")
+            view = views[view_name]
+            if weight == 0:
+                terms[name] = torch.zeros((), device=view.args[0].device)
+                continue
+            value = self._evaluate(name, loss, view) * weight
+            terms[name] = value.detach()
+            total = value if total is None else total + value
+        if total is None:  # every weight is 0: a zero that stays attached to the graph
+            first = next(iter(views.values())).args[0]
+            total = first.sum() * 0.0 if isinstance(first, Tensor) and first.requires_grad else torch.zeros(())
+        return LossOutput(total, terms)
+
+    @staticmethod
+    def _evaluate(name: str, loss: nn.Module, view: View) -> Tensor:
+        if view.norm is None:  # the loss's own mean (e.g. over valid pixels, or over samples and classes)
+            loss.reduction = "mean"
+            kwargs = view.kwargs if view.weight is None else {**view.kwargs, "weight": view.weight}
+            return loss(*view.args, **kwargs).float()
+        if view.weight is None:
+            loss.reduction = "sum"
+            return loss(*view.args, **view.kwargs).float() / view.norm
+        loss.reduction = "none"
+        value = loss(*view.args, **view.kwargs)
+        return (value * _align(name, view.weight, value)).sum().float() / view.norm
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}: weight={self.weights[name]}, view={self.views[name]!r}" for name in self.views)

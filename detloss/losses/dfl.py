@@ -1,0 +1,80 @@
+"""Distribution Focal Loss (Li et al., "Generalized Focal Loss", NeurIPS 2020).
+
+A box side is predicted as a discrete distribution over ``reg_max`` bins 0, 1, …, reg_max − 1. For a target
+distance ``y`` (in bin units) between the bins ``y_l = ⌊y⌋`` and ``y_r = y_l + 1``, the loss is the cross-entropy
+to both neighbours, weighted by closeness::
+
+    DFL(S, y) = −((y_r − y)·log S_{y_l} + (y − y_l)·log S_{y_r})
+
+The target is clamped to ``[0, reg_max − 1 − 0.01]`` first, so that ``y_r`` is always a valid bin (the habit of
+the YOLOv8 family). The value is the mean over the four sides of a box.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._utils import apply_weight, as_float, as_target, check_finite, check_reduction, reduce
+
+__all__ = ["dfl_loss", "DFLoss"]
+
+
+def dfl_loss(
+    pred_logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Distribution Focal Loss of each box.
+
+    Args:
+        pred_logits: ``(N, 4, reg_max)`` bin logits of the four sides (left, top, right, bottom).
+        target: ``(N, 4)`` distances in bin units (stride-normalised); clamped to ``[0, reg_max − 1.01]``.
+        weight: optional per-box weight broadcastable to ``(N,)``.
+        reduction: ``"none"`` returns ``(N,)``, the mean over the 4 sides; ``"mean"``/``"sum"`` a scalar.
+        validate: check the target for NaN/inf (one host sync).
+
+    Returns:
+        float32 for half/bfloat16 input, else the input's dtype. No boxes: ``(0,)``, or 0 for mean and sum.
+    """
+    check_reduction(reduction)
+    pred_logits = as_float("pred_logits", pred_logits)
+    target = as_target("target", target, pred_logits)
+    if pred_logits.ndim != target.ndim + 1 or pred_logits.shape[:-1] != target.shape:
+        raise ValueError(
+            f"pred_logits must have shape target.shape + (reg_max,), got {tuple(pred_logits.shape)} "
+            f"for target {tuple(target.shape)}"
+        )
+    reg_max = pred_logits.shape[-1]
+    if reg_max < 2:
+        raise ValueError(f"pred_logits needs at least 2 bins in its last dimension, got {reg_max}")
+    if validate:
+        check_finite("target", target)
+
+    target = target.clamp(0, reg_max - 1.01)
+    left = target.floor()
+    w_right = target - left
+    bins = left.long().unsqueeze(-1) + torch.tensor([0, 1], device=left.device)  # (..., 2): y_l, y_r
+    log_p = F.log_softmax(pred_logits, dim=-1).gather(-1, bins)
+    loss = -(log_p[..., 0] * (1 - w_right) + log_p[..., 1] * w_right)
+    loss = loss.mean(-1) if loss.shape[-1] else loss.sum(-1)
+    return reduce(apply_weight(loss, weight), reduction)
+
+
+class DFLoss(nn.Module):
+    """Module form of :func:`dfl_loss`."""
+
+    def __init__(self, *, reduction: str = "mean", validate: bool = True):
+        super().__init__()
+        check_reduction(reduction)
+        self.reduction, self.validate = reduction, validate
+
+    def forward(self, pred_logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        return dfl_loss(pred_logits, target, weight=weight, reduction=self.reduction, validate=self.validate)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"

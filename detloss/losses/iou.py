@@ -1,0 +1,213 @@
+"""IoU-family box regression losses for pairs of ``xyxy`` boxes.
+
+=========  ===================================================================  ==============================
+kind       loss                                                                 reference
+=========  ===================================================================  ==============================
+``iou``    1 − IoU                                                              Yu et al., UnitBox, 2016
+``giou``   1 − IoU + (|C| − |A ∪ B|) / |C|                                      Rezatofighi et al., 2019
+``diou``   1 − IoU + ρ²(b, b_gt) / c²                                           Zheng et al., 2020
+``ciou``   DIoU + α·v,  v = 4/π²·(atan(w_gt/h_gt) − atan(w/h))²,                 Zheng et al., 2020
+           α = v / (1 − IoU + v), α held constant in the gradient
+``siou``   1 − IoU + (Δ + Ω)/2 (angle-aware distance cost Δ, shape cost Ω, θ=4)  Gevorgyan, 2022
+``eiou``   DIoU + (w − w_gt)²/C_w² + (h − h_gt)²/C_h²                            Zhang et al., 2022
+=========  ===================================================================  ==============================
+
+C is the smallest box enclosing both, c its diagonal, ρ the distance between the centres. The values of
+``giou``, ``diou`` and ``ciou`` equal ``torchvision.ops.{generalized_box_iou,distance_box_iou,complete_box_iou}_loss``
+(same ``eps``) on boxes of positive area.
+
+Degenerate boxes: a pair whose union is empty (two zero-area boxes) has IoU 0, so the loss is 1 plus its penalty
+(0 for identical boxes); a zero-height box has aspect term atan(w / eps). Values and gradients stay finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ._utils import apply_weight, as_float, as_target, check_choice, check_finite, check_reduction, reduce
+
+__all__ = [
+    "IOU_KINDS",
+    "iou_loss",
+    "box_iou_pairwise",
+    "IoULoss",
+    "GIoULoss",
+    "DIoULoss",
+    "CIoULoss",
+    "SIoULoss",
+    "EIoULoss",
+]
+
+IOU_KINDS = ("iou", "giou", "diou", "ciou", "siou", "eiou")
+
+
+def _check_boxes(pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape or pred.shape[-1:] != (4,):
+        raise ValueError(
+            f"pred and target must both have shape (..., 4) of xyxy boxes, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+
+
+def _check_box_values(pred: Tensor, target: Tensor) -> None:
+    check_finite("pred", pred)
+    check_finite("target", target)
+    bad = (target[..., 2] < target[..., 0]) | (target[..., 3] < target[..., 1])
+    if bool(bad.any()):
+        i = int(bad.flatten().nonzero()[0])
+        raise ValueError(f"target box {i} has x2 < x1 or y2 < y1: {target.reshape(-1, 4)[i].tolist()}")
+
+
+def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
+    """The (generalised) IoU of each pair of ``xyxy`` boxes: ``1 − iou_loss(pred, target, kind)``.
+
+    Shapes ``(..., 4)`` and ``(..., 4)``, broadcastable; returns ``(...)``. No checks and no upcasting: this is the
+    inner routine the losses and the task-aligned assigner share.
+    """
+    x1, y1, x2, y2 = pred.unbind(-1)
+    x1g, y1g, x2g, y2g = target.unbind(-1)
+    w, h = x2 - x1, y2 - y1
+    wg, hg = x2g - x1g, y2g - y1g
+
+    inter = (torch.minimum(x2, x2g) - torch.maximum(x1, x1g)).clamp(min=0) * (
+        torch.minimum(y2, y2g) - torch.maximum(y1, y1g)
+    ).clamp(min=0)
+    union = w * h + wg * hg - inter
+    iou = inter / (union + eps)
+    if kind == "iou":
+        return iou
+
+    # smallest enclosing box
+    cw = torch.maximum(x2, x2g) - torch.minimum(x1, x1g)
+    ch = torch.maximum(y2, y2g) - torch.minimum(y1, y1g)
+    if kind == "giou":
+        area_c = cw * ch
+        return iou - (area_c - union) / (area_c + eps)
+
+    # centre offsets (target minus prediction)
+    dx = (x1g + x2g - x1 - x2) * 0.5
+    dy = (y1g + y2g - y1 - y2) * 0.5
+    if kind == "siou":
+        return iou - 0.5 * (_siou_distance_cost(dx, dy, cw, ch, eps) + _siou_shape_cost(w, h, wg, hg, eps))
+
+    rho2 = dx * dx + dy * dy
+    c2 = cw * cw + ch * ch + eps
+    diou = iou - rho2 / c2
+    if kind == "diou":
+        return diou
+    if kind == "ciou":
+        v = (4 / math.pi**2) * (torch.atan(wg / (hg + eps)) - torch.atan(w / (h + eps))).pow(2)
+        with torch.no_grad():
+            alpha = v / (1 - iou + v + eps)
+        return diou - alpha * v
+    if kind == "eiou":
+        return diou - (w - wg).pow(2) / (cw * cw + eps) - (h - hg).pow(2) / (ch * ch + eps)
+    raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
+
+
+def _siou_distance_cost(dx: Tensor, dy: Tensor, cw: Tensor, ch: Tensor, eps: float) -> Tensor:
+    # angle cost Λ = sin(2·arcsin(sin a)) = 2·sin a·cos a, with a the smaller angle of the centre line to an axis
+    sigma = torch.sqrt(dx * dx + dy * dy + eps)
+    sin_x, sin_y = dx.abs() / sigma, dy.abs() / sigma
+    sin_a = torch.where(sin_x > math.sqrt(0.5), sin_y, sin_x)
+    angle = 2 * sin_a * torch.sqrt((1 - sin_a * sin_a).clamp(min=0))
+    gamma = 2 - angle
+    rho_x = (dx / (cw + eps)).pow(2)
+    rho_y = (dy / (ch + eps)).pow(2)
+    return 2 - torch.exp(-gamma * rho_x) - torch.exp(-gamma * rho_y)
+
+
+def _siou_shape_cost(w: Tensor, h: Tensor, wg: Tensor, hg: Tensor, eps: float) -> Tensor:
+    omega_w = (w - wg).abs() / (torch.maximum(w, wg) + eps)
+    omega_h = (h - hg).abs() / (torch.maximum(h, hg) + eps)
+    return (1 - torch.exp(-omega_w)).pow(4) + (1 - torch.exp(-omega_h)).pow(4)
+
+
+def iou_loss(
+    pred: Tensor,
+    target: Tensor,
+    kind: str = "ciou",
+    *,
+    eps: float = 1e-7,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """IoU-family loss of each pair of boxes ``pred[i]``, ``target[i]`` (see the module table for the kinds).
+
+    Args:
+        pred: ``(N, 4)`` (or ``(..., 4)``) predicted boxes, ``xyxy``.
+        target: target boxes of the same shape; each must have ``x2 >= x1`` and ``y2 >= y1``.
+        kind: one of ``iou``, ``giou``, ``diou``, ``ciou``, ``siou``, ``eiou``.
+        eps: keeps divisions finite for degenerate boxes (torchvision's default).
+        weight: optional per-pair weight broadcastable to ``(N,)``.
+        reduction: ``"none"`` returns ``(N,)`` (the leading shape), ``"mean"`` or ``"sum"`` a scalar.
+        validate: check for NaN/inf and inverted target boxes (one host sync).
+
+    Returns:
+        float32 for half/bfloat16 input, else the input's dtype.
+    """
+    check_choice("kind", kind, IOU_KINDS)
+    check_reduction(reduction)
+    pred = as_float("pred", pred)
+    target = as_target("target", target, pred)
+    _check_boxes(pred, target)
+    if validate:
+        _check_box_values(pred, target)
+    loss = 1 - box_iou_pairwise(pred, target, kind, eps)
+    return reduce(apply_weight(loss, weight), reduction)
+
+
+class IoULoss(nn.Module):
+    """Module form of :func:`iou_loss`. ``IoULoss(kind=...)`` builds any member; the subclasses fix one."""
+
+    kind = "iou"
+
+    def __init__(self, kind: str | None = None, *, eps: float = 1e-7, reduction: str = "mean", validate: bool = True):
+        super().__init__()
+        if kind is not None and type(self) is not IoULoss and kind != type(self).kind:
+            raise ValueError(f"kind={kind!r} contradicts {type(self).__name__}, which computes {type(self).kind!r}")
+        kind = type(self).kind if kind is None else kind
+        check_choice("kind", kind, IOU_KINDS)
+        check_reduction(reduction)
+        self.kind, self.eps, self.reduction, self.validate = kind, eps, reduction, validate
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        return iou_loss(
+            pred, target, self.kind, eps=self.eps, weight=weight, reduction=self.reduction, validate=self.validate
+        )
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, reduction={self.reduction!r}"
+
+
+class GIoULoss(IoULoss):
+    """Generalised IoU loss (Rezatofighi et al., 2019); see :func:`iou_loss`."""
+
+    kind = "giou"
+
+
+class DIoULoss(IoULoss):
+    """Distance IoU loss (Zheng et al., 2020); see :func:`iou_loss`."""
+
+    kind = "diou"
+
+
+class CIoULoss(IoULoss):
+    """Complete IoU loss (Zheng et al., 2020); see :func:`iou_loss`."""
+
+    kind = "ciou"
+
+
+class SIoULoss(IoULoss):
+    """SCYLLA-IoU loss (Gevorgyan, 2022); see :func:`iou_loss`."""
+
+    kind = "siou"
+
+
+class EIoULoss(IoULoss):
+    """Efficient IoU loss (Zhang et al., 2022); see :func:`iou_loss`."""
+
+    kind = "eiou"
