@@ -1,0 +1,58 @@
+"""Write the sample PNGs of the dataset cards: ``python datasets/make_samples.py`` (from the repository root).
+
+* ``datasets/shapes/sample_{0..3}.png``: shapes images (seed 0, val split, indices 0-3) at 2x with their boxes
+  and class names drawn on top.
+* ``datasets/lesions/sample_{0..3}.png``: lesion scans (seed 0, val split, indices 0-3) at 2x, the scan and its
+  colourised mask side by side (red bright_round, blue dark_irregular, green ring_enhancing).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from detloss.data import LESION_CLASSES, SHAPE_CLASSES, LesionsDataset, ShapesDataset
+
+HERE = Path(__file__).resolve().parent
+PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 140, 240], [70, 210, 90]], dtype=np.uint8)
+ZOOM = 2
+
+
+def shapes_sample(dataset: ShapesDataset, index: int) -> Image.Image:
+    sample = dataset.generate(index)
+    image = Image.fromarray((sample["image"] * 255).round().astype(np.uint8))
+    image = image.resize((image.width * ZOOM, image.height * ZOOM), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    for box, label in zip(sample["boxes"] * ZOOM, sample["labels"]):
+        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 255, 0))
+        draw.text((box[0] + 1, max(0, box[1] - 11)), SHAPE_CLASSES[label], fill=(255, 255, 0))
+    return image.quantize(colors=128)  # a palette keeps the noisy images small
+
+
+def lesions_sample(dataset: LesionsDataset, index: int) -> Image.Image:
+    sample = dataset.generate(index)
+    scan = np.repeat((sample["image"] * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    both = Image.fromarray(np.concatenate([scan, PALETTE[sample["mask"]]], axis=1))
+    return both.resize((both.width * ZOOM, both.height * ZOOM), Image.NEAREST).quantize(colors=64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="folder holding shapes/ and lesions/")
+    parser.add_argument("--count", type=int, default=4)
+    args = parser.parse_args()
+    shapes, lesions = ShapesDataset(args.count, split="val"), LesionsDataset(args.count, split="val")
+    assert len(LESION_CLASSES) == len(PALETTE)
+    for name, dataset, draw in (("shapes", shapes, shapes_sample), ("lesions", lesions, lesions_sample)):
+        (args.out / name).mkdir(parents=True, exist_ok=True)
+        for index in range(args.count):
+            path = args.out / name / f"sample_{index}.png"
+            draw(dataset, index).save(path, optimize=True)
+            print(f"{path} ({path.stat().st_size // 1024} kB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Shared bases: the two dataset kinds, the two DataModule kinds and image-file helpers.
+
+A dataset subclass implements ``__len__`` and ``load(index)``; the base applies the transforms and returns the
+sample in the fixed convention (see :mod:`detloss.data.transforms`). A DataModule subclass builds
+``train_dataset`` / ``val_dataset`` and ``class_names`` in ``__init__``, so ``num_classes`` is known before ``fit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .collate import detection_collate, segmentation_collate
+from .transforms import apply_detection, apply_segmentation, one_thread
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DetectionDataset",
+    "SegmentationDataset",
+    "DetectionDataModule",
+    "SegmentationDataModule",
+    "read_image",
+    "list_images",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def list_images(directory: Path) -> list[Path]:
+    """The image files of ``directory`` (by extension, case-insensitive), sorted by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"image directory not found: {directory}")
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def read_image(path: Path, channels: int = 3) -> Tensor:
+    """Read an image file as ``(channels, H, W)`` float32 in [0, 1] (``channels`` 3: RGB, 1: grey)."""
+    try:
+        with Image.open(path) as img:
+            if channels == 1 and img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                array = np.asarray(img, dtype=np.float32)
+                array = array / (65535.0 if img.mode.startswith("I") else 1.0)  # 16-bit or float scans
+                return torch.from_numpy(np.clip(array, 0, 1)).unsqueeze(0)
+            array = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read image: {err}") from err
+    tensor = torch.from_numpy(array.copy())
+    tensor = tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.unsqueeze(0)
+    return tensor.float().div_(255.0)
+
+
+class DetectionDataset(Dataset):
+    """Base detection dataset: ``(image (3, H, W) float32 in [0, 1], {"boxes": (n, 4), "labels": (n,)})``.
+
+    Subclasses implement ``__len__`` and ``load(index) -> (image, boxes (n, 4) float32 xyxy px, labels (n,) int64)``.
+    """
+
+    class_names: list[str]
+
+    def __init__(self, transforms: Callable | None = None) -> None:
+        self.transforms = transforms
+
+    def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of {len(self)} items")
+        with one_thread():  # drawing / decoding and transforms of one sample
+            image, boxes, labels = self.load(index % len(self))
+            return apply_detection(self.transforms, image, boxes, labels)
+
+
+class SegmentationDataset(Dataset):
+    """Base segmentation dataset: ``(image (C, H, W) float32 in [0, 1], mask (H, W) int64)``.
+
+    Subclasses implement ``__len__`` and ``load(index) -> (image, mask)``.
+    """
+
+    class_names: list[str]
+
+    def __init__(self, transforms: Callable | None = None) -> None:
+        self.transforms = transforms
+
+    def load(self, index: int) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of {len(self)} items")
+        with one_thread():
+            image, mask = self.load(index % len(self))
+            return apply_segmentation(self.transforms, image, mask)
+
+
+class _DataModule(L.LightningDataModule):
+    """Loader plumbing shared by all DataModules; subclasses set the datasets and ``class_names``."""
+
+    task: str
+    collate_fn: Callable
+
+    def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> None:
+        super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.class_names: list[str] = []
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (for segmentation it counts the background, class 0)."""
+        return len(self.class_names)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=type(self).collate_fn,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)
+
+
+class DetectionDataModule(_DataModule):
+    """Base of the detection DataModules: batches ``(images (B, 3, S, S), [target dicts])``; ``in_channels`` 3."""
+
+    task = "detection"
+    collate_fn = staticmethod(detection_collate)
+    in_channels = 3
+
+
+class SegmentationDataModule(_DataModule):
+    """Base of the segmentation DataModules: batches ``(images (B, C, S, S), masks (B, S, S) int64)``."""
+
+    task = "segmentation"
+    collate_fn = staticmethod(segmentation_collate)
+
+    def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False, ignore_index: int = 255):
+        super().__init__(batch_size, num_workers, pin_memory)
+        self.ignore_index = int(ignore_index)
+        self.in_channels = 1

@@ -1,0 +1,179 @@
+"""COCO-format detection: an image folder and an instances JSON read through ``pycocotools.coco.COCO``.
+
+Category ids of any numbering map to contiguous labels ``0..C-1`` in increasing id order. Crowd annotations
+(``iscrowd=1``) and degenerate boxes (``w <= 0`` or ``h <= 0``) are dropped; ``bbox [x, y, w, h]`` becomes
+``[x, y, x + w, y + h]``. Images listed without annotations are kept as images without objects. The file is
+checked when the dataset is built: a missing file or folder, malformed JSON, an annotation of an undeclared
+category or image, a malformed bbox and an image missing on disk all raise, naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch import Tensor
+
+from .base import DetectionDataModule, DetectionDataset, read_image
+from .transforms import detection_transforms
+
+__all__ = ["CocoDetection", "CocoDataModule", "load_coco"]
+
+
+def load_coco(annotation_file: str | Path) -> COCO:
+    """Read and check a COCO instances file; a ``COCO`` index of it (pycocotools' prints silenced).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: malformed JSON, missing sections, duplicate ids, an annotation of an undeclared category or
+            image, or a bbox that is not 4 finite numbers (the message names the file and the annotation id).
+    """
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: malformed JSON: {err}") from err
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
+        raise ValueError(f"{path}: expected a JSON object with 'images' and 'categories' lists")
+    data.setdefault("annotations", [])
+    categories = _unique_ids(path, data["categories"], "category")
+    images = _unique_ids(path, data["images"], "image")
+    for i, ann in enumerate(data["annotations"]):
+        ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
+        if not isinstance(ann, dict) or not {"image_id", "category_id", "bbox"} <= ann.keys():
+            raise ValueError(f"{path}: annotation {ann_id} needs 'image_id', 'category_id' and 'bbox'")
+        ann.setdefault("id", i)
+        if ann["category_id"] not in categories:
+            raise ValueError(
+                f"{path}: annotation {ann_id} has category_id {ann['category_id']!r}, which is not declared in "
+                f"'categories' (declared ids: {sorted(categories)})"
+            )
+        if ann["image_id"] not in images:
+            raise ValueError(f"{path}: annotation {ann_id} refers to image_id {ann['image_id']!r}, not in 'images'")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+            raise ValueError(f"{path}: annotation {ann_id} has bbox {bbox!r}; expected 4 finite numbers [x, y, w, h]")
+    for img in data["images"]:
+        if not isinstance(img.get("file_name"), str):
+            raise ValueError(f"{path}: image {img['id']!r} has no 'file_name'")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _unique_ids(path: Path, entries: list, kind: str) -> set:
+    ids = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise ValueError(f"{path}: {kind} entry #{i} has no 'id'")
+        if entry["id"] in ids:
+            raise ValueError(f"{path}: duplicate {kind} id {entry['id']!r}")
+        ids.add(entry["id"])
+    return ids
+
+
+class CocoDetection(DetectionDataset):
+    """Detection samples of a COCO folder + file: ``(image (3, H, W), {"boxes": (n, 4), "labels": (n,)})``.
+
+    Args:
+        image_dir: folder that the images' ``file_name`` are relative to.
+        annotation_file: the COCO instances JSON.
+        transforms: v2 pipeline applied to each sample (e.g. :func:`detection_transforms`).
+
+    Attributes:
+        coco: the ``pycocotools`` index; ``category_ids`` (sorted) and ``class_names`` (same order);
+        ``cat_to_label``: category id -> contiguous label; ``image_ids``: image id of each index, file order.
+    """
+
+    def __init__(self, image_dir: str | Path, annotation_file: str | Path, transforms: Callable | None = None):
+        super().__init__(transforms)
+        self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"COCO image directory not found: {self.image_dir}")
+        self.coco = load_coco(self.annotation_file)
+        self.category_ids = sorted(self.coco.cats)
+        self.cat_to_label = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
+        self.class_names = [str(self.coco.cats[c].get("name", c)) for c in self.category_ids]
+        self.image_ids = [img["id"] for img in self.coco.dataset["images"]]
+        self.paths: list[Path] = []
+        self.targets: list[tuple[np.ndarray, np.ndarray]] = []
+        for image_id in self.image_ids:
+            path = self.image_dir / self.coco.imgs[image_id]["file_name"]
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.annotation_file}: image {image_id} file not found: {path}")
+            self.paths.append(path)
+            self.targets.append(self._target(image_id))
+
+    def _target(self, image_id) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes ``(n, 4)`` xyxy and labels ``(n,)`` of one image, crowds and degenerate boxes left out."""
+        boxes, labels = [], []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            x, y, w, h = ann["bbox"]
+            if ann.get("iscrowd", 0) or w <= 0 or h <= 0:
+                continue
+            boxes.append((x, y, x + w, y + h))
+            labels.append(self.cat_to_label[ann["category_id"]])
+        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        image = read_image(self.paths[index], channels=3)
+        boxes, labels = self.targets[index]
+        height, width = image.shape[-2:]
+        boxes = torch.from_numpy(boxes).clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # boxes that lay outside the image
+        return image, boxes[keep], torch.from_numpy(labels)[keep]
+
+
+class CocoDataModule(DetectionDataModule):
+    """Train / val COCO datasets, letterboxed to ``image_size``.
+
+    ``augment`` turns on the training augmentations of :func:`detection_transforms` (colour ``jitter``,
+    ``hflip``, random zoom ``scale`` with shift ``translate``). ``class_names`` and ``num_classes`` come from the
+    training file's categories; the validation file must declare the same category ids.
+    """
+
+    def __init__(
+        self,
+        train_images: str | Path,
+        train_annotations: str | Path,
+        val_images: str | Path,
+        val_annotations: str | Path,
+        image_size: int = 640,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+        hflip: float = 0.5,
+        jitter: float = 0.2,
+        scale: tuple[float, float] | None = (0.5, 1.5),
+        translate: float = 0.1,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory)
+        self.image_size = int(image_size)
+        train_tf = detection_transforms(image_size, augment, hflip=hflip, jitter=jitter, scale=scale, translate=translate)
+        self.train_dataset = CocoDetection(train_images, train_annotations, train_tf)
+        self.val_dataset = CocoDetection(val_images, val_annotations, detection_transforms(image_size, False))
+        train_ds, val_ds = self.train_dataset, self.val_dataset
+        if val_ds.category_ids != train_ds.category_ids:
+            raise ValueError(
+                f"{val_ds.annotation_file}: category ids {val_ds.category_ids} differ from those of "
+                f"{train_ds.annotation_file}: {train_ds.category_ids}"
+            )
+        self.class_names = list(train_ds.class_names)
