@@ -74,8 +74,11 @@ class LesionsDataset(SegmentationDataset):
         radius: tuple[float, float] = (6.0, 18.0),
         noise: float = 0.02,
         transforms: Callable | None = None,
+        cache: bool = True,
     ) -> None:
         super().__init__(transforms)
+        # drawing costs a few ms an item, more than a training step can spare on a CPU: keep what was drawn
+        self.cache, self._cache = bool(cache), {}
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         if num_lesion_classes not in (2, 3):
@@ -107,8 +110,15 @@ class LesionsDataset(SegmentationDataset):
         return {"image": np.clip(image, 0.0, 1.0), "mask": mask}
 
     def load(self, index: int) -> tuple[Tensor, Tensor]:
-        sample = self.generate(index)
-        return torch.from_numpy(sample["image"]).unsqueeze(0), torch.from_numpy(sample["mask"])
+        """The scan as an 8-bit image would hold it, and its mask (kept in memory if ``cache``)."""
+        if index not in self._cache:
+            sample = self.generate(index)
+            item = (torch.from_numpy(_to_uint8(sample["image"])).unsqueeze(0), torch.from_numpy(sample["mask"]))
+            if not self.cache:
+                return item[0].float().div_(255), item[1]
+            self._cache[index] = item
+        image, mask = self._cache[index]
+        return image.float().div_(255), mask.clone()
 
     # ------------------------------------------------------------------------------------------------ drawing
 
@@ -217,3 +227,8 @@ class LesionsDataModule(SegmentationDataModule):
         val_tf = segmentation_transforms(image_size, False, **common)
         self.train_dataset = LesionsDataset(num_train, image_size, seed, split="train", transforms=train_tf, **options)
         self.val_dataset = LesionsDataset(num_val, image_size, seed, split="val", transforms=val_tf, **options)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Quantise a [0, 1] float image to 8 bits, as a stored picture would be (and cheap to cache)."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)

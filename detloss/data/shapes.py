@@ -109,8 +109,11 @@ class ShapesDataset(DetectionDataset):
         clutter: bool = True,
         gradient: float = 0.3,
         transforms: Callable | None = None,
+        cache: bool = True,
     ) -> None:
         super().__init__(transforms)
+        # drawing costs a few ms an item, more than a training step can spare on a CPU: keep what was drawn
+        self.cache, self._cache = bool(cache), {}
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         max_size = image_size / 2 if max_size is None else max_size
@@ -161,9 +164,16 @@ class ShapesDataset(DetectionDataset):
         }
 
     def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        sample = self.generate(index)
-        image = torch.from_numpy(sample["image"]).permute(2, 0, 1).contiguous()
-        return image, torch.from_numpy(sample["boxes"]), torch.from_numpy(sample["labels"])
+        """The drawn image as an 8-bit picture would hold it, its boxes and labels (kept in memory if ``cache``)."""
+        if index not in self._cache:
+            sample = self.generate(index)
+            image = torch.from_numpy(_to_uint8(sample["image"])).permute(2, 0, 1).contiguous()
+            item = (image, torch.from_numpy(sample["boxes"]), torch.from_numpy(sample["labels"]))
+            if not self.cache:
+                return item[0].float().div_(255), item[1], item[2]
+            self._cache[index] = item
+        image, boxes, labels = self._cache[index]
+        return image.float().div_(255), boxes.clone(), labels.clone()
 
     # ------------------------------------------------------------------------------------------------ drawing
 
@@ -255,3 +265,8 @@ class ShapesDataModule(DetectionDataModule):
         val_tf = detection_transforms(image_size, train=False)
         self.train_dataset = ShapesDataset(num_train, image_size, seed, split="train", transforms=train_tf, **options)
         self.val_dataset = ShapesDataset(num_val, image_size, seed, split="val", transforms=val_tf, **options)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Quantise a [0, 1] float image to 8 bits, as a stored picture would be (and cheap to cache)."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)

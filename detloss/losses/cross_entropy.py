@@ -8,6 +8,10 @@ or, for a target of class probabilities ``q`` (the logits' shape), ``−Σ_c w_c
 smoothing (Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016) mixes the
 target with the uniform distribution: ``(1 − ε)·onehot(y) + ε/C``. All of it is ``F.cross_entropy``, which this
 equals, except that a ``"mean"`` over positions that are all ignored is 0 instead of NaN.
+
+``gamma > 0`` turns it into the softmax focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV
+2017): each position's loss is scaled by ``(1 − p_t)^γ``, ``p_t`` the predicted probability of its class (of
+the target distribution, ``Σ_c q_c p_c``, for probabilities), with the gradient through the factor.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from ._utils import (
 __all__ = ["cross_entropy", "CrossEntropyLoss"]
 
 
-def _check_options(label_smoothing: float, ignore_index: int) -> None:
+def _check_options(label_smoothing: float, ignore_index: int, gamma: float = 0.0) -> None:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < float("inf"):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)
     if not (ok and 0 <= label_smoothing < 1):
         raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
@@ -59,11 +65,12 @@ def cross_entropy(
     class_weights: Tensor | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int = 255,
+    gamma: float = 0.0,
     weight: Tensor | None = None,
     reduction: str = "mean",
     validate: bool = True,
 ) -> Tensor:
-    """Softmax cross-entropy.
+    """Softmax cross-entropy (the softmax focal loss with ``gamma > 0``).
 
     Args:
         logits: ``(N, C)`` or ``(N, C, d1, ...)``.
@@ -71,6 +78,7 @@ def cross_entropy(
             logits' shape (floating dtype).
         class_weights: ``(C,)``, the weight ``w_c`` of each class.
         label_smoothing: ε in [0, 1).
+        gamma: focusing parameter γ >= 0 of the focal factor ``(1 − p_t)^γ``; 0 is plain cross-entropy.
         ignore_index: class index that contributes nothing, to the sum or to the mean's normaliser (index
             targets only).
         weight: optional elementwise weight broadcastable to the unreduced loss ``(N, d1, ...)``.
@@ -80,7 +88,7 @@ def cross_entropy(
         validate: check labels (in ``[0, C)`` or ``ignore_index``) or probabilities (in [0, 1]); one host sync.
     """
     check_reduction(reduction)
-    _check_options(label_smoothing, ignore_index)
+    _check_options(label_smoothing, ignore_index, gamma)
     logits = as_float("logits", logits)
     if logits.ndim < 2:
         raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}")
@@ -114,6 +122,8 @@ def cross_entropy(
             reduction="none",
             label_smoothing=label_smoothing,
         )
+        if gamma > 0:
+            loss = loss * _focal_factor(logits, target, probabilities, ignore_index, gamma)
         loss = apply_weight(loss, weight)
         if reduction != "mean" or probabilities:
             return reduce(loss, reduction)
@@ -126,6 +136,19 @@ def cross_entropy(
         return loss.sum() / torch.where(norm > 0, norm, 1)  # all ignored: the sum is 0, so is the mean
 
 
+def _focal_factor(logits: Tensor, target: Tensor, probabilities: bool, ignore_index: int, gamma: float) -> Tensor:
+    """``(1 − p_t)^γ`` per position, 0 (with a zero gradient) where ``p_t = 1``."""
+    log_p = F.log_softmax(logits, 1)
+    if probabilities:
+        p_t = (target * log_p.exp()).sum(1)
+    else:
+        index = target.masked_fill(target == ignore_index, 0).unsqueeze(1)
+        p_t = log_p.gather(1, index).squeeze(1).exp()
+    base = 1 - p_t
+    positive = base > 0
+    return torch.where(positive, torch.where(positive, base, 1.0).pow(gamma), 0.0)
+
+
 class CrossEntropyLoss(nn.Module):
     """Module form of :func:`cross_entropy`; ``class_weights`` is kept as a (non-persistent) buffer."""
 
@@ -135,11 +158,12 @@ class CrossEntropyLoss(nn.Module):
         class_weights: Tensor | None = None,
         label_smoothing: float = 0.0,
         ignore_index: int = 255,
+        gamma: float = 0.0,
         reduction: str = "mean",
         validate: bool = True,
     ):
         super().__init__()
-        _check_options(label_smoothing, ignore_index)
+        _check_options(label_smoothing, ignore_index, gamma)
         check_reduction(reduction)
         if class_weights is not None:
             class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
@@ -148,7 +172,7 @@ class CrossEntropyLoss(nn.Module):
             if validate and not bool((class_weights >= 0).all()):
                 raise ValueError("class_weights must be >= 0")
         self.register_buffer("class_weights", class_weights, persistent=False)
-        self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
+        self.label_smoothing, self.ignore_index, self.gamma = label_smoothing, ignore_index, gamma
         self.reduction, self.validate = reduction, validate
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -158,10 +182,14 @@ class CrossEntropyLoss(nn.Module):
             class_weights=self.class_weights,
             label_smoothing=self.label_smoothing,
             ignore_index=self.ignore_index,
+            gamma=self.gamma,
             weight=weight,
             reduction=self.reduction,
             validate=self.validate,
         )
 
     def extra_repr(self) -> str:
-        return f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        return (
+            f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, gamma={self.gamma}, "
+            f"reduction={self.reduction!r}"
+        )

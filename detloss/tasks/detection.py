@@ -1,0 +1,127 @@
+"""DetectionTask: a YOLO-style detector trained on a detection criterion; mAP tracked by torchmetrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.utils import draw_bounding_boxes
+
+from ..models import ModelEMA
+from .base import LossTask, to_uint8
+
+__all__ = ["DetectionTask"]
+
+
+class DetectionTask(LossTask):
+    """Train a detector; validate on post-processed predictions of the (EMA) model.
+
+    Args:
+        model: a detector with ``forward(images) -> feats`` and ``postprocess(feats, ...) -> [dicts]``.
+        criterion: e.g. :class:`~detloss.detection.DetectionCriterion`.
+        optimizer, scheduler, num_previews: see :class:`~detloss.tasks.base.LossTask`.
+        ema: evaluate an exponential moving average of the weights (the YOLO habit).
+        ema_decay, ema_tau: its decay ``d · (1 − exp(−updates / τ))``.
+        class_names: names for per-class metrics and previews.
+        map_per_class: also log ``val/map/<class>``.
+        conf_threshold, iou_threshold, max_det: post-processing for the metric (low threshold: mAP needs the
+            whole precision–recall curve).
+
+    The metric state holds lists of per-image predictions; torchmetrics gathers them across ranks at
+    ``compute``, so ranks that update a different number of times are fine. A ``DistributedSampler`` pads the
+    last batch with repeated images, which counts them twice: validate on one device, or with a validation set
+    whose size divides by the world size, when the exact number matters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        num_previews: int = 4,
+        ema: bool = True,
+        ema_decay: float = 0.9999,
+        ema_tau: float = 2000.0,
+        class_names: Sequence[str] | None = None,
+        map_per_class: bool = False,
+        conf_threshold: float = 0.001,
+        iou_threshold: float = 0.7,
+        max_det: int = 300,
+    ):
+        super().__init__(model, criterion, optimizer, scheduler, num_previews)
+        # not a submodule: it is neither trained nor in train mode; checkpoints carry it (on_save_checkpoint)
+        self.ema = ModelEMA(model, decay=ema_decay, tau=ema_tau) if ema else None
+        self.class_names = list(class_names) if class_names else None
+        self.map_per_class = map_per_class
+        self.post = dict(conf_threshold=conf_threshold, iou_threshold=iou_threshold, max_det=max_det)
+        self.map_metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=map_per_class)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        if self.ema is None:
+            return self.model
+        if next(self.ema.module.parameters()).device != self.device:
+            self.ema.to(self.device)
+        return self.ema.module
+
+    def forward(self, images):
+        return self.eval_model.postprocess(self.eval_model(images), **self.post)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        out = self.criterion(self.model(images), targets)
+        self.log_loss("train", out, len(images))
+        return out.total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        feats = self.eval_model(images)
+        self.log_loss("val", self.criterion(feats, targets), len(images))
+        preds = self.eval_model.postprocess(feats, image_size=tuple(images.shape[-2:]), **self.post)
+        self.map_metric.update(preds, targets)
+        self.keep_preview(batch_idx, images, preds, targets)
+
+    def on_validation_epoch_end(self):
+        result = self.map_metric.compute()
+        self.map_metric.reset()
+        for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"):
+            self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
+        if self.map_per_class and result["classes"].numel():
+            per_class = result["map_per_class"].view(-1)
+            for cls, value in zip(result["classes"].view(-1).tolist(), per_class):
+                self.log(f"val/map/{self._name(cls)}", value.float())
+        self.save_previews(self._draw)
+
+    def on_train_start(self):
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint):
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+    def _name(self, cls: int) -> str:
+        return self.class_names[cls] if self.class_names and 0 <= cls < len(self.class_names) else str(cls)
+
+    def _draw(self, image, pred, target):
+        """Targets in green, predictions scoring at least 0.25 in red with their score."""
+        image = to_uint8(image)
+        if len(target["boxes"]):
+            true = [self._name(int(c)) for c in target["labels"]]
+            image = draw_bounding_boxes(image, target["boxes"].cpu(), labels=true, colors="lime", width=1)
+        keep = pred["scores"] >= 0.25
+        if keep.any():
+            shown = [f"{self._name(int(c))} {s:.2f}" for c, s in zip(pred["labels"][keep], pred["scores"][keep])]
+            image = draw_bounding_boxes(image, pred["boxes"][keep].cpu(), labels=shown, colors="red", width=1)
+        return image

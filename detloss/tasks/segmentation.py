@@ -1,0 +1,89 @@
+"""SegmentationTask: a segmenter trained on a segmentation criterion; Dice tracked by torchmetrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torchmetrics.segmentation import DiceScore, GeneralizedDiceScore
+from torchvision.utils import draw_segmentation_masks, make_grid
+
+from .base import LossTask, to_uint8
+
+__all__ = ["SegmentationTask"]
+
+_PALETTE = ["red", "yellow", "cyan", "magenta", "orange", "lime", "blue", "white"]
+
+
+class SegmentationTask(LossTask):
+    """Train a segmenter; validate Dice on the argmax of its logits.
+
+    Args:
+        model: ``forward(images) -> logits (B, C, H, W)``.
+        criterion: e.g. :class:`~detloss.segmentation.SegmentationCriterion`.
+        optimizer, scheduler, num_previews: see :class:`~detloss.tasks.base.LossTask`.
+        num_classes: classes, background (0) included.
+        class_names: names of the classes (for ``val/dice/<class>``).
+        ignore_index: mask value excluded from the metrics: those pixels are set to background in both
+            prediction and target, so they count in no foreground class.
+
+    Logged: ``val/dice`` (mean over the foreground classes of the dataset-level Dice), ``val/dice/<class>``,
+    ``val/generalized_dice``. Both metrics sum their states across ranks.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        num_previews: int = 4,
+        num_classes: int = 2,
+        class_names: Sequence[str] | None = None,
+        ignore_index: int = 255,
+    ):
+        super().__init__(model, criterion, optimizer, scheduler, num_previews)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.class_names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
+        kw = dict(num_classes=num_classes, include_background=False, input_format="index")
+        self.dice = DiceScore(average="none", aggregation_level="global", **kw)
+        self.generalized_dice = GeneralizedDiceScore(**kw)
+
+    def forward(self, images):
+        return self.model(images).argmax(1)
+
+    def training_step(self, batch, batch_idx):
+        images, masks = batch
+        out = self.criterion(self.model(images), masks)
+        self.log_loss("train", out, len(images))
+        return out.total
+
+    def validation_step(self, batch, batch_idx):
+        images, masks = batch
+        logits = self.model(images)
+        self.log_loss("val", self.criterion(logits, masks), len(images))
+        pred = logits.argmax(1)
+        ignored = masks == self.ignore_index
+        pred, target = pred.masked_fill(ignored, 0), masks.masked_fill(ignored, 0)
+        self.dice.update(pred, target)
+        self.generalized_dice.update(pred, target)
+        self.keep_preview(batch_idx, images, pred, target)
+
+    def on_validation_epoch_end(self):
+        per_class = self.dice.compute().view(-1)
+        self.dice.reset()
+        self.log("val/dice", per_class.mean(), prog_bar=True)
+        for name, value in zip(self.class_names[1:], per_class):
+            self.log(f"val/dice/{name}", value)
+        self.log("val/generalized_dice", self.generalized_dice.compute().mean())
+        self.generalized_dice.reset()
+        self.save_previews(self._draw)
+
+    def _draw(self, image, pred, target):
+        image = to_uint8(image)
+        classes = torch.arange(1, self.num_classes)
+        colours = _PALETTE[: self.num_classes - 1]
+        true = draw_segmentation_masks(image, target.cpu()[None] == classes[:, None, None], alpha=0.5, colors=colours)
+        guess = draw_segmentation_masks(image, pred.cpu()[None] == classes[:, None, None], alpha=0.5, colors=colours)
+        return make_grid([true, guess], nrow=1, padding=2, pad_value=255)

@@ -1,0 +1,128 @@
+"""The entry points through the real Hydra configs: composition, instantiation and fast_dev_run of both tasks."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from detloss.losses import CompositeLoss
+from detloss.train import CONFIG_PATH, build, make_trainer, train
+
+CONFIGS = Path(CONFIG_PATH)
+SMALL = ["data.num_train=32", "data.num_val=16", "data.batch_size=8", "data.num_workers=0"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def make_cfg(tmp_path, *overrides):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+    return cfg
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_fast_dev_run(tmp_path, task):
+    cfg = make_cfg(tmp_path, f"task={task}", *SMALL, "+trainer.fast_dev_run=2", "callbacks=none", "logger=none")
+    metrics = train(cfg)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "ok" and record["optimized_metric"] == cfg.optimized_metric
+    assert cfg.optimized_metric in record["metrics"]
+    assert any(k.startswith("val/loss/") for k in record["metrics"])
+    assert (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / "previews").is_dir() and list((tmp_path / "previews").glob("*.png"))
+    assert metrics[cfg.optimized_metric] == record["value"]
+
+
+def test_a_short_run_logs_every_term_to_csv_and_checkpoints(tmp_path):
+    cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "loss=yolo_l1_ciou")
+    train(cfg)
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("train/loss", "train/loss/box", "train/loss/cls", "train/loss/dfl", "train/loss/l1", "val/loss/l1", "val/map_50"):
+        assert name in header
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_task_switches_model_loss_data_and_metric(tmp_path):
+    det, seg = make_cfg(tmp_path), make_cfg(tmp_path, "task=segmentation")
+    assert det.model._target_.endswith("YOLODetector") and seg.model._target_.endswith("UNet")
+    assert det.optimized_metric == "val/map_50" and seg.optimized_metric == "val/dice"
+    assert "dice" in seg.loss.terms and "box" in det.loss.terms
+    assert seg.data._target_.endswith("LesionsDataModule")
+    # the command line still wins over the task's choices
+    assert "focal" in make_cfg(tmp_path, "task=segmentation", "loss=dice_focal").loss.terms
+    assert make_cfg(tmp_path, "loss.terms.box.weight=5").loss.terms.box.weight == 5
+
+
+@pytest.mark.parametrize("loss", options("loss"))
+def test_every_loss_config(tmp_path, loss):
+    task = "detection" if loss.startswith("yolo") else "segmentation"
+    cfg = make_cfg(tmp_path, f"task={task}", f"loss={loss}", *SMALL)
+    datamodule, module = build(cfg)
+    assert isinstance(module.criterion.loss, CompositeLoss)
+    images, targets = next(iter(datamodule.train_dataloader()))
+    out = module.criterion(module.model(images), targets)
+    assert set(out.terms) == set(cfg.loss.terms) and torch.isfinite(out.total)
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_config(tmp_path, model):
+    task = "segmentation" if model.startswith("unet") else "detection"
+    cfg = make_cfg(tmp_path, f"task={task}", f"model={model}", *SMALL)
+    _, module = build(cfg)
+    size = 64 if task == "detection" else 64
+    out = module.model(torch.zeros(1, 3 if task == "detection" else 1, size, size))
+    assert out is not None
+
+
+@pytest.mark.parametrize("group", ["optimizer", "scheduler", "callbacks", "logger"])
+def test_every_option_of_the_small_groups(tmp_path, group):
+    for option in options(group):
+        cfg = make_cfg(tmp_path, f"{group}={option}", *SMALL)
+        if group in ("callbacks", "logger"):
+            if option == "tensorboard":
+                pytest.importorskip("tensorboard", reason="TensorBoardLogger needs the tensorboard package")
+            make_trainer(cfg)
+        else:
+            assert instantiate(cfg.optimizer) is not None
+            if cfg.get("scheduler"):
+                opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+                instantiate(cfg.scheduler)(opt, total_steps=10, steps_per_epoch=5)
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_every_trainer_config(tmp_path, trainer):
+    cfg = make_cfg(tmp_path, f"trainer={trainer}")
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        assert cfg.trainer.devices >= 1  # composes; instantiating needs a GPU
+        return
+    make_trainer(cfg)
+
+
+def test_data_configs_compose_and_need_their_paths(tmp_path):
+    for data in options("data"):
+        cfg = make_cfg(tmp_path, f"data={data}")
+        assert cfg.data._target_.startswith("detloss.data.")
+    with pytest.raises(Exception, match="train_images"):
+        instantiate(make_cfg(tmp_path, "data=coco").data)
+
+
+@pytest.mark.slow
+def test_short_detection_run_learns(tmp_path):
+    cfg = make_cfg(tmp_path, "data.num_train=640", "data.num_val=64", "data.num_workers=0", "trainer.max_epochs=4",
+                   "callbacks=none", "logger=none")
+    metrics = train(cfg)
+    assert metrics["val/map_50"] > 0.3, metrics
+
+
+@pytest.mark.slow
+def test_short_segmentation_run_learns(tmp_path):
+    cfg = make_cfg(tmp_path, "task=segmentation", "data.num_train=320", "data.num_val=64", "data.num_workers=0",
+                   "trainer.max_epochs=3", "callbacks=none", "logger=none")
+    metrics = train(cfg)
+    assert metrics["val/dice"] > 0.5, metrics
