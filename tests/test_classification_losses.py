@@ -358,8 +358,9 @@ def test_gradcheck_modulated(route, sparse):
     x = _f64(4, 5).requires_grad_()
     w = torch.rand(4, 1, dtype=torch.float64)
     for name, (fn, _, opts, _) in MODULATED.items():
-        for reduction in REDUCTIONS:
+        for reduction in ("none", "sum"):
             assert torch.autograd.gradcheck(lambda z: fn(z, t, **opts, weight=w, reduction=reduction), (x,)), name
+        assert torch.autograd.gradcheck(lambda z: fn(z, t, **opts, reduction="mean"), (x,)), name  # fused sum
     # the reference path: gradient w.r.t. the target too
     tq = (t * 0.8 + 0.1).requires_grad_()  # away from the kinks at q = 0
     for name, (fn, _, opts, _) in MODULATED.items():

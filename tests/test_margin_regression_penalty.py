@@ -37,7 +37,7 @@ def test_multiclass_hinge_hand_computed():
 
 
 @pytest.mark.parametrize("p", [1, 2])
-@pytest.mark.parametrize("margin", [1.0, 0.3])
+@pytest.mark.parametrize("margin", [1.0, 0.3, 0.0, -0.5])
 def test_multiclass_hinge_equals_torch(p, margin):
     g = torch.Generator().manual_seed(0)
     x, y, w = torch.randn(64, 7, generator=g), torch.randint(0, 7, (64,), generator=g), torch.rand(7, generator=g)
@@ -202,3 +202,17 @@ def test_weight_penalty_gradients_and_degenerate():
         WeightPenalty(p=3)
     with pytest.raises(ValueError, match="module"):
         weight_penalty(torch.zeros(3))
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("margin", [1.0, 0.3, 0.0, -0.5])
+def test_multiclass_hinge_gradient_equals_torch(p, margin):
+    # the hand-written backward, against autograd through torch's own kernel; then the create_graph path
+    x = torch.randn(64, 7, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 7, (64,))
+    w = torch.rand(64, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((hinge_loss(x, y, p=p, margin=margin, reduction="none") * w).sum(), x)
+    ref_loss = nn.functional.multi_margin_loss(x, y, p=p, margin=margin, reduction="none")
+    (ref,) = torch.autograd.grad((ref_loss * w).sum(), x)
+    torch.testing.assert_close(ours, ref)
+    assert torch.autograd.gradgradcheck(lambda v: hinge_loss(v, y, p=p, margin=margin, reduction="sum"), (x,))

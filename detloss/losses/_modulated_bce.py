@@ -20,8 +20,15 @@ backward. :class:`_FusedModulatedBCE` instead computes the loss and its derivati
 
 together, block by block on CPU (the temporaries of a block of :data:`BLOCK` elements stay in cache, so the only
 full-size memory traffic is reading ``x`` and ``t`` and writing the derivative), keeps the derivative for the
-backward, and the backward scales that buffer in place and hands it over as the gradient. Two more things keep it
-fast on detection-sized inputs, where almost every target is 0:
+backward, and the backward scales that buffer in place and hands it over as the gradient.
+
+The blocks are small enough that ATen runs each op on the calling thread, on purpose. Blocks large enough to be
+split over OpenMP threads make the kernel about 1.5× faster on 2 idle cores, but every op then ends in a
+fork/join, and while another process keeps the cores busy (data-loader workers during training) each join can
+wait for a scheduler tick: forward + backward of a 16 × 8400 × 80 focal loss took 2.7 s that way instead of
+0.07–0.09 s.
+
+Two more things keep it fast on detection-sized inputs, where almost every target is 0:
 
 * where ``t = 0`` all three factors reduce to ``c · p^e`` (``c``, ``e`` from :func:`_background`), so the
   dense pass runs the short kernel :func:`_background_block` over everything, which reads ``x`` only; the few
@@ -34,8 +41,9 @@ grad and, inside the backward, when the graph of the gradient is wanted (``creat
 the tests check the fused path against it.
 
 Where a base of a fractional power hits 0 (``p = 0`` with ``t = 0`` once ``x`` is below about −88 in float32, or
-``p = t`` for the quality focal loss) the derivative of ``base^e`` is infinite for ``e < 1``; both paths clamp the base at the
-smallest normal number there, which keeps gradients finite (0 in the limit) and moves no value by more than that.
+``p = t`` for the quality focal loss) the derivative of ``base^e`` is infinite for ``e < 1``; both paths clamp the
+base at the smallest normal number there, which keeps gradients finite (0 in the limit) and moves no value by more
+than that.
 """
 
 from __future__ import annotations
@@ -53,8 +61,9 @@ __all__ = ["FOCAL", "QUALITY", "VARIFOCAL", "autocast_off", "check_finite_nonneg
 
 FOCAL, VARIFOCAL, QUALITY = "focal", "varifocal", "quality"
 
-#: elements per block on CPU (1 MiB per float32 temporary: a block's few temporaries stay in cache)
-BLOCK = 1 << 18
+#: elements per block on CPU: ~128 KiB per float32 temporary, so a block's few temporaries stay in L2; and just
+#: under ATen's grain size (32,768), below which an op runs on the calling thread (see the module doc)
+BLOCK = 32_704
 #: inputs at least this large take the sparse route (background kernel + fix-up of the ``t ≠ 0`` elements) ...
 SPARSE_MIN_NUMEL = 1 << 16
 #: ... when at most this fraction of the target (estimated from a strided sample) is non-zero
@@ -181,14 +190,22 @@ def _background_block(x: Tensor, c: float, e: float, loss_out: Tensor | None, gr
 
 
 def _nonzero(t: Tensor) -> Tensor:
-    """Indices of the non-zeros of a mostly-zero 1-D ``t``: rows of 64 with a non-zero first, then within them.
+    """Indices of the non-zeros of a mostly-zero 1-D ``t``, as ``torch.nonzero(t).squeeze(1)``.
 
-    About 3× faster than ``torch.nonzero`` on detection-sized score maps, same result.
+    Finds the rows of 64 that hold a non-zero first (their max and min, block by block on the calling thread, see
+    :data:`BLOCK`), then the non-zeros within those rows: about 3× faster than ``torch.nonzero`` on a detection-sized
+    score map on 2 idle cores, and no OpenMP fork/join per block.
     """
     n = t.numel()
     head = n - n % 64
     rows = t[:head].view(-1, 64)
-    row = torch.nonzero((rows.amax(1) != 0).logical_or_(rows.amin(1) != 0)).squeeze(1)
+    hi, lo = rows.new_empty(rows.shape[0]), rows.new_empty(rows.shape[0])
+    step = max(1, BLOCK // 64)
+    for r0 in range(0, rows.shape[0], step):
+        r = slice(r0, r0 + step)
+        torch.amax(rows[r], 1, out=hi[r])
+        torch.amin(rows[r], 1, out=lo[r])
+    row = torch.nonzero((hi != 0).logical_or_(lo != 0)).squeeze(1)  # NaN != 0 too
     r, col = torch.nonzero(rows[row], as_tuple=True)
     tail = torch.nonzero(t[head:]).squeeze(1).add_(head)
     return torch.cat([row[r].mul_(64).add_(col), tail])

@@ -72,12 +72,7 @@ def hinge_loss(
         num_classes = logits.shape[1]
         if validate:
             check_labels("target", target, num_classes)
-        index = target.long().unsqueeze(1)
-        loss = (margin - logits.gather(1, index) + logits).clamp(min=0)
-        loss = loss.scatter(1, index, 0.0)  # the true class does not compete with itself
-        if p == 2:
-            loss = loss * loss
-        loss = loss.sum(1) / num_classes
+        loss = _MultiClassHinge.apply(logits, target.long().unsqueeze(1), float(margin), p)
         if class_weights is not None:
             class_weights = torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device)
             if class_weights.shape != (num_classes,):
@@ -92,6 +87,49 @@ def hinge_loss(
     if p == 2:
         loss = loss * loss
     return reduce(apply_weight(loss, weight), reduction)
+
+
+def _multi_class_terms(logits: Tensor, index: Tensor, margin: float) -> Tensor:
+    """``max(0, margin − x_y + x_i)`` for every class ``i``, the true one included (where it is ``max(0, margin)``)."""
+    return (logits - logits.gather(1, index)).add_(margin).relu_()
+
+
+class _MultiClassHinge(torch.autograd.Function):
+    """``(Σ_{i ≠ y} max(0, margin − x_y + x_i)^p) / C`` per row of ``(N, C)`` logits, with a hand-written backward.
+
+    The true class is computed with the others and its constant term ``max(0, margin)^p`` subtracted from the row
+    sum, instead of zeroing it in a copy; the backward recomputes the terms (nothing ``(N, C)`` is kept), scales
+    them into the gradient in place and moves each row's total, negated, onto its true class with one
+    ``scatter_add_``, where autograd's version of the plain expression would allocate and scatter into a zero
+    ``(N, C)`` tensor for the gather. The gradient at the true class, ``g_y − Σ_i g_i``, is the same formula for
+    ``p = 1`` and ``p = 2``. When the graph of the gradient is wanted (``create_graph``) the plain expression is
+    differentiated instead.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor, margin: float, p: int) -> Tensor:
+        ctx.save_for_backward(logits, index)
+        ctx.options = margin, p
+        terms = _multi_class_terms(logits, index, margin)
+        if p == 2:
+            terms.square_()
+        return terms.sum(1).sub_(max(margin, 0.0) ** p).div_(logits.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, index = ctx.saved_tensors
+        margin, p = ctx.options
+        if torch.is_grad_enabled():  # create_graph=True
+            with torch.enable_grad():
+                terms = (margin - logits.gather(1, index) + logits).clamp(min=0).scatter(1, index, 0.0)
+                loss = (terms * terms if p == 2 else terms).sum(1) / logits.shape[1]
+                (grad,) = torch.autograd.grad(loss, logits, grad_out, create_graph=True)
+            return grad, None, None, None
+        scale = (grad_out / logits.shape[1]).unsqueeze(1)
+        grad = _multi_class_terms(logits, index, margin)
+        grad = grad.mul_(scale * 2) if p == 2 else grad.sign_().mul_(scale)
+        grad.scatter_add_(1, index, grad.sum(1, keepdim=True).neg_())
+        return grad, None, None, None
 
 
 class HingeLoss(nn.Module):
