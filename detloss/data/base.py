@@ -13,9 +13,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .collate import detection_collate, segmentation_collate
 from .transforms import apply_detection, apply_segmentation, one_thread
@@ -130,11 +131,12 @@ class _DataModule(L.LightningDataModule):
         """Number of classes (for segmentation it counts the background, class 0)."""
         return len(self.class_names)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=type(self).collate_fn,
@@ -145,7 +147,14 @@ class _DataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
+        trainer, sampler = self.trainer, None
+        if trainer is not None and trainer.world_size > 1:
+            # Lightning's DistributedSampler would pad the last batch with repeated images, which the metrics
+            # would count twice; this one gives every image to exactly one rank (a rank may run a batch less).
+            sampler = UnrepeatedDistributedSampler(
+                self.val_dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return self._loader(self.val_dataset, shuffle=False, sampler=sampler)
 
 
 class DetectionDataModule(_DataModule):

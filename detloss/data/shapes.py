@@ -102,7 +102,7 @@ class ShapesDataset(DetectionDataset):
         split: str = "train",
         max_objects: int = 8,
         p_empty: float = 0.1,
-        min_size: float = 6.0,
+        min_size: float = 10.0,
         max_size: float | None = None,
         p_outline: float = 0.3,
         noise: float = 0.04,
@@ -231,8 +231,8 @@ class ShapesDataset(DetectionDataset):
 class ShapesDataModule(DetectionDataModule):
     """Train / val splits of :class:`ShapesDataset` (independent streams of the same ``seed``).
 
-    ``augment`` adds colour jitter (``jitter``) and horizontal flips (``hflip``) to the training images; the
-    random zoom of :func:`detection_transforms` is off unless ``scale`` is given, the generator already varies
+    ``augment`` adds colour jitter (``jitter``; no hue shift, the generator already draws every hue) and
+    horizontal flips (``hflip``) to the training images; the random zoom of :func:`detection_transforms` is off unless ``scale`` is given, the generator already varies
     sizes and positions. Attributes: ``num_classes`` (5), ``class_names``, ``in_channels`` (3), ``task``.
     """
 
@@ -251,7 +251,7 @@ class ShapesDataModule(DetectionDataModule):
         scale: tuple[float, float] | None = None,
         max_objects: int = 8,
         p_empty: float = 0.1,
-        min_size: float = 6.0,
+        min_size: float = 10.0,
         max_size: float | None = None,
         noise: float = 0.04,
         clutter: bool = True,
@@ -261,7 +261,7 @@ class ShapesDataModule(DetectionDataModule):
         self.class_names = list(SHAPE_CLASSES)
         options = dict(max_objects=max_objects, p_empty=p_empty, min_size=min_size, max_size=max_size,
                        noise=noise, clutter=clutter)
-        train_tf = detection_transforms(image_size, train=augment, hflip=hflip, jitter=jitter, scale=scale)
+        train_tf = detection_transforms(image_size, train=augment, hflip=hflip, jitter=jitter, hue=0.0, scale=scale)
         val_tf = detection_transforms(image_size, train=False)
         self.train_dataset = ShapesDataset(num_train, image_size, seed, split="train", transforms=train_tf, **options)
         self.val_dataset = ShapesDataset(num_val, image_size, seed, split="val", transforms=val_tf, **options)

@@ -181,9 +181,11 @@ class DetectionCriterion(nn.Module):
         """The target-score sum, global across ranks, clamped at 1 and divided by the world size.
 
         DDP averages gradients over ``W`` ranks; dividing each rank's terms by ``max(Σ_ranks s, 1) / W`` makes
-        the averaged gradient that of one process on the whole batch.
+        the averaged gradient that of one process on the whole batch. Only where gradients are recorded: in
+        evaluation (no grad) the ranks may run different numbers of batches, so a collective there could wait
+        forever; the value is then normalised per rank.
         """
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             score_sum = score_sum.detach().clone()
             dist.all_reduce(score_sum)
             return score_sum.clamp(min=1.0) / dist.get_world_size()

@@ -22,6 +22,11 @@ In a Hydra config the terms read as the maths reads::
       cls: {loss: {_target_: detloss.losses.BCEWithLogitsLoss}, weight: 0.5, view: cls}
 
 A term set to ``null`` is dropped; a term of weight 0 is kept (its logged value is 0) but not computed.
+
+Weights can move during training: a term may carry a ``schedule`` (:mod:`detloss.weight_schedules`), a factor
+on its weight set from the training position by :meth:`CompositeLoss.update`; and the composite may take a
+``balancing`` (:mod:`detloss.balancing`) that learns the terms' factors. :meth:`CompositeLoss.current_weights`
+gives each term's effective weight.
 """
 
 from __future__ import annotations
@@ -34,14 +39,21 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..balancing import Balancer
+from ..weight_schedules import HandOver, Position, WeightSchedule
+
 __all__ = ["CompositeLoss", "LossOutput", "View"]
 
 
 class LossOutput(NamedTuple):
-    """``total``: the differentiable weighted sum; ``terms``: each term's detached weighted value by name."""
+    """``total``: the differentiable weighted sum; ``terms``: each term's detached weighted value by name;
+    ``values``: the same values still attached to the graph (for per-term gradient diagnostics), computed terms
+    only. With uncertainty weighting ``total`` also holds the balancer's regulariser, so it exceeds the sum of
+    ``terms``."""
 
     total: Tensor
     terms: dict[str, Tensor]
+    values: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -74,14 +86,15 @@ def _align(name: str, weight: Tensor, value: Tensor) -> Tensor:
 class _Term(NamedTuple):
     loss: nn.Module
     view: str
+    schedule: WeightSchedule | None
 
 
 def _parse_term(name: str, spec) -> tuple[_Term, float]:
     if not isinstance(spec, Mapping):
         raise ValueError(f"term {name!r} must be a mapping with keys loss, weight, view; got {type(spec).__name__}")
-    unknown = set(spec) - {"loss", "weight", "view"}
+    unknown = set(spec) - {"loss", "weight", "view", "schedule"}
     if unknown:
-        raise ValueError(f"term {name!r} has unknown keys {sorted(unknown)}; expected loss, weight, view")
+        raise ValueError(f"term {name!r} has unknown keys {sorted(unknown)}; expected loss, weight, view, schedule")
     missing = {"loss", "view"} - set(spec)
     if missing:
         raise ValueError(f"term {name!r} is missing {sorted(missing)}")
@@ -94,7 +107,13 @@ def _parse_term(name: str, spec) -> tuple[_Term, float]:
         raise ValueError(f"term {name!r}: {type(loss).__name__} has no `reduction` attribute for the composite to set")
     if not isinstance(view, str):
         raise ValueError(f"term {name!r}: view must be a string, got {view!r}")
-    return _Term(loss, view), _check_weight(name, weight)
+    schedule = spec.get("schedule")
+    if schedule is not None and not isinstance(schedule, WeightSchedule):
+        raise ValueError(
+            f"term {name!r}: schedule must be a WeightSchedule (e.g. {{_target_: detloss.weight_schedules.LinearWarmup, "
+            f"duration: 3}}), got {type(schedule).__name__}"
+        )
+    return _Term(loss, view, schedule), _check_weight(name, weight)
 
 
 def _check_weight(name: str, weight) -> float:
@@ -109,10 +128,12 @@ class CompositeLoss(nn.Module):
     """A weighted sum of named loss terms, each fed the view it names.
 
     Args:
-        terms: ``{name: {"loss": nn.Module, "weight": float, "view": str}}``; ``None`` drops a term.
+        terms: ``{name: {"loss": nn.Module, "weight": float, "view": str, "schedule": WeightSchedule}}``
+            (``schedule`` optional); ``None`` drops a term.
+        balancing: an optional :class:`~detloss.balancing.Balancer` that learns the terms' factors.
     """
 
-    def __init__(self, terms: Mapping[str, Mapping | None]):
+    def __init__(self, terms: Mapping[str, Mapping | None], balancing: Balancer | None = None):
         super().__init__()
         if not isinstance(terms, Mapping):
             raise ValueError(f"terms must be a mapping of name to {{loss, weight, view}}, got {type(terms).__name__}")
@@ -121,17 +142,50 @@ class CompositeLoss(nn.Module):
             raise ValueError("terms is empty: a composite needs at least one term")
         self.losses = nn.ModuleDict({name: term.loss for name, (term, _) in parsed.items()})
         self.views: dict[str, str] = {name: term.view for name, (term, _) in parsed.items()}
-        self.weights: dict[str, float] = {name: weight for name, (_, weight) in parsed.items()}
+        self.base_weights: dict[str, float] = {name: weight for name, (_, weight) in parsed.items()}
+        self.weights: dict[str, float] = dict(self.base_weights)
+        self.schedules = {name: term.schedule for name, (term, _) in parsed.items() if term.schedule is not None}
+        for name, schedule in self.schedules.items():
+            if isinstance(schedule, HandOver) and (schedule.to not in self.views or schedule.to == name):
+                raise ValueError(f"term {name!r}: hands its weight over to {schedule.to!r}, which is not another term")
+        if balancing is not None and not isinstance(balancing, Balancer):
+            raise ValueError(f"balancing must be a detloss.balancing.Balancer, got {type(balancing).__name__}")
+        if balancing is not None:
+            balancing.bind(self.names)
+        self.balancing = balancing
+        if self.schedules:  # the weights of the start of training, until the task updates them
+            self.update(Position(step=0, epoch=0.0, total_steps=1))
 
     @property
     def names(self) -> list[str]:
         return list(self.views)
 
+    @property
+    def is_dynamic(self) -> bool:
+        """Whether any weight changes during training (a schedule or a balancer)."""
+        return bool(self.schedules) or self.balancing is not None
+
     def set_weight(self, name: str, weight: float) -> None:
-        """Change a term's weight between steps (schedules, learned balancing)."""
+        """Change a term's configured weight between steps (schedules then apply on top of it)."""
         if name not in self.weights:
             raise ValueError(f"unknown term {name!r}; terms: {', '.join(self.weights)}")
-        self.weights[name] = _check_weight(name, weight)
+        self.base_weights[name] = self.weights[name] = _check_weight(name, weight)
+
+    def update(self, position: Position) -> None:
+        """Set the scheduled weights, and tell the balancer, for the training position ``position``."""
+        weights = {n: w * (self.schedules[n].factor(position) if n in self.schedules else 1.0)
+                   for n, w in self.base_weights.items()}
+        for schedule in self.schedules.values():
+            if isinstance(schedule, HandOver):
+                weights[schedule.to] *= schedule.share(position)
+        self.weights = weights
+        if self.balancing is not None:
+            self.balancing.update(position)
+
+    def current_weights(self) -> dict[str, float]:
+        """Each term's effective weight: configured × scheduled × learned."""
+        factors = self.balancing.factors() if self.balancing is not None else {}
+        return {n: w * factors.get(n, 1.0) for n, w in self.weights.items()}
 
     def check_views(self, available: set[str] | frozenset[str], owner: str) -> None:
         """Raise if a term names a view that ``owner`` (a criterion) does not build."""
@@ -142,7 +196,7 @@ class CompositeLoss(nn.Module):
                 )
 
     def forward(self, views: Mapping[str, View]) -> LossOutput:
-        total: Tensor | None = None
+        values: dict[str, Tensor] = {}
         terms: dict[str, Tensor] = {}
         for name, loss in self.losses.items():
             weight = self.weights[name]
@@ -153,13 +207,19 @@ class CompositeLoss(nn.Module):
             if weight == 0:
                 terms[name] = torch.zeros((), device=view.args[0].device)
                 continue
-            value = self._evaluate(name, loss, view) * weight
-            terms[name] = value.detach()
-            total = value if total is None else total + value
-        if total is None:  # every weight is 0: a zero that stays attached to the graph
+            values[name] = self._evaluate(name, loss, view) * weight
+        if not values:  # every weight is 0: a zero that stays attached to the graph
             first = next(iter(views.values())).args[0]
             total = first.sum() * 0.0 if isinstance(first, Tensor) and first.requires_grad else torch.zeros(())
-        return LossOutput(total, terms)
+            return LossOutput(total, terms)
+        if self.balancing is not None:
+            total, values = self.balancing(values)
+        else:
+            total = None
+            for value in values.values():
+                total = value if total is None else total + value
+        terms.update({name: value.detach() for name, value in values.items()})
+        return LossOutput(total, {name: terms[name] for name in self.losses}, values)
 
     @staticmethod
     def _evaluate(name: str, loss: nn.Module, view: View) -> Tensor:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from ..losses import LossOutput
+from ..losses import CompositeLoss, LossOutput
+from ..weight_schedules import Position
 from ..losses.penalty import penalised_parameters
 
 __all__ = ["LossTask"]
@@ -26,7 +30,17 @@ class LossTask(L.LightningModule):
         scheduler: a partial ``(optimizer, total_steps=, steps_per_epoch=) -> LRScheduler`` stepped every
             optimizer step, or ``None``.
         num_previews: validation images drawn with predictions and targets at each validation.
+        nan_guard: what a NaN or inf in the loss or any of its terms does: ``"stop"`` raises
+            ``FloatingPointError`` naming the terms, the step and the batch; ``"skip"`` warns and skips that
+            optimizer step; ``"off"`` checks nothing (saves one host sync per step). Under DDP the ranks agree
+            (one all-reduce of a flag), so all of them stop or skip together; there a skipped step backpropagates
+            zero gradients instead (Lightning lets no rank skip its backward), so the optimizer still steps:
+            momentum and weight decay go on, the loss does not.
+        channels_last: keep the weights (and so the activations) of the model's convolutions in NHWC order, which
+            oneDNN and cuDNN run faster (about 15 % less time per step for the YOLO nano on a 2-core CPU).
     """
+
+    NAN_GUARDS = ("stop", "skip", "off")
 
     def __init__(
         self,
@@ -35,21 +49,105 @@ class LossTask(L.LightningModule):
         optimizer: Callable,
         scheduler: Callable | None = None,
         num_previews: int = 4,
+        nan_guard: str = "stop",
+        channels_last: bool = False,
     ):
         super().__init__()
+        if nan_guard not in self.NAN_GUARDS:
+            raise ValueError(f"nan_guard must be one of {self.NAN_GUARDS}, got {nan_guard!r}")
         self.model, self.criterion = model, criterion
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.num_previews = num_previews
+        self.nan_guard = nan_guard
+        self.channels_last = channels_last
         self._preview: list = []
+        #: set by :class:`~detloss.diagnostics.GradientDiagnostics` on the steps it measures
+        self.keep_step_output = False
+        self.step_output: tuple | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.apply_memory_format(torch.channels_last)
+
+    def apply_memory_format(self, memory_format: torch.memory_format) -> None:
+        self.model.to(memory_format=memory_format)
+
+    # --------------------------------------------------------------------------------------------- training
+
+    @property
+    def composite(self) -> CompositeLoss | None:
+        loss = getattr(self.criterion, "loss", None)
+        return loss if isinstance(loss, CompositeLoss) else None
+
+    def position(self, batch_idx: int) -> Position:
+        """The training position that weight schedules read (restored with step and epoch on resume)."""
+        batches = self.trainer.num_training_batches
+        epoch = self.current_epoch + (batch_idx / batches if batches and math.isfinite(batches) else 0.0)
+        return Position(self.global_step, epoch, int(self.trainer.estimated_stepping_batches))
+
+    def on_train_batch_start(self, batch, batch_idx):
+        composite = self.composite
+        if composite is not None and composite.is_dynamic:
+            composite.update(self.position(batch_idx))
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        outputs = self.model(inputs)
+        out = self.criterion(outputs, targets)
+        if not self.loss_is_finite(out, batch_idx):  # "skip"
+            if self.trainer.world_size == 1:
+                return None  # Lightning skips the optimizer step
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        self.log_loss("train", out, len(inputs))
+        composite = self.composite
+        if composite is not None:
+            weights = {f"train/weight/{n}": w for n, w in composite.current_weights().items()}
+            self.log_dict(weights, on_step=True, on_epoch=False, batch_size=len(inputs))
+        if self.keep_step_output:  # for the gradient diagnostics (callbacks read it in on_before_backward)
+            self.step_output = (outputs, out)
+        return out.total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.step_output = None
+
+    def on_train_epoch_start(self):
+        # Each epoch's random draws (augmentations, shuffling) come from seed, epoch and rank: the ranks of DDP draw
+        # differently (it starts them all from rank 0's weights; the sampler splits the data), and a run resumed
+        # at epoch e draws what the uninterrupted run drew there.
+        world = self.trainer.world_size
+        L.seed_everything(self._base_seed + self.global_rank + world * self.current_epoch, workers=True, verbose=False)
+
+    def on_fit_start(self):
+        self._base_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (seed_everything sets it)
+
+    def loss_is_finite(self, out: LossOutput, batch_idx: int) -> bool:
+        """Apply :attr:`nan_guard`: ``True`` when the loss and all its terms are finite (on every rank)."""
+        if self.nan_guard == "off":
+            return True
+        names = ["total", *out.terms]
+        values = torch.stack([out.total.detach().float(), *(v.float() for v in out.terms.values())])
+        finite = torch.isfinite(values).all()
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(bool(finite), all=True)
+        if bool(finite):
+            return True
+        bad = ", ".join(f"{n} = {v:g}" for n, v in zip(names, values.tolist()) if not math.isfinite(v))
+        where = f"at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        message = f"non-finite loss {where}: {bad or 'on another rank'}"
+        if self.nan_guard == "stop":
+            raise FloatingPointError(message + "; set task.nan_guard=skip to skip such steps instead")
+        rank_zero_warn(message + "; skipping this step (task.nan_guard=skip)")
+        return False
 
     # ------------------------------------------------------------------------------------------------ optim
 
     def configure_optimizers(self):
         decay = {id(p) for _, p in penalised_parameters(self.model)}
         params = [p for p in self.model.parameters() if p.requires_grad]
+        learned = [p for p in self.criterion.parameters() if p.requires_grad]  # e.g. learned loss balancing
         groups = [
             {"params": [p for p in params if id(p) in decay]},
-            {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
+            {"params": [p for p in params if id(p) not in decay] + learned, "weight_decay": 0.0},
         ]
         optimizer = self.optimizer_factory([g for g in groups if g["params"]])
         if self.scheduler_factory is None:

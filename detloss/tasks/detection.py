@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes
@@ -12,7 +13,21 @@ from torchvision.utils import draw_bounding_boxes
 from ..models import ModelEMA
 from .base import LossTask, to_uint8
 
-__all__ = ["DetectionTask"]
+__all__ = ["DetectionTask", "pad_to_equal_image_counts"]
+
+
+def pad_to_equal_image_counts(metric: MeanAveragePrecision, count: int) -> None:
+    """Under ``torch.distributed``, add empty images to ``metric`` (which holds ``count`` on this rank) until every
+    rank holds as many: torchmetrics gathers the per-image list states one tensor at a time, so unequal counts
+    would issue mismatched collectives. An image without boxes or predictions changes no COCO metric."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    most = torch.tensor(count, device=metric.device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    empty_pred = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    empty_target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    for _ in range(int(most) - count):
+        metric.update([empty_pred], [empty_target])
 
 
 class DetectionTask(LossTask):
@@ -21,7 +36,7 @@ class DetectionTask(LossTask):
     Args:
         model: a detector with ``forward(images) -> feats`` and ``postprocess(feats, ...) -> [dicts]``.
         criterion: e.g. :class:`~detloss.detection.DetectionCriterion`.
-        optimizer, scheduler, num_previews: see :class:`~detloss.tasks.base.LossTask`.
+        optimizer, scheduler, num_previews, nan_guard, channels_last: see :class:`~detloss.tasks.base.LossTask`.
         ema: evaluate an exponential moving average of the weights (the YOLO habit).
         ema_decay, ema_tau: its decay ``d · (1 − exp(−updates / τ))``.
         class_names: names for per-class metrics and previews.
@@ -29,10 +44,10 @@ class DetectionTask(LossTask):
         conf_threshold, iou_threshold, max_det: post-processing for the metric (low threshold: mAP needs the
             whole precision–recall curve).
 
-    The metric state holds lists of per-image predictions; torchmetrics gathers them across ranks at
-    ``compute``, so ranks that update a different number of times are fine. A ``DistributedSampler`` pads the
-    last batch with repeated images, which counts them twice: validate on one device, or with a validation set
-    whose size divides by the world size, when the exact number matters.
+    Under DDP the validation sampler gives every image to exactly one rank (see the DataModules), and the metric
+    state, lists of per-image tensors, is gathered at ``compute``. torchmetrics gathers such a list one tensor at
+    a time, so ranks holding different numbers of images would issue different collectives and hang; the rank
+    with fewer images is padded with empty ones (no boxes, no predictions), which COCO evaluation skips.
     """
 
     def __init__(
@@ -42,6 +57,8 @@ class DetectionTask(LossTask):
         optimizer: Callable,
         scheduler: Callable | None = None,
         num_previews: int = 4,
+        nan_guard: str = "stop",
+        channels_last: bool = False,
         ema: bool = True,
         ema_decay: float = 0.9999,
         ema_tau: float = 2000.0,
@@ -51,13 +68,14 @@ class DetectionTask(LossTask):
         iou_threshold: float = 0.7,
         max_det: int = 300,
     ):
-        super().__init__(model, criterion, optimizer, scheduler, num_previews)
+        super().__init__(model, criterion, optimizer, scheduler, num_previews, nan_guard, channels_last)
         # not a submodule: it is neither trained nor in train mode; checkpoints carry it (on_save_checkpoint)
         self.ema = ModelEMA(model, decay=ema_decay, tau=ema_tau) if ema else None
         self.class_names = list(class_names) if class_names else None
         self.map_per_class = map_per_class
         self.post = dict(conf_threshold=conf_threshold, iou_threshold=iou_threshold, max_det=max_det)
         self.map_metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=map_per_class)
+        self._val_images = 0
 
     @property
     def eval_model(self) -> nn.Module:
@@ -70,13 +88,8 @@ class DetectionTask(LossTask):
     def forward(self, images):
         return self.eval_model.postprocess(self.eval_model(images), **self.post)
 
-    def training_step(self, batch, batch_idx):
-        images, targets = batch
-        out = self.criterion(self.model(images), targets)
-        self.log_loss("train", out, len(images))
-        return out.total
-
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        super().on_train_batch_end(outputs, batch, batch_idx)
         if self.ema is not None:
             self.ema.update(self.model)
 
@@ -86,9 +99,11 @@ class DetectionTask(LossTask):
         self.log_loss("val", self.criterion(feats, targets), len(images))
         preds = self.eval_model.postprocess(feats, image_size=tuple(images.shape[-2:]), **self.post)
         self.map_metric.update(preds, targets)
+        self._val_images += len(images)
         self.keep_preview(batch_idx, images, preds, targets)
 
     def on_validation_epoch_end(self):
+        self._pad_to_equal_image_counts()
         result = self.map_metric.compute()
         self.map_metric.reset()
         for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"):
@@ -98,6 +113,15 @@ class DetectionTask(LossTask):
             for cls, value in zip(result["classes"].view(-1).tolist(), per_class):
                 self.log(f"val/map/{self._name(cls)}", value.float())
         self.save_previews(self._draw)
+
+    def apply_memory_format(self, memory_format):
+        super().apply_memory_format(memory_format)
+        if self.ema is not None:
+            self.ema.module.to(memory_format=memory_format)
+
+    def _pad_to_equal_image_counts(self) -> None:
+        count, self._val_images = self._val_images, 0
+        pad_to_equal_image_counts(self.map_metric, count)
 
     def on_train_start(self):
         if self.ema is not None:

@@ -22,14 +22,16 @@ class SegmentationTask(LossTask):
     Args:
         model: ``forward(images) -> logits (B, C, H, W)``.
         criterion: e.g. :class:`~detloss.segmentation.SegmentationCriterion`.
-        optimizer, scheduler, num_previews: see :class:`~detloss.tasks.base.LossTask`.
+        optimizer, scheduler, num_previews, nan_guard, channels_last: see :class:`~detloss.tasks.base.LossTask`.
         num_classes: classes, background (0) included.
         class_names: names of the classes (for ``val/dice/<class>``).
         ignore_index: mask value excluded from the metrics: those pixels are set to background in both
             prediction and target, so they count in no foreground class.
 
     Logged: ``val/dice`` (mean over the foreground classes of the dataset-level Dice), ``val/dice/<class>``,
-    ``val/generalized_dice``. Both metrics sum their states across ranks.
+    ``val/generalized_dice`` (torchmetrics' per-image generalized Dice, averaged over the images with foreground
+    in the target or the prediction: torchmetrics would score a correctly empty image 0). Both metrics sum their
+    states across ranks.
     """
 
     def __init__(
@@ -39,11 +41,13 @@ class SegmentationTask(LossTask):
         optimizer: Callable,
         scheduler: Callable | None = None,
         num_previews: int = 4,
+        nan_guard: str = "stop",
+        channels_last: bool = False,
         num_classes: int = 2,
         class_names: Sequence[str] | None = None,
         ignore_index: int = 255,
     ):
-        super().__init__(model, criterion, optimizer, scheduler, num_previews)
+        super().__init__(model, criterion, optimizer, scheduler, num_previews, nan_guard, channels_last)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
         kw = dict(num_classes=num_classes, include_background=False, input_format="index")
@@ -53,12 +57,6 @@ class SegmentationTask(LossTask):
     def forward(self, images):
         return self.model(images).argmax(1)
 
-    def training_step(self, batch, batch_idx):
-        images, masks = batch
-        out = self.criterion(self.model(images), masks)
-        self.log_loss("train", out, len(images))
-        return out.total
-
     def validation_step(self, batch, batch_idx):
         images, masks = batch
         logits = self.model(images)
@@ -67,7 +65,11 @@ class SegmentationTask(LossTask):
         ignored = masks == self.ignore_index
         pred, target = pred.masked_fill(ignored, 0), masks.masked_fill(ignored, 0)
         self.dice.update(pred, target)
-        self.generalized_dice.update(pred, target)
+        # torchmetrics scores an image without foreground in target and prediction (a true negative) as 0, not 1;
+        # the generalized Dice averages over the images that have something to score
+        scored = (pred > 0).flatten(1).any(1) | (target > 0).flatten(1).any(1)
+        if scored.any():
+            self.generalized_dice.update(pred[scored], target[scored])
         self.keep_preview(batch_idx, images, pred, target)
 
     def on_validation_epoch_end(self):

@@ -1,0 +1,136 @@
+"""Learned balancing of composite terms: homoscedastic uncertainty weighting and dynamic weight averaging.
+
+A balancer sits inside a :class:`~detloss.losses.CompositeLoss` (``balancing:`` in a loss config) and turns the
+terms' weighted values ``v_i = w_i · L_i`` into the total. Its state (learned parameters, loss history) is part of
+the module, so checkpoints carry it; :meth:`Balancer.factors` gives each term's current multiplier, which the task
+logs as part of ``train/weight/<term>`` (the configured weight times the factor).
+
+* :class:`UncertaintyWeighting` — Kendall, Gal and Cipolla, *Multi-Task Learning Using Uncertainty to Weigh
+  Losses*, CVPR 2018: one learned log-variance ``s_i`` per term, ``total = Σ exp(−s_i) · v_i + s_i``, optimised
+  with the model (the task puts ``s`` in the optimizer, without weight decay). This is the paper's
+  ``L / (2σ²) + log σ`` times 2 with ``s = log σ²``; the factor 2 keeps the start (``s = 0``) equal to the fixed
+  weights. A term whose loss is noisy or large learns a larger ``s``, so a smaller factor ``exp(−s)``; at the
+  optimum of ``s``, ``exp(−s_i) = 1 / v_i``.
+* :class:`DynamicWeightAverage` — Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*,
+  CVPR 2019: factors ``K · softmax(r / T)`` with ``r_i = v̄_i(e−1) / v̄_i(e−2)`` the ratio of the term's mean
+  weighted training loss over the last two epochs (summed over ranks under DDP); 1 for the first two epochs. It needs no extra backward pass (GradNorm,
+  Chen et al., ICML 2018, needs one per term and step through the shared layer, too dear on the CPUs this
+  library also serves), and it reacts to what the diagnostics show: a term whose loss stalls gets more weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .weight_schedules import Position
+
+__all__ = ["Balancer", "UncertaintyWeighting", "DynamicWeightAverage"]
+
+
+class Balancer(nn.Module):
+    """Combines weighted term values into a total; :meth:`bind` gives it the term names first."""
+
+    names: list[str]
+
+    def bind(self, names: list[str]) -> None:
+        self.names = list(names)
+
+    def forward(self, values: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(total, balanced values)`` from the weighted values of the computed terms."""
+        raise NotImplementedError
+
+    def factors(self) -> dict[str, float]:
+        """Each term's current multiplier."""
+        raise NotImplementedError
+
+    def update(self, position: Position) -> None:
+        """Called before each training step with the training position."""
+
+
+class UncertaintyWeighting(Balancer):
+    """``Σ exp(−s_i) · v_i + s_i`` with a learned log-variance ``s_i`` per term (initial value ``init``)."""
+
+    def __init__(self, init: float = 0.0):
+        super().__init__()
+        if not math.isfinite(init):
+            raise ValueError(f"init must be finite, got {init!r}")
+        self.init = float(init)
+        self.log_vars = nn.ParameterDict()
+
+    def bind(self, names: list[str]) -> None:
+        super().bind(names)
+        self.log_vars = nn.ParameterDict({n: nn.Parameter(torch.tensor(self.init)) for n in names})
+
+    def forward(self, values):
+        balanced, total = {}, None
+        for name, s in self.log_vars.items():
+            s = s.float()
+            if name in values:
+                balanced[name] = torch.exp(-s) * values[name]
+                term = balanced[name] + s
+            else:  # a term of weight 0 now (a schedule): kept in the graph, so DDP sees every parameter used
+                term = s * 0.0
+            total = term if total is None else total + term
+        return total, balanced
+
+    def factors(self):
+        return {n: math.exp(-float(s)) for n, s in self.log_vars.items()}
+
+
+class DynamicWeightAverage(Balancer):
+    """Factors ``K · softmax(r / temperature)`` from the epoch-to-epoch ratios ``r`` of each term's mean loss."""
+
+    def __init__(self, temperature: float = 2.0):
+        super().__init__()
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def bind(self, names: list[str]) -> None:
+        super().bind(names)
+        n = len(names)
+        # means of the last two finished epochs (row 0 the older), this epoch's sums and count, the epoch
+        self.register_buffer("history", torch.full((2, n), math.nan, dtype=torch.float64))
+        self.register_buffer("sums", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("weights", torch.ones(n, dtype=torch.float64))
+
+    def forward(self, values):
+        if torch.is_grad_enabled():  # training: add this step's finite values to the epoch's sums
+            nan = self.sums.new_tensor(math.nan)
+            step = torch.stack([values[n].detach().to(self.sums) if n in values else nan for n in self.names])
+            finite = torch.isfinite(step)
+            self.sums += torch.where(finite, step, 0.0)
+            self.count += finite
+        factors = self.factors()
+        balanced = {n: v * factors[n] for n, v in values.items()}
+        return sum(balanced.values()), balanced
+
+    def update(self, position: Position) -> None:
+        epoch = int(position.epoch)
+        if epoch <= int(self.epoch):
+            return
+        sums, count = self.sums.clone(), self.count.clone()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            both = torch.cat([sums, count])
+            dist.all_reduce(both)
+            sums, count = both.split(len(self.names))
+        self.history[0] = self.history[1]
+        self.history[1] = torch.where(count > 0, sums / count.clamp(min=1), math.nan)
+        self.sums.zero_()
+        self.count.zero_()
+        self.epoch.fill_(epoch)
+        # a term without a positive mean in both epochs (not computed, weight 0) keeps ratio 1
+        older, newer = self.history
+        usable = (older > 0) & (newer >= 0)
+        ratio = torch.where(usable, newer / older.clamp(min=torch.finfo(older.dtype).tiny), 1.0)
+        if bool(torch.isfinite(older).any()):
+            self.weights.copy_(len(self.names) * torch.softmax(ratio / self.temperature, 0))
+
+    def factors(self):
+        return dict(zip(self.names, self.weights.tolist()))

@@ -1,0 +1,125 @@
+"""Per-term gradient diagnostics: how hard each loss term pulls, and whether the terms pull together.
+
+:class:`GradientDiagnostics` (``callbacks=diagnostics``) measures, every ``every_n_steps`` optimizer steps, the
+gradient of each computed term of the composite with respect to the model's output (the head maps that every
+term shares; optionally also the parameters of a named shared layer), and logs
+
+* ``diag/grad_norm/<term>``: the L2 norm of that term's gradient;
+* ``diag/grad_share/<term>``: its norm over the sum of the terms' norms (the shares add up to 1);
+* ``diag/grad_cos/<a>__<b>``: the cosine similarity of two terms' gradients (negative: they conflict);
+* ``diag/seconds``: what the measurement cost on that step.
+
+With ``layer`` set (a dotted path inside the task, e.g. ``model.neck``) the same keys are logged under
+``diag/layer/...`` for the gradients with respect to that module's parameters.
+
+The gradients are taken with ``torch.autograd.grad`` before the step's own backward (Lightning's
+``on_before_backward``), one backward per term through the criterion only (through the head too when ``layer`` is
+set); the model's parameter gradients and the optimizer step are untouched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import lightning as L
+import torch
+from torch import Tensor
+
+__all__ = ["GradientDiagnostics", "term_gradients", "gradient_stats"]
+
+
+def _tensors(outputs) -> list[Tensor]:
+    """The tensors of a model output (a tensor, or nested lists / tuples / dicts of them) that need grad."""
+    if isinstance(outputs, Tensor):
+        return [outputs] if outputs.requires_grad else []
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return [t for item in outputs for t in _tensors(item)]
+    return []
+
+
+def term_gradients(values: dict[str, Tensor], inputs: list[Tensor]) -> dict[str, Tensor]:
+    """Each term's gradient with respect to ``inputs``, flattened into one float32 vector (the graph is kept)."""
+    grads = {}
+    for name, value in values.items():
+        parts = torch.autograd.grad(value, inputs, retain_graph=True, allow_unused=True)
+        grads[name] = torch.cat([
+            (g if g is not None else torch.zeros_like(x)).detach().float().flatten() for g, x in zip(parts, inputs)
+        ])
+    return grads
+
+
+def gradient_stats(grads: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``grad_norm/<term>``, ``grad_share/<term>`` and ``grad_cos/<a>__<b>`` of flattened per-term gradients."""
+    norms = {name: g.norm() for name, g in grads.items()}
+    total = torch.stack(list(norms.values())).sum()
+    stats = {f"grad_norm/{n}": v for n, v in norms.items()}
+    stats |= {f"grad_share/{n}": v / total.clamp(min=torch.finfo(v.dtype).tiny) for n, v in norms.items()}
+    for a, b in itertools.combinations(grads, 2):
+        denom = (norms[a] * norms[b]).clamp(min=torch.finfo(norms[a].dtype).tiny)
+        stats[f"grad_cos/{a}__{b}"] = torch.dot(grads[a], grads[b]) / denom
+    return stats
+
+
+class GradientDiagnostics(L.Callback):
+    """Log per-term gradient norms, shares and cosines every ``every_n_steps`` steps.
+
+    Args:
+        every_n_steps: measuring interval in optimizer steps (the first step is measured).
+        layer: optional dotted path of a shared module inside the task (``model.neck``) whose parameters' per-term
+            gradients are measured as well.
+    """
+
+    def __init__(self, every_n_steps: int = 50, layer: str | None = None):
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
+        self.every_n_steps = every_n_steps
+        self.layer = layer
+        #: the values of the latest measurement
+        self.last: dict[str, float] = {}
+
+    def setup(self, trainer, pl_module, stage):
+        if not hasattr(pl_module, "keep_step_output"):
+            raise ValueError(f"GradientDiagnostics needs a detloss task (LossTask), got {type(pl_module).__name__}")
+        if self.layer is not None:
+            self._layer_params(pl_module)  # fail at once on a wrong path
+
+    def _layer_params(self, pl_module) -> list[Tensor]:
+        module = pl_module
+        for part in self.layer.split("."):
+            if not hasattr(module, part):
+                raise ValueError(f"GradientDiagnostics: layer {self.layer!r} not found in {type(pl_module).__name__}")
+            module = getattr(module, part)
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"GradientDiagnostics: layer {self.layer!r} has no trainable parameters")
+        return params
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pl_module.keep_step_output = trainer.global_step % self.every_n_steps == 0
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        step_output, pl_module.keep_step_output = pl_module.step_output, False
+        if step_output is None:
+            return
+        start = time.perf_counter()
+        outputs, out = step_output
+        values = out.values or {}
+        if not values:
+            return
+        stats = {f"diag/{k}": v for k, v in gradient_stats(term_gradients(values, _tensors(outputs))).items()}
+        if self.layer is not None:
+            layer_grads = term_gradients(values, self._layer_params(pl_module))
+            stats |= {f"diag/layer/{k}": v for k, v in gradient_stats(layer_grads).items()}
+        if out.total.device.type == "cuda":
+            torch.cuda.synchronize(out.total.device)  # the time of the work, not of its launch
+        values = {key: float(value) for key, value in stats.items()}
+        values["diag/seconds"] = time.perf_counter() - start
+        self.last = values
+        # straight to the loggers, at the measured step: through LightningModule.log a value logged every N steps
+        # would be written again at each logging interval in between, and at the interval's step
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)

@@ -1,0 +1,142 @@
+"""Schedules for the weights of composite terms: constant, linear warm-up, step, cosine, and a two-term hand-over.
+
+A schedule is a factor on the term's configured weight, a function of the training position alone (optimizer
+step, epoch, and the run's length), so that resuming a run from a checkpoint (which restores step and epoch)
+restores it, with no state of its own. In a loss config a term names it under ``schedule``::
+
+    box: {loss: {_target_: detloss.losses.CIoULoss}, weight: 7.5, view: box,
+          schedule: {_target_: detloss.weight_schedules.LinearWarmup, duration: 3, unit: epoch}}
+
+The task (:class:`~detloss.tasks.LossTask`) sets every scheduled weight before each optimizer step and logs it
+as ``train/weight/<term>``.
+
+``HandOver`` moves a weight from one term to another: on term ``a`` with ``to: b`` it multiplies ``a``'s weight by
+``1 − s`` and ``b``'s by ``s``, ``s`` rising from 0 to 1 between ``begin`` and ``end`` (fractions of training) — the
+one-to-many → one-to-one hand-over of NMS-free YOLO training, or any curriculum between two terms.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Position", "WeightSchedule", "Constant", "LinearWarmup", "Step", "Cosine", "HandOver"]
+
+UNITS = ("step", "epoch")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training is: ``step`` (optimizer steps done), ``epoch`` (fractional: 2.5 = half-way through the
+    third), and the run's length ``total_steps`` (for fractions of training)."""
+
+    step: int
+    epoch: float
+    total_steps: int
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    def at(self, unit: str) -> float:
+        return float(self.step) if unit == "step" else self.epoch
+
+
+def _check_unit(unit: str) -> str:
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    return unit
+
+
+def _check_nonneg(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class WeightSchedule:
+    """A factor on a term's weight at a :class:`Position`."""
+
+    def factor(self, position: Position) -> float:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class Constant(WeightSchedule):
+    """Factor 1: the configured weight throughout (what a term without ``schedule`` has)."""
+
+    def factor(self, position: Position) -> float:
+        return 1.0
+
+
+class LinearWarmup(WeightSchedule):
+    """From ``start`` to 1, linearly over the first ``duration`` steps or epochs, then 1."""
+
+    def __init__(self, duration: float, unit: str = "epoch", start: float = 0.0):
+        self.duration = _check_nonneg("duration", duration)
+        self.unit = _check_unit(unit)
+        self.start = _check_nonneg("start", start)
+
+    def factor(self, position: Position) -> float:
+        if self.duration == 0:
+            return 1.0
+        t = min(1.0, position.at(self.unit) / self.duration)
+        return self.start + (1.0 - self.start) * t
+
+
+class Step(WeightSchedule):
+    """Multiplied by ``gamma`` at each of the ``milestones`` (steps or epochs) passed."""
+
+    def __init__(self, milestones: Sequence[float], gamma: float = 0.1, unit: str = "epoch"):
+        milestones = [_check_nonneg("milestones", float(m)) for m in milestones]
+        if milestones != sorted(milestones):
+            raise ValueError(f"milestones must be increasing, got {milestones}")
+        self.milestones = milestones
+        self.gamma = _check_nonneg("gamma", gamma)
+        self.unit = _check_unit(unit)
+
+    def factor(self, position: Position) -> float:
+        return self.gamma ** bisect.bisect_right(self.milestones, position.at(self.unit))
+
+
+class Cosine(WeightSchedule):
+    """From 1 to ``end`` along a half cosine over training (or its first ``duration`` steps or epochs)."""
+
+    def __init__(self, end: float = 0.0, duration: float | None = None, unit: str = "epoch"):
+        self.end = _check_nonneg("end", end)
+        self.duration = None if duration is None else _check_nonneg("duration", duration)
+        self.unit = _check_unit(unit)
+
+    def factor(self, position: Position) -> float:
+        if self.duration is None:
+            t = position.fraction
+        else:
+            t = 1.0 if self.duration == 0 else min(1.0, position.at(self.unit) / self.duration)
+        return self.end + (1.0 - self.end) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class HandOver(WeightSchedule):
+    """This term's weight × ``1 − s``, term ``to``'s weight × ``s``; ``s`` goes linearly from 0 to 1 between the
+    fractions ``begin`` and ``end`` of training."""
+
+    def __init__(self, to: str, begin: float = 0.0, end: float = 1.0):
+        if not isinstance(to, str) or not to:
+            raise ValueError(f"to must name the term that takes the weight over, got {to!r}")
+        begin, end = _check_nonneg("begin", begin), _check_nonneg("end", end)
+        if not begin <= end <= 1:
+            raise ValueError(f"need 0 <= begin <= end <= 1, got begin={begin}, end={end}")
+        self.to, self.begin, self.end = to, begin, end
+
+    def share(self, position: Position) -> float:
+        """``s``: the part of the hand-over done."""
+        if self.end == self.begin:
+            return float(position.fraction >= self.end)
+        return min(1.0, max(0.0, (position.fraction - self.begin) / (self.end - self.begin)))
+
+    def factor(self, position: Position) -> float:
+        return 1.0 - self.share(position)

@@ -1,0 +1,177 @@
+"""Two CPU processes over gloo (``trainer=ddp_sim``): what DDP must not change, checked against one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from detloss.train import CONFIG_PATH, build, train
+
+#: 13 validation images on 2 ranks: Lightning's DistributedSampler would pad them to 14 (one counted twice)
+DDP = [
+    "trainer=ddp_sim",
+    "data.num_train=16",
+    "data.num_val=13",
+    "data.batch_size=4",
+    "data.image_size=64",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "task.num_previews=1",
+]
+METRICS = {
+    "detection": ["val/map", "val/map_50", "val/map_75", "val/mar_100"],
+    "segmentation": ["val/dice", "val/generalized_dice"],
+}
+
+
+class RankProbe(L.Callback):
+    """Writes, per rank and step, the rank's own loss and the logged (reduced) one, and what DDP set up."""
+
+    def __init__(self, out_dir):
+        self.out_dir, self.steps = str(out_dir), []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps.append({"local": float(outputs["loss"]), "logged": float(trainer.callback_metrics["train/loss"])})
+
+    def on_train_end(self, trainer, module):
+        sync_bn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.model.modules())
+        record = {"steps": self.steps, "sync_bn": sync_bn, "seed": torch.initial_seed()}
+        with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump(record, f)
+
+
+def compose_cfg(run_dir, *overrides):
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={run_dir}", *overrides])
+
+
+def validate_on_one_process(cfg, checkpoint):
+    """The metrics of ``checkpoint`` on the whole validation set, in this process alone."""
+    datamodule, task = build(cfg)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        default_root_dir=cfg.paths.output_dir)
+    (result,) = trainer.validate(task, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
+    return result
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_two_process_run_matches_one_process(tmp_path, task):
+    run_dir, probes = tmp_path / "run", tmp_path / "probes"
+    probes.mkdir()
+    cfg = compose_cfg(run_dir, f"task={task}", *DDP)
+    metrics = train(cfg, callbacks=[RankProbe(probes)])
+
+    # one run directory, one metrics.json, checkpoints written once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probes", "run"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "ok" and record["steps"] == 2  # 16 images, batch 4, 2 ranks
+
+    # validation metrics: every image counted once, as one process counts them
+    one_process = compose_cfg(tmp_path / "single", f"task={task}", *DDP[1:])
+    single = validate_on_one_process(one_process, run_dir / "checkpoints" / "last.ckpt")
+    values = {k: (metrics[k], single[k]) for k in METRICS[task]}
+    if task == "segmentation":  # two steps do not teach a detector anything: test_map_over_ranks covers mAP
+        assert any(abs(v) > 0 for v, _ in values.values()), values
+    for key, (ddp, one) in values.items():
+        assert ddp == pytest.approx(one, abs=1e-6), key
+
+    # logged losses are reduced over the ranks; the ranks draw different augmentations
+    ranks = [json.loads((probes / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert a["logged"] == pytest.approx((a["local"] + b["local"]) / 2, rel=1e-5) == b["logged"]
+    assert not any(r["sync_bn"] for r in ranks)  # GPU only in torch: trainer=ddp turns it on (test_ddp_config)
+    assert ranks[0]["seed"] != ranks[1]["seed"]
+
+
+def _images(n: int):
+    """``n`` images of 0-2 boxes each with predictions of every quality (some exact, some off, some missing)."""
+    g = torch.Generator().manual_seed(0)
+    preds, targets = [], []
+    for i in range(n):
+        k = i % 3
+        xy = torch.rand(k, 2, generator=g) * 50
+        boxes = torch.cat([xy, xy + 10 + torch.rand(k, 2, generator=g) * 20], 1)
+        labels = torch.randint(0, 3, (k,), generator=g)
+        shift = torch.rand(k, 1, generator=g) * 8 * (i % 2)
+        preds.append({"boxes": boxes + shift, "scores": torch.rand(k, generator=g), "labels": labels})
+        targets.append({"boxes": boxes, "labels": labels})
+    return preds, targets
+
+
+def _map_worker(rank: int, world: int, port: int, out: str):
+    import torch.distributed as dist
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from detloss.tasks.detection import pad_to_equal_image_counts
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    preds, targets = _images(7)
+    mine = list(range(rank, 7, world))  # 4 images on rank 0, 3 on rank 1, as the validation sampler splits them
+    metric = MeanAveragePrecision()
+    for i in mine:
+        metric.update([preds[i]], [targets[i]])
+    pad_to_equal_image_counts(metric, len(mine))
+    result = {k: float(v) for k, v in metric.compute().items() if v.numel() == 1}
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
+
+
+def test_map_over_ranks_with_unequal_image_counts(tmp_path):
+    from torchmetrics.detection import MeanAveragePrecision
+
+    out = tmp_path / "ddp.json"
+    torch.multiprocessing.spawn(_map_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    preds, targets = _images(7)
+    single = MeanAveragePrecision()
+    single.update(preds, targets)
+    expected = {k: float(v) for k, v in single.compute().items() if v.numel() == 1}
+    got = json.loads(out.read_text())
+    assert 0 < expected["map_50"] < 1  # neither trivial nor perfect
+    for key in ("map", "map_50", "map_75", "mar_100"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_config():
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=ddp", "trainer.devices=4"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm and cfg.trainer.use_distributed_sampler
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "trainer",
+    [
+        ["trainer=ddp_sim"],  # spawned ranks
+        # ranks started by Lightning as new processes of the same command line (what GPUs use)
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.sync_batchnorm=false"],
+    ],
+    ids=["spawn", "subprocess"],
+)
+def test_a_multirun_of_ddp_jobs_keeps_each_job_in_its_directory(tmp_path, trainer):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "detloss.train", "-m", "loss.terms.box.weight=1,2", *DDP, *trainer,
+           "trainer.devices=2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        record = json.loads((sweep / job / "metrics.json").read_text())
+        assert record["status"] == "ok" and record["steps"] == 2
+        assert sorted(p.name for p in (sweep / job / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

@@ -1,0 +1,143 @@
+"""Sweeps through the real command line: Hydra multiruns, a failing job, Optuna, the SLURM launcher config,
+resuming a run, and the report written from what the jobs leave behind."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from detloss.report import main as report_main
+from detloss.train import CONFIG_PATH
+
+#: jobs of a few steps on a few images: what is tested is the plumbing, not the learning
+TINY = [
+    "data.num_train=16",
+    "data.num_val=8",
+    "data.batch_size=8",
+    "data.image_size=64",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "task.num_previews=1",
+]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "detloss.train", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"detloss.train {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def records(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))}
+
+
+def test_a_weight_sweep_runs_every_job_and_reports_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli("-m", "loss.terms.box.weight=2.5,5", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = records(sweep)
+    assert sorted(jobs) == ["0", "1"]
+    assert all(r["status"] == "ok" and r["optimized_metric"] == "val/map_50" for r in jobs.values())
+    weights = [[o for o in r["overrides"] if o.startswith("loss.terms.box.weight=")] for r in jobs.values()]
+    assert sorted(weights) == [["loss.terms.box.weight=2.5"], ["loss.terms.box.weight=5"]]
+    assert not (tmp_path / "outputs").exists()  # nothing outside the sweep directory
+
+    assert report_main([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "report" / "report.csv").open()))
+    assert len(rows) == 2 and {r["loss.terms.box.weight"] for r in rows} == {"2.5", "5"}
+    assert (sweep / "report" / "report.md").read_text().count("\n|") >= 3
+    plots = list((sweep / "report").rglob("*.png"))
+    assert any(p.name.startswith("sweep_") for p in plots) and any(p.name == "loss_terms.png" for p in plots)
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli("-m", "optimizer.lr=-1,0.002", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = records(sweep)
+    assert jobs["0"]["status"] == "failed" and "learning rate" in jobs["0"]["error"]
+    assert "Traceback" in (sweep / "0" / "error.txt").read_text()
+    assert jobs["1"]["status"] == "ok"
+    report_main([str(sweep)])
+    markdown = (sweep / "report" / "report.md").read_text()
+    assert "Failed" in markdown and "learning rate" in markdown
+
+
+def test_a_single_failing_run_exits_with_the_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "detloss.train", "optimizer.lr=-1", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode != 0 and "learning rate" in proc.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_seeds_are_aggregated_in_the_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli("-m", "task=segmentation", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    report_main([str(sweep)])
+    (row,) = list(csv.DictReader((sweep / "report" / "report.csv").open()))
+    assert row["seeds"] == "2"
+    values = [r["value"] for r in records(sweep).values()]
+    assert float(row["val/dice_mean"]) == pytest.approx(sum(values) / 2, abs=1e-6)
+
+
+def test_optuna_search_runs_two_trials(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    run_cli(
+        "task=segmentation", "hparams_search=segmentation_loss_weights", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )
+    jobs = records(sweep)
+    assert len(jobs) == 2 and all(r["status"] == "ok" for r in jobs.values())
+    weights = [o for r in jobs.values() for o in r["overrides"] if o.startswith("loss.terms.dice.weight=")]
+    assert len(weights) == 2  # the sampled values are the jobs' overrides
+    assert "best_params" in (sweep / "optimization_results.yaml").read_text()
+
+
+@pytest.mark.parametrize("search", ["detection_loss_weights", "segmentation_loss_weights"])
+def test_optuna_configs_compose(search):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    task = "segmentation" if search.startswith("segmentation") else "detection"
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=[f"task={task}", f"hparams_search={search}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == "maximize"
+    for key in cfg.hydra.sweeper.params:
+        assert key.startswith("loss.terms.") and key.removeprefix("loss.terms.").split(".")[0] in cfg.loss.terms
+
+
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    run = tmp_path / "run"
+    run_cli(*TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+    first = json.loads((run / "metrics.json").read_text())
+    run_cli(*TINY, "trainer.max_epochs=2", f"resume={run}", cwd=tmp_path)
+    second = json.loads((run / "metrics.json").read_text())
+    assert (first["epochs"], second["epochs"]) == (1, 2)
+    assert second["steps"] == 2 * first["steps"]
+    steps = [int(r["step"]) for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r["train/loss"]]
+    assert min(steps) < first["steps"] <= max(steps)  # one log, both parts
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_resume_from_a_run_without_checkpoint_names_it(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "detloss.train", f"resume={tmp_path / 'nothing'}", *TINY],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode != 0 and "checkpoint to resume from not found" in proc.stderr

@@ -1,0 +1,101 @@
+"""What the Lightning tasks add around the criterion: the NaN guard and the memory format."""
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from detloss.losses import LossOutput
+from detloss.tasks import LossTask
+
+
+class TwoTerms(nn.Module):
+    """``box`` = MSE, ``cls`` = L1; ``cls`` turns NaN on the batch whose first target is marked with −1."""
+
+    def forward(self, pred, target):
+        box = (pred - target).pow(2).mean()
+        cls = (pred - target).abs().mean()
+        if bool((target[:, 0] == -1).any()):
+            cls = cls * float("nan")
+        return LossOutput(box + cls, {"box": box.detach(), "cls": cls.detach()})
+
+
+def fit(nan_guard: str, bad_batch: int = 2, batches: int = 4):
+    torch.manual_seed(0)
+    x, y = torch.randn(batches * 4, 3), torch.randn(batches * 4, 2)
+    y[bad_batch * 4, 0] = -1
+    task = LossTask(nn.Linear(3, 2), TwoTerms(), functools.partial(torch.optim.SGD, lr=0.1), nan_guard=nan_guard)
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    trainer.fit(task, loader)
+    return trainer, task
+
+
+def test_nan_guard_stops_naming_the_term_step_and_batch():
+    with pytest.raises(FloatingPointError, match=r"at step 2 \(epoch 0, batch 2\): total = nan, cls = nan"):
+        fit("stop")
+
+
+def test_nan_guard_skip_skips_the_step_and_trains_on():
+    with pytest.warns(UserWarning, match="skipping this step"):
+        trainer, task = fit("skip")
+    # the same SGD by hand over the other batches
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for b in (0, 1, 3):
+        optimizer.zero_grad()
+        TwoTerms()(model(x[b * 4 : b * 4 + 4]), y[b * 4 : b * 4 + 4]).total.backward()
+        optimizer.step()
+    torch.testing.assert_close(task.model.weight, model.weight)
+
+
+def test_nan_guard_off_and_bad_option():
+    trainer, task = fit("off")
+    assert trainer.global_step == 4 and not torch.isfinite(task.model.weight).all()
+    with pytest.raises(ValueError, match="nan_guard"):
+        LossTask(nn.Linear(1, 1), TwoTerms(), torch.optim.SGD, nan_guard="ignore")
+
+
+def test_channels_last_keeps_values_and_converts_the_model():
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+    task = LossTask(conv, TwoTerms(), torch.optim.SGD, channels_last=True)
+    x = torch.randn(2, 3, 9, 9)
+    before = conv(x)
+    task.setup("fit")
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv(x), before)
+
+
+class MaskEcho(nn.Module):
+    """A perfect segmenter: the image's first channel holds the class map, echoed as confident logits."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.scale = nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, images):
+        one_hot = nn.functional.one_hot(images[:, 0].long(), self.num_classes).permute(0, 3, 1, 2)
+        return one_hot.float() * self.scale
+
+
+def test_segmentation_metrics_score_empty_images_as_correct():
+    from detloss.segmentation import SegmentationCriterion
+    from detloss.tasks import SegmentationTask
+
+    masks = torch.zeros(4, 8, 8, dtype=torch.long)
+    masks[0, 1:4, 1:4], masks[1, 4:7, 2:5] = 1, 2  # images 2 and 3 hold no lesion
+    task = SegmentationTask(MaskEcho(3), SegmentationCriterion(3), torch.optim.SGD, num_classes=3, num_previews=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (result,) = trainer.validate(task, DataLoader(TensorDataset(masks[:, None].float(), masks), batch_size=2),
+                                 verbose=False)
+    assert result["val/dice"] == pytest.approx(1.0)
+    assert result["val/generalized_dice"] == pytest.approx(1.0)  # torchmetrics alone would give 0.5
