@@ -11,11 +11,12 @@ logs as part of ``train/weight/<term>`` (the configured weight times the factor)
   ``L / (2σ²) + log σ`` times 2 with ``s = log σ²``; the factor 2 keeps the start (``s = 0``) equal to the fixed
   weights. A term whose loss is noisy or large learns a larger ``s``, so a smaller factor ``exp(−s)``; at the
   optimum of ``s``, ``exp(−s_i) = 1 / v_i``.
-* :class:`DynamicWeightAverage` — Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*,
-  CVPR 2019: factors ``K · softmax(r / T)`` with ``r_i = v̄_i(e−1) / v̄_i(e−2)`` the ratio of the term's mean
-  weighted training loss over the last two epochs (summed over ranks under DDP); 1 for the first two epochs. It needs no extra backward pass (GradNorm,
-  Chen et al., ICML 2018, needs one per term and step through the shared layer, too dear on the CPUs this
-  library also serves), and it reacts to what the diagnostics show: a term whose loss stalls gets more weight.
+* :class:`DynamicWeightAverage` — Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*, CVPR
+  2019: factors ``K · softmax(r / T)`` with ``r_i = v̄_i(e−1) / v̄_i(e−2)`` the ratio of the term's mean weighted
+  training loss over the last two epochs (summed over ranks under DDP); 1 for the first two epochs. It needs no
+  extra backward pass (GradNorm, Chen et al., ICML 2018, needs one per term and step through the shared layer, too
+  dear on the CPUs this library also serves), and it reacts to what the diagnostics show: a term whose loss stalls
+  gets more weight.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ term shares; optionally also the parameters of a named shared layer), and logs
 * ``diag/grad_cos/<a>__<b>``: the cosine similarity of two terms' gradients (negative: they conflict);
 * ``diag/seconds``: what the measurement cost on that step.
 
-With ``layer`` set (a dotted path inside the task, e.g. ``model.neck``) the same keys are logged under
+With ``layer`` set (a dotted path inside the task, e.g. ``model.top_down3`` of the YOLO) the same keys are logged under
 ``diag/layer/...`` for the gradients with respect to that module's parameters.
 
 The gradients are taken with ``torch.autograd.grad`` before the step's own backward (Lightning's
@@ -68,7 +68,7 @@ class GradientDiagnostics(L.Callback):
 
     Args:
         every_n_steps: measuring interval in optimizer steps (the first step is measured).
-        layer: optional dotted path of a shared module inside the task (``model.neck``) whose parameters' per-term
+        layer: optional dotted path of a shared module inside the task (``model.top_down3``) whose parameters' per-term
             gradients are measured as well.
     """
 

@@ -189,7 +189,9 @@ def run_record(cfg: DictConfig, status: str, seconds: float) -> dict[str, Any]:
 
 
 @rank_zero_only
-def write_metrics(out_dir: Path, cfg: DictConfig, metrics: dict[str, float], trainer: L.Trainer, seconds: float) -> None:
+def write_metrics(
+    out_dir: Path, cfg: DictConfig, metrics: dict[str, float], trainer: L.Trainer, seconds: float
+) -> None:
     checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     record = run_record(cfg, "ok", seconds) | {
         "value": metrics.get(cfg.optimized_metric),

@@ -231,9 +231,10 @@ class ShapesDataset(DetectionDataset):
 class ShapesDataModule(DetectionDataModule):
     """Train / val splits of :class:`ShapesDataset` (independent streams of the same ``seed``).
 
-    ``augment`` adds colour jitter (``jitter``; no hue shift, the generator already draws every hue) and
-    horizontal flips (``hflip``) to the training images; the random zoom of :func:`detection_transforms` is off unless ``scale`` is given, the generator already varies
-    sizes and positions. Attributes: ``num_classes`` (5), ``class_names``, ``in_channels`` (3), ``task``.
+    ``augment`` adds colour jitter (``jitter``; no hue shift, the generator already draws every hue) and horizontal
+    flips (``hflip``) to the training images; the random zoom of :func:`detection_transforms` is off unless
+    ``scale`` is given, the generator already varies sizes and positions. Attributes: ``num_classes`` (5),
+    ``class_names``, ``in_channels`` (3), ``task``.
     """
 
     def __init__(

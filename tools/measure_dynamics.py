@@ -1,0 +1,98 @@
+"""Evidence for the README's sweep and loss-dynamics sections, from real runs on the shipped datasets.
+
+    python tools/measure_dynamics.py                  # both parts, into outputs/dynamics/
+    python tools/measure_dynamics.py --part sweep     # only the fixed-vs-learned segmentation sweep
+
+1. ``sweep``: a Hydra multirun ``task=segmentation loss=dice_ce,dice_ce_uncertainty seed=0,1,2`` of short runs
+   (fixed Dice + CE weights against uncertainty weighting, 3 seeds each), then ``detloss-report`` on it: its
+   Markdown table (metric mean ± std over seeds, wall time) is what the README shows, with its plot.
+2. ``diagnostics``: the default detection run, shortened, with ``callbacks=diagnostics``; its report's
+   ``grad_share.png`` is the README's figure, and the cost of the diagnostics is the sum of the logged
+   ``diag/seconds`` over the run's wall time (also against a run without them, same length).
+
+The figures are copied to ``tools/results/`` (what the README links). Each job is ``python -m detloss.train``
+in a subprocess, exactly as a user runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def train(*overrides: str) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "detloss.train", *overrides], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"detloss.train {' '.join(overrides)} failed")
+    return time.perf_counter() - start
+
+
+def report(path: Path) -> Path:
+    from detloss.report import main
+
+    main([str(path)])
+    return path / "report"
+
+
+def sweep(out: Path, epochs: int) -> None:
+    sweep_dir = out / "seg_sweep"
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    seconds = train("-m", "task=segmentation", "loss=dice_ce,dice_ce_uncertainty", "seed=0,1,2",
+                    f"trainer.max_epochs={epochs}", f"hydra.sweep.dir={sweep_dir}")
+    report_dir = report(sweep_dir)
+    RESULTS.mkdir(exist_ok=True)
+    for png in report_dir.glob("sweep_*.png"):
+        shutil.copy(png, RESULTS / f"seg_{png.name}")
+    print(f"## sweep: 6 jobs of {epochs} epochs in {seconds / 60:.1f} min\n")
+    print((report_dir / "report.md").read_text())
+
+
+def diagnostics(out: Path, epochs: int) -> None:
+    runs = {}
+    for name, extra in (("with", ["callbacks=diagnostics"]), ("without", [])):
+        run_dir = out / f"det_{name}_diagnostics"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        train(f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}", *extra)
+        runs[name] = run_dir
+    run_dir = runs["with"]
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    diag = [float(r["diag/seconds"]) for r in rows if r.get("diag/seconds")]
+    fit = {name: json.loads((d / "metrics.json").read_text())["seconds"] for name, d in runs.items()}
+    report_dir = report(run_dir)
+    RESULTS.mkdir(exist_ok=True)
+    for name in ("grad_share.png", "grad_norm.png", "grad_cos.png"):
+        if (report_dir / name).is_file():
+            shutil.copy(report_dir / name, RESULTS / f"det_{name}")
+    print(f"## diagnostics: detection, {epochs} epochs, every 50 steps")
+    print(f"measured steps: {len(diag)}, total {sum(diag):.2f} s, mean {1e3 * sum(diag) / max(1, len(diag)):.1f} ms")
+    print(f"run with diagnostics {fit['with']:.1f} s, without {fit['without']:.1f} s")
+    print(f"cost: {100 * sum(diag) / fit['with']:.2f} % of the run (logged diag/seconds); "
+          f"{100 * (fit['with'] / fit['without'] - 1):+.1f} % wall time against the run without")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["sweep", "diagnostics", "both"], default="both")
+    parser.add_argument("--out", type=Path, default=Path("outputs/dynamics"))
+    parser.add_argument("--seg-epochs", type=int, default=4)
+    parser.add_argument("--det-epochs", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.part in ("sweep", "both"):
+        sweep(args.out, args.seg_epochs)
+    if args.part in ("diagnostics", "both"):
+        diagnostics(args.out, args.det_epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
