@@ -150,6 +150,10 @@ def test_dynamic_weight_average_follows_the_loss_ratios():
     loss.update(at(step=3, epoch=3))
     ratios = torch.tensor([1.0 / 2.0, 1.0 / 1.0])
     assert list(loss.current_weights().values()) == pytest.approx((2 * torch.softmax(ratios / 2.0, 0)).tolist())
+    # its state is in the module's state dict, so checkpoints carry it
+    restored = CompositeLoss(pair_terms(), balancing=DynamicWeightAverage(temperature=2.0))
+    restored.load_state_dict(loss.state_dict())
+    assert restored.current_weights() == pytest.approx(loss.current_weights())
 
 
 def test_learned_weights_are_in_the_optimizer_and_checkpoint(tmp_path):

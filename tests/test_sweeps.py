@@ -66,6 +66,12 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "Failed" in markdown and "learning rate" in markdown
 
 
+def test_a_plain_run_writes_into_the_default_run_directory(tmp_path):
+    run_cli(*TINY, cwd=tmp_path)
+    (record,) = list((tmp_path / "outputs" / "detection" / "runs").glob("*/metrics.json"))
+    assert json.loads(record.read_text())["status"] == "ok"
+
+
 def test_a_single_failing_run_exits_with_the_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "detloss.train", "optimizer.lr=-1", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
