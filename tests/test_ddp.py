@@ -5,11 +5,16 @@ import os
 import subprocess
 import sys
 
+import functools
+
 import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torch import nn
 
+from detloss.losses import LossOutput
+from detloss.tasks import LossTask
 from detloss.train import CONFIG_PATH, build, train
 
 #: 13 validation images on 2 ranks: Lightning's DistributedSampler would pad them to 14 (one counted twice)
@@ -175,3 +180,35 @@ def test_a_multirun_of_ddp_jobs_keeps_each_job_in_its_directory(tmp_path, traine
         record = json.loads((sweep / job / "metrics.json").read_text())
         assert record["status"] == "ok" and record["steps"] == 2
         assert sorted(p.name for p in (sweep / job / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+class NaNOnRankOne(nn.Module):
+    """``box`` = MSE, ``cls`` = L1; ``cls`` is NaN on rank 1's second batch only."""
+
+    def forward(self, pred, target):
+        box = (pred - target).pow(2).mean()
+        cls = (pred - target).abs().mean()
+        if bool((target[:, 0] == -1).any()):
+            cls = cls * float("nan")
+        return LossOutput(box + cls, {"box": box.detach(), "cls": cls.detach()})
+
+
+def _nan_fit(nan_guard: str, out_dir: str):
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    y[5, 0] = -1  # the distributed sampler (no shuffle) gives rank 1 the odd indices: its second batch of 2 holds 5
+    task = LossTask(nn.Linear(3, 2), NaNOnRankOne(), functools.partial(torch.optim.SGD, lr=0.1), nan_guard=nan_guard)
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out_dir,
+    )
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+    trainer.fit(task, loader)
+    return trainer, task
+
+
+def test_nan_guard_under_ddp_stops_or_skips_on_every_rank(tmp_path):
+    with pytest.raises(Exception, match="non-finite loss at step 1"):
+        _nan_fit("stop", str(tmp_path))
+    trainer, task = _nan_fit("skip", str(tmp_path))  # the ranks agree: no hang, no crash, finite weights
+    assert torch.isfinite(task.model.weight).all()  # ddp_spawn brings the weights back to this process
