@@ -240,7 +240,9 @@ def summarise(cfg: DictConfig, metrics: dict[str, float], trainer: L.Trainer) ->
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train; a job of a sweep that fails is recorded as failed and scores NaN, so the other jobs go on."""
+    """Train and return the optimised metric. A job of a sweep that fails is recorded as failed and returns
+    ``None``, so that the other jobs go on: the basic sweeper only collects it, and the Optuna sweeper tells the
+    trial as failed (a NaN would be refused by Optuna 2.10 and end the search)."""
     start = time.perf_counter()
     try:
         with fresh_distributed_state():
@@ -250,8 +252,9 @@ def main(cfg: DictConfig) -> float | None:
         if not in_multirun():
             raise
         log.exception("detloss: this sweep job failed (recorded in %s/metrics.json)", cfg.paths.output_dir)
-        return math.nan
-    return metrics.get(cfg.optimized_metric)
+        return None
+    value = metrics.get(cfg.optimized_metric)
+    return value if value is not None and math.isfinite(value) else None
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def test_a_multirun_of_ddp_jobs_keeps_each_job_in_its_directory(tmp_path, traine
 
 
 class NaNOnRankOne(nn.Module):
-    """``box`` = MSE, ``cls`` = L1; ``cls`` is NaN on rank 1's second batch only."""
+    """``box`` = MSE, ``cls`` = L1; ``cls`` is NaN on the batch that holds sample 5 (a batch of one rank only)."""
 
     def forward(self, pred, target):
         box = (pred - target).pow(2).mean()
@@ -193,10 +193,18 @@ class NaNOnRankOne(nn.Module):
         return LossOutput(box + cls, {"box": box.detach(), "cls": cls.detach()})
 
 
+def _rank_batches(rank: int) -> list[list[int]]:
+    """The samples of each step on ``rank``: Lightning's DistributedSampler (shuffled, seed 0), batch 2."""
+    sampler = torch.utils.data.DistributedSampler(range(16), num_replicas=2, rank=rank, shuffle=True, seed=0)
+    sampler.set_epoch(0)
+    order = list(sampler)
+    return [order[i : i + 2] for i in range(0, len(order), 2)]
+
+
 def _nan_fit(nan_guard: str, out_dir: str):
     torch.manual_seed(0)
     x, y = torch.randn(16, 3), torch.randn(16, 2)
-    y[5, 0] = -1  # the distributed sampler (no shuffle) gives rank 1 the odd indices: its second batch of 2 holds 5
+    y[5, 0] = -1
     task = LossTask(nn.Linear(3, 2), NaNOnRankOne(), functools.partial(torch.optim.SGD, lr=0.1), nan_guard=nan_guard)
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
@@ -207,8 +215,25 @@ def _nan_fit(nan_guard: str, out_dir: str):
     return trainer, task
 
 
-def test_nan_guard_under_ddp_stops_or_skips_on_every_rank(tmp_path):
-    with pytest.raises(Exception, match="non-finite loss at step 1"):
+def test_nan_guard_under_ddp_stops_or_skips_on_every_rank(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # the seed of the distributed sampler
+    batches = {rank: _rank_batches(rank) for rank in (0, 1)}
+    ((_, bad_step),) = [(r, k) for r, b in batches.items() for k, idx in enumerate(b) if 5 in idx]
+    with pytest.raises(Exception, match=f"non-finite loss at step {bad_step} "):
         _nan_fit("stop", str(tmp_path))
-    trainer, task = _nan_fit("skip", str(tmp_path))  # the ranks agree: no hang, no crash, finite weights
-    assert torch.isfinite(task.model.weight).all()  # ddp_spawn brings the weights back to this process
+    _, task = _nan_fit("skip", str(tmp_path))  # ddp_spawn brings the weights back to this process
+
+    # by hand: DDP averages the two ranks' gradients; at the bad step both ranks skip, the finite one too
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(4):
+        if step == bad_step:
+            continue
+        optimizer.zero_grad()
+        for rank in (0, 1):
+            idx = batches[rank][step]
+            (NaNOnRankOne()(model(x[idx]), y[idx]).total / 2).backward()
+        optimizer.step()
+    torch.testing.assert_close(task.model.weight, model.weight)

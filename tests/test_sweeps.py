@@ -105,6 +105,45 @@ def test_optuna_search_runs_two_trials(tmp_path):
     assert "best_params" in (sweep / "optimization_results.yaml").read_text()
 
 
+def test_a_failing_optuna_trial_is_told_as_failed_and_the_search_goes_on(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    extra = tmp_path / "configs" / "hparams_search"
+    extra.mkdir(parents=True)
+    # a grid over a learning rate of which one value fails, in the shipped searches' sweeper settings
+    (extra / "failing_lr.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /hydra/sweeper: optuna\n  - override /hydra/sweeper/sampler: grid\n"
+        "hydra:\n  mode: MULTIRUN\n  sweeper:\n    direction: maximize\n    n_trials: 2\n"
+        "    max_failure_rate: 1.0\n    params:\n      optimizer.lr: choice(-1, 0.002)\n"
+    )
+    sweep = tmp_path / "optuna"
+    run_cli(f"--config-dir={tmp_path / 'configs'}", "task=segmentation", "hparams_search=failing_lr", *TINY,
+            f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    statuses = sorted(r["status"] for r in records(sweep).values())
+    assert statuses == ["failed", "ok"]
+    assert "optimizer.lr: 0.002" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_evaluate_a_checkpoint(tmp_path):
+    run_cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "detloss.eval", f"ckpt_path={ckpt}", *TINY, f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["metrics"]["val/map_50"] == pytest.approx(trained["metrics"]["val/map_50"], abs=1e-6)
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_the_quick_experiment_composes(task):
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=[f"task={task}", "experiment=quick"])
+    assert (cfg.data.num_train, cfg.trainer.max_epochs) == (400, 3)
+
+
 @pytest.mark.parametrize("search", ["detection_loss_weights", "segmentation_loss_weights"])
 def test_optuna_configs_compose(search):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

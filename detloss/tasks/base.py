@@ -186,9 +186,10 @@ class LossTask(L.LightningModule):
         out = Path(self.trainer.default_root_dir) / "previews" / f"epoch_{self.current_epoch:03d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid.float() / 255, out)
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_image"):
-            experiment.add_image("val/preview", grid, self.global_step)
+        for logger in self.loggers:  # e.g. TensorBoard, beside the CSV log
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("val/preview", grid, self.global_step)
 
 
 def to_uint8(image: Tensor) -> Tensor:
