@@ -109,18 +109,20 @@ def test_a_failing_optuna_trial_is_told_as_failed_and_the_search_goes_on(tmp_pat
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     extra = tmp_path / "configs" / "hparams_search"
     extra.mkdir(parents=True)
-    # a grid over a learning rate of which one value fails, in the shipped searches' sweeper settings
+    # a learning rate of which one value fails, in the shipped searches' sweeper settings (TPE); the seed fixes
+    # the order of the startup trials to ok, failed, ok, so the search has to go on after the failure
     (extra / "failing_lr.yaml").write_text(
         "# @package _global_\n"
-        "defaults:\n  - override /hydra/sweeper: optuna\n  - override /hydra/sweeper/sampler: grid\n"
-        "hydra:\n  mode: MULTIRUN\n  sweeper:\n    direction: maximize\n    n_trials: 2\n"
-        "    max_failure_rate: 1.0\n    params:\n      optimizer.lr: choice(-1, 0.002)\n"
+        "defaults:\n  - override /hydra/sweeper: optuna\n  - override /hydra/sweeper/sampler: tpe\n"
+        "hydra:\n  mode: MULTIRUN\n  sweeper:\n    direction: maximize\n    n_trials: 3\n"
+        "    max_failure_rate: 1.0\n    sampler:\n      seed: 0\n      n_startup_trials: 3\n"
+        "    params:\n      optimizer.lr: choice(-1, 0.002)\n"
     )
     sweep = tmp_path / "optuna"
     run_cli(f"--config-dir={tmp_path / 'configs'}", "task=segmentation", "hparams_search=failing_lr", *TINY,
             f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    statuses = sorted(r["status"] for r in records(sweep).values())
-    assert statuses == ["failed", "ok"]
+    jobs = records(sweep)
+    assert [jobs[k]["status"] for k in sorted(jobs)] == ["ok", "failed", "ok"]
     assert "optimizer.lr: 0.002" in (sweep / "optimization_results.yaml").read_text()
 
 
