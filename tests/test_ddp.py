@@ -205,7 +205,8 @@ def _nan_fit(nan_guard: str, out_dir: str):
     torch.manual_seed(0)
     x, y = torch.randn(16, 3), torch.randn(16, 2)
     y[5, 0] = -1
-    task = LossTask(nn.Linear(3, 2), NaNOnRankOne(), functools.partial(torch.optim.SGD, lr=0.1), nan_guard=nan_guard)
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1)
+    task = LossTask(nn.Linear(3, 2), NaNOnRankOne(), optimizer, nan_guard=nan_guard)
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=out_dir,
@@ -223,11 +224,13 @@ def test_nan_guard_under_ddp_stops_or_skips_on_every_rank(tmp_path, monkeypatch)
         _nan_fit("stop", str(tmp_path))
     _, task = _nan_fit("skip", str(tmp_path))  # ddp_spawn brings the weights back to this process
 
-    # by hand: DDP averages the two ranks' gradients; at the bad step both ranks skip, the finite one too
+    # by hand: DDP averages the two ranks' gradients; at the bad step both ranks skip, the finite one too, and
+    # the skipped step moves nothing (momentum and weight decay would move the weights even on a zero gradient)
     torch.manual_seed(0)
     x, y = torch.randn(16, 3), torch.randn(16, 2)
     model = nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    groups = [{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}]  # as LossTask
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=0.1)
     for step in range(4):
         if step == bad_step:
             continue
@@ -237,3 +240,4 @@ def test_nan_guard_under_ddp_stops_or_skips_on_every_rank(tmp_path, monkeypatch)
             (NaNOnRankOne()(model(x[idx]), y[idx]).total / 2).backward()
         optimizer.step()
     torch.testing.assert_close(task.model.weight, model.weight)
+    torch.testing.assert_close(task.model.bias, model.bias)

@@ -27,7 +27,8 @@ def fit(nan_guard: str, bad_batch: int = 2, batches: int = 4):
     torch.manual_seed(0)
     x, y = torch.randn(batches * 4, 3), torch.randn(batches * 4, 2)
     y[bad_batch * 4, 0] = -1
-    task = LossTask(nn.Linear(3, 2), TwoTerms(), functools.partial(torch.optim.SGD, lr=0.1), nan_guard=nan_guard)
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1)
+    task = LossTask(nn.Linear(3, 2), TwoTerms(), optimizer, nan_guard=nan_guard)
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
@@ -49,12 +50,14 @@ def test_nan_guard_skip_skips_the_step_and_trains_on():
     torch.manual_seed(0)
     x, y = torch.randn(16, 3), torch.randn(16, 2)
     model = nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    groups = [{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}]  # as LossTask
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=0.1)
     for b in (0, 1, 3):
         optimizer.zero_grad()
         TwoTerms()(model(x[b * 4 : b * 4 + 4]), y[b * 4 : b * 4 + 4]).total.backward()
         optimizer.step()
     torch.testing.assert_close(task.model.weight, model.weight)
+    torch.testing.assert_close(task.model.bias, model.bias)
 
 
 def test_nan_guard_off_and_bad_option():
