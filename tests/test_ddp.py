@@ -2,10 +2,9 @@
 
 import json
 import os
+import functools
 import subprocess
 import sys
-
-import functools
 
 import lightning as L
 import pytest
@@ -13,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from detloss.losses import LossOutput
 from detloss.tasks import LossTask
 from detloss.train import CONFIG_PATH, build, train
+from test_tasks import TwoTerms  # cls turns NaN on the batch that holds a target marked -1 (sample 5 here)
 
 #: 13 validation images on 2 ranks: Lightning's DistributedSampler would pad them to 14 (one counted twice)
 DDP = [
@@ -182,17 +181,6 @@ def test_a_multirun_of_ddp_jobs_keeps_each_job_in_its_directory(tmp_path, traine
         assert sorted(p.name for p in (sweep / job / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-class NaNOnRankOne(nn.Module):
-    """``box`` = MSE, ``cls`` = L1; ``cls`` is NaN on the batch that holds sample 5 (a batch of one rank only)."""
-
-    def forward(self, pred, target):
-        box = (pred - target).pow(2).mean()
-        cls = (pred - target).abs().mean()
-        if bool((target[:, 0] == -1).any()):
-            cls = cls * float("nan")
-        return LossOutput(box + cls, {"box": box.detach(), "cls": cls.detach()})
-
-
 def _rank_batches(rank: int) -> list[list[int]]:
     """The samples of each step on ``rank``: Lightning's DistributedSampler (shuffled, seed 0), batch 2."""
     sampler = torch.utils.data.DistributedSampler(range(16), num_replicas=2, rank=rank, shuffle=True, seed=0)
@@ -206,7 +194,7 @@ def _nan_fit(nan_guard: str, out_dir: str):
     x, y = torch.randn(16, 3), torch.randn(16, 2)
     y[5, 0] = -1
     optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1)
-    task = LossTask(nn.Linear(3, 2), NaNOnRankOne(), optimizer, nan_guard=nan_guard)
+    task = LossTask(nn.Linear(3, 2), TwoTerms(), optimizer, nan_guard=nan_guard)
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=out_dir,
@@ -237,7 +225,7 @@ def test_nan_guard_under_ddp_stops_or_skips_on_every_rank(tmp_path, monkeypatch)
         optimizer.zero_grad()
         for rank in (0, 1):
             idx = batches[rank][step]
-            (NaNOnRankOne()(model(x[idx]), y[idx]).total / 2).backward()
+            (TwoTerms()(model(x[idx]), y[idx]).total / 2).backward()
         optimizer.step()
     torch.testing.assert_close(task.model.weight, model.weight)
     torch.testing.assert_close(task.model.bias, model.bias)
