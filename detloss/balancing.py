@@ -79,7 +79,8 @@ class UncertaintyWeighting(Balancer):
         return total, balanced
 
     def factors(self):
-        return {n: math.exp(-float(s)) for n, s in self.log_vars.items()}
+        log_vars = torch.stack([s.detach().float() for s in self.log_vars.values()])
+        return dict(zip(self.log_vars, torch.exp(-log_vars).tolist()))  # one host sync for all the terms
 
 
 class DynamicWeightAverage(Balancer):
@@ -90,6 +91,7 @@ class DynamicWeightAverage(Balancer):
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         self.temperature = float(temperature)
+        self._seen_epoch: int | None = None  # the last epoch update() saw; not state: a resumed run reads the buffer
 
     def bind(self, names: list[str]) -> None:
         super().bind(names)
@@ -108,12 +110,15 @@ class DynamicWeightAverage(Balancer):
             finite = torch.isfinite(step)
             self.sums += torch.where(finite, step, 0.0)
             self.count += finite
-        factors = self.factors()
-        balanced = {n: v * factors[n] for n, v in values.items()}
+        factors = self.weights.float()  # the tensor, not factors(): no host sync inside the loss
+        balanced = {n: values[n] * factors[i] for i, n in enumerate(self.names) if n in values}
         return sum(balanced.values()), balanced
 
     def update(self, position: Position) -> None:
         epoch = int(position.epoch)
+        if epoch == self._seen_epoch:  # within an epoch, no need to read the buffer (a host sync on a GPU)
+            return
+        self._seen_epoch = epoch
         if epoch <= int(self.epoch):
             return
         sums, count = self.sums.clone(), self.count.clone()
