@@ -120,7 +120,7 @@ def _map_worker(rank: int, world: int, port: int, out: str):
     metric = MeanAveragePrecision()
     for i in mine:
         metric.update([preds[i]], [targets[i]])
-    pad_to_equal_image_counts(metric, len(mine))
+    pad_to_equal_image_counts(metric)
     result = {k: float(v) for k, v in metric.compute().items() if v.numel() == 1}
     if rank == 0:
         with open(out, "w") as f:

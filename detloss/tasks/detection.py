@@ -16,12 +16,13 @@ from .base import LossTask, to_uint8
 __all__ = ["DetectionTask", "pad_to_equal_image_counts"]
 
 
-def pad_to_equal_image_counts(metric: MeanAveragePrecision, count: int) -> None:
-    """Under ``torch.distributed``, add empty images to ``metric`` (which holds ``count`` on this rank) until every
-    rank holds as many: torchmetrics gathers the per-image list states one tensor at a time, so unequal counts
-    would issue mismatched collectives. An image without boxes or predictions changes no COCO metric."""
+def pad_to_equal_image_counts(metric: MeanAveragePrecision) -> None:
+    """Under ``torch.distributed``, add empty images to ``metric`` until every rank holds as many: torchmetrics
+    gathers the per-image list states one tensor at a time, so unequal counts would issue mismatched collectives.
+    An image without boxes or predictions changes no COCO metric."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
+    count = len(metric.groundtruth_labels)  # one entry per image updated on this rank
     most = torch.tensor(count, device=metric.device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     empty_pred = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
@@ -75,7 +76,6 @@ class DetectionTask(LossTask):
         self.map_per_class = map_per_class
         self.post = dict(conf_threshold=conf_threshold, iou_threshold=iou_threshold, max_det=max_det)
         self.map_metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=map_per_class)
-        self._val_images = 0
 
     @property
     def eval_model(self) -> nn.Module:
@@ -99,11 +99,10 @@ class DetectionTask(LossTask):
         self.log_loss("val", self.criterion(feats, targets), len(images))
         preds = self.eval_model.postprocess(feats, image_size=tuple(images.shape[-2:]), **self.post)
         self.map_metric.update(preds, targets)
-        self._val_images += len(images)
         self.keep_preview(batch_idx, images, preds, targets)
 
     def on_validation_epoch_end(self):
-        self._pad_to_equal_image_counts()
+        pad_to_equal_image_counts(self.map_metric)
         result = self.map_metric.compute()
         self.map_metric.reset()
         for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"):
@@ -118,10 +117,6 @@ class DetectionTask(LossTask):
         super().apply_memory_format(memory_format)
         if self.ema is not None:
             self.ema.module.to(memory_format=memory_format)
-
-    def _pad_to_equal_image_counts(self) -> None:
-        count, self._val_images = self._val_images, 0
-        pad_to_equal_image_counts(self.map_metric, count)
 
     def on_train_start(self):
         if self.ema is not None:
