@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .train import CONFIG_PATH, build, final_metrics, make_trainer, summarise
+from .train import CONFIG_PATH, build, final_metrics, make_trainer, progress, summarise
 
 __all__ = ["evaluate", "main"]
 
@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         out.mkdir(parents=True, exist_ok=True)
         record = {"checkpoint": str(ckpt), "optimized_metric": cfg.optimized_metric, "metrics": metrics}
         (out / "metrics.json").write_text(json.dumps(record, indent=2))
-    summarise(cfg, metrics, trainer)
+    summarise(cfg, metrics, progress(trainer))
     return metrics
 
 

@@ -88,9 +88,9 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     trainer = make_trainer(cfg, callbacks)
     save_config(cfg, out_dir)
     trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg))
-    metrics = final_metrics(trainer)
-    write_metrics(out_dir, cfg, metrics, trainer, seconds=time.perf_counter() - start)
-    summarise(cfg, metrics, trainer)
+    metrics, done = final_metrics(trainer), progress(trainer)
+    write_metrics(out_dir, cfg, metrics, trainer, done, seconds=time.perf_counter() - start)
+    summarise(cfg, metrics, done)
     return metrics
 
 
@@ -190,14 +190,14 @@ def run_record(cfg: DictConfig, status: str, seconds: float) -> dict[str, Any]:
 
 @rank_zero_only
 def write_metrics(
-    out_dir: Path, cfg: DictConfig, metrics: dict[str, float], trainer: L.Trainer, seconds: float
+    out_dir: Path, cfg: DictConfig, metrics: dict[str, float], trainer: L.Trainer, done: tuple, seconds: float
 ) -> None:
     checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     record = run_record(cfg, "ok", seconds) | {
         "value": metrics.get(cfg.optimized_metric),
         "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
         "train": {k: v for k, v in metrics.items() if k.startswith("train/")},
-        **dict(zip(("epochs", "steps"), progress(trainer))),
+        **dict(zip(("epochs", "steps"), done)),
         "best_checkpoint": checkpoint,
     }
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -227,10 +227,10 @@ def write_failure(out_dir: Path, cfg: DictConfig, error: BaseException, seconds:
 
 
 @rank_zero_only
-def summarise(cfg: DictConfig, metrics: dict[str, float], trainer: L.Trainer) -> None:
+def summarise(cfg: DictConfig, metrics: dict[str, float], done: tuple[int | None, int | None]) -> None:
     rows = [(k, v) for k, v in metrics.items() if k.startswith("val/")]
     width = max((len(k) for k, _ in rows), default=10)
-    epochs, steps = progress(trainer)
+    epochs, steps = done
     lines = [f"detloss: {cfg.task_name} finished after {epochs} epochs, {steps} steps"]
     lines += [f"  {k:<{width}}  {v:.4f}" for k, v in rows]
     lines.append(f"  {cfg.optimized_metric} (optimised) = {metrics.get(cfg.optimized_metric, math.nan):.4f}")
