@@ -13,7 +13,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .train import CONFIG_PATH, build, final_metrics, make_trainer, progress, summarise
+from .runs import final_metrics, progress, summarise
+from .train import CONFIG_PATH, build, make_trainer
 
 __all__ = ["evaluate", "main"]
 

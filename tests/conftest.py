@@ -1,5 +1,45 @@
+"""What the tests share: composing the shipped Hydra configs, and the YOLOv8 reference beside the tests."""
+
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
-# the YOLOv8 reference used by the detection tests and tools/bench_detection_loss.py lives beside the tests
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from detloss.train import CONFIG_PATH
+
+# the YOLOv8 reference used by the detection tests lives beside the tests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CONFIGS = Path(CONFIG_PATH)
+
+
+def compose_config(*overrides: str, config_name: str = "train", return_hydra_config: bool = False) -> DictConfig:
+    """The shipped ``configs/<config_name>.yaml`` composed with ``overrides``, as the command line would."""
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def config_names(group: str) -> list[str]:
+    """The options of a config group (``loss``, ``model``, ...), sorted."""
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def preset(group: str, name: str, **kwargs):
+    """Instantiate one shipped config file (``preset("model", "yolo_nano", num_classes=3)``)."""
+    return instantiate(OmegaConf.load(CONFIGS / group / f"{name}.yaml"), **kwargs)
+
+
+@pytest.fixture
+def compose(tmp_path):
+    """``compose(*overrides)``: the train config, its run directory in the test's ``tmp_path``."""
+
+    def _compose(*overrides: str, **kwargs) -> DictConfig:
+        return compose_config(f"paths.output_dir={tmp_path}", *overrides, **kwargs)
+
+    return _compose

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from detloss.losses import CIoULoss, CompositeLoss, CrossEntropyLoss, DiceLoss, L1Loss, LossOutput, View, iou_loss
+from detloss.composite import CompositeLoss, LossOutput, View
+from detloss.losses import CIoULoss, CrossEntropyLoss, DiceLoss, L1Loss, iou_loss
 
 
 class Exploding(nn.Module):
@@ -113,3 +114,14 @@ def test_bad_views():
         loss({"box": View((pred, target), weight=torch.ones(2), norm=1.0)})
     with pytest.raises(ValueError, match="unknown term"):
         loss.set_weight("nope", 1.0)
+
+
+def test_tensor_options_made_in_inference_mode_serve_training():
+    """A device copy of class weights first made during validation (inference mode) must work in a backward."""
+    loss = CrossEntropyLoss(class_weights=[1.0, 2.0, 0.5])
+    logits, target = torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 2, 1])
+    with torch.inference_mode():
+        loss(logits.detach(), target)
+    loss(logits.double(), target).backward()  # another dtype: a new copy
+    loss(logits, target).backward()
+    assert torch.isfinite(logits.grad).all()

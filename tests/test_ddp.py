@@ -9,11 +9,11 @@ import sys
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from torch import nn
 
 from detloss.tasks import LossTask
-from detloss.train import CONFIG_PATH, build, train
+from detloss.train import build, train
 from test_tasks import TwoTerms  # cls turns NaN on the batch that holds a target marked -1 (sample 5 here)
 
 #: 13 validation images on 2 ranks: Lightning's DistributedSampler would pad them to 14 (one counted twice)
@@ -50,8 +50,7 @@ class RankProbe(L.Callback):
 
 
 def compose_cfg(run_dir, *overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={run_dir}", *overrides])
+    return compose_config(f"paths.output_dir={run_dir}", *overrides)
 
 
 def validate_on_one_process(cfg, checkpoint):
@@ -152,8 +151,7 @@ def _free_port() -> int:
 
 
 def test_ddp_config():
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=["trainer=ddp", "trainer.devices=4"])
+    cfg = compose_config("trainer=ddp", "trainer.devices=4")
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm and cfg.trainer.use_distributed_sampler
 
 

@@ -12,10 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from detloss.detection import DetectionCriterion, TaskAlignedAssigner, bbox2dist, dist2bbox, make_anchors
-from detloss.losses import CompositeLoss, iou_loss
+from conftest import compose_config, config_names
+
+from detloss.composite import CompositeLoss
+from detloss.losses import iou_loss
 from yolov8_reference import yolov8_loss
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "loss"
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -197,7 +199,7 @@ def test_criterion_hand_checked_empty_batch():
 def test_empty_image_in_a_batch_and_box_terms_attached():
     feats, targets = random_batch(batch=2, num_gt=4, empty=(0, 1), requires_grad=True)
     out = DetectionCriterion(NUM_CLASSES)(feats, targets)
-    views, _ = DetectionCriterion(NUM_CLASSES).build_views(feats, targets)
+    views = DetectionCriterion(NUM_CLASSES).build_views(feats, targets)
     assert views["box"].args[0].shape == (0, 4) and views["box"].args[0].requires_grad
     assert out.terms["box"].item() == 0 and out.terms["dfl"].item() == 0
     out.total.backward()
@@ -206,7 +208,7 @@ def test_empty_image_in_a_batch_and_box_terms_attached():
 def test_gradients_reach_the_right_channels():
     feats, targets = random_batch(batch=2, num_gt=3, requires_grad=True)
     crit = DetectionCriterion(NUM_CLASSES)
-    views, assignment = crit.build_views(feats, targets)
+    views, assignment = crit.match(feats, targets)
     crit.loss(views).total.backward()
     fg = assignment.fg_mask(2, sum(f.shape[2] * f.shape[3] for f in feats))
     dist_grad = torch.cat([f.grad[:, : 4 * REG_MAX].flatten(2) for f in feats], 2).abs().sum(1)  # (B, A)
@@ -259,12 +261,9 @@ def test_half_precision_head():
     torch.testing.assert_close(out, ref, rtol=0.05, atol=0)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("yolo*.yaml")))
+@pytest.mark.parametrize("name", [n for n in config_names("loss") if n.startswith("yolo")])
 def test_shipped_loss_configs_instantiate_and_run(name):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=["terms.box.weight=5"])
+    cfg = compose_config(f"loss={name}", "loss.terms.box.weight=5").loss
     loss = instantiate(cfg)
     assert isinstance(loss, CompositeLoss) and loss.base_weights["box"] == 5.0  # a schedule may scale the weight in force
     feats, targets = random_batch(batch=2, num_gt=3, requires_grad=True)
@@ -274,11 +273,8 @@ def test_shipped_loss_configs_instantiate_and_run(name):
 
 
 def test_term_class_swapped_from_the_command_line():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="yolo", overrides=["terms.cls.loss._target_=detloss.losses.VarifocalLoss", "~terms.dfl"])
-    loss = instantiate(cfg)
+    cfg = compose_config("loss.terms.cls.loss._target_=detloss.losses.VarifocalLoss", "~loss.terms.dfl")
+    loss = instantiate(cfg.loss)
     assert type(loss.losses["cls"]).__name__ == "VarifocalLoss" and "dfl" not in loss.names
 
 

@@ -7,18 +7,18 @@ import functools
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from detloss.balancing import DynamicWeightAverage, UncertaintyWeighting
-from detloss.diagnostics import GradientDiagnostics
+from detloss.composite import DynamicWeightAverage, UncertaintyWeighting
+from detloss.tasks import GradientDiagnostics
 from detloss.loggers import CSVLogger
-from detloss.losses import CompositeLoss, MSELoss, View
+from detloss.composite import CompositeLoss, Criterion, View
+from detloss.losses import MSELoss
 from detloss.tasks import LossTask
-from detloss.train import CONFIG_PATH, train
-from detloss.weight_schedules import Constant, Cosine, HandOver, LinearWarmup, Position, Step
+from detloss.train import train
+from detloss.composite import Cosine, HandOver, LinearWarmup, Position, Step
 
 
 def at(step=0, epoch=0.0, total=100):
@@ -36,7 +36,6 @@ def test_schedules_give_the_expected_factors():
     assert [step.factor(at(epoch=e)) for e in (1.9, 2, 3, 4.5)] == pytest.approx([1, 0.1, 0.1, 0.01])
     assert Cosine(end=0.2).factor(at(step=50, total=100)) == pytest.approx(0.6)
     assert Cosine(end=0.0, duration=10, unit="step").factor(at(step=10)) == pytest.approx(0.0, abs=1e-12)
-    assert Constant().factor(at(step=7)) == 1.0
     hand = HandOver(to="b", begin=0.2, end=0.8)
     assert [hand.share(at(step=s)) for s in (0, 20, 50, 80, 100)] == pytest.approx([0, 0, 0.5, 1, 1])
 
@@ -81,12 +80,10 @@ TINY = ["data.num_train=16", "data.num_val=8", "data.batch_size=8", "data.image_
         "callbacks=default", "task.num_previews=0"]
 
 
-def test_a_scheduled_weight_is_logged_and_survives_resume(tmp_path):
-    warmup = "+loss.terms.box.schedule={_target_: detloss.weight_schedules.LinearWarmup, duration: 4, unit: step, start: 0.1}"
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        first = compose("train", overrides=[f"paths.output_dir={tmp_path}", warmup, *TINY, "trainer.max_epochs=1"])
-        second = compose("train", overrides=[f"paths.output_dir={tmp_path}", warmup, *TINY, "trainer.max_epochs=2",
-                                             f"resume={tmp_path}"])
+def test_a_scheduled_weight_is_logged_and_survives_resume(tmp_path, compose):
+    warmup = "+loss.terms.box.schedule={_target_: detloss.composite.LinearWarmup, duration: 4, unit: step, start: 0.1}"
+    first = compose(warmup, *TINY, "trainer.max_epochs=1")
+    second = compose(warmup, *TINY, "trainer.max_epochs=2", f"resume={tmp_path}")
     train(first)
     train(second)
     rows = [r for r in csv.DictReader((tmp_path / "csv" / "metrics.csv").open()) if r.get("train/weight/box")]
@@ -98,15 +95,16 @@ def test_a_scheduled_weight_is_logged_and_survives_resume(tmp_path):
 # ----------------------------------------------------------------------------------------- learned balancing
 
 
-class PairCriterion(nn.Module):
+class PairCriterion(Criterion):
     """Column 0 of the prediction against column 0 of the target (term ``clean``), column 1 (``noisy``)."""
 
-    def __init__(self, loss):
-        super().__init__()
-        self.loss = loss
+    views = frozenset({"a", "b"})
 
-    def forward(self, pred, target):
-        return self.loss({"a": View((pred[:, 0], target[:, 0])), "b": View((pred[:, 1], target[:, 1]))})
+    def __init__(self, loss):
+        super().__init__(2, loss)
+
+    def build_views(self, pred, target):
+        return {"a": View((pred[:, 0], target[:, 0])), "b": View((pred[:, 1], target[:, 1]))}
 
 
 def pair_terms():
@@ -225,12 +223,11 @@ def test_diagnostics_bad_options():
         GradientDiagnostics(layer="model.nope").setup(None, task, "fit")
 
 
-def test_dynamics_configs_compose_and_build(tmp_path):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        for overrides in (["loss=yolo_warmup"], ["loss=yolo_uncertainty"], ["loss=yolo_dwa"], ["loss=yolo_handover"],
-                          ["task=segmentation", "loss=dice_ce_uncertainty"], ["callbacks=diagnostics"]):
-            cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides])
-            if overrides[-1].startswith("callbacks"):
-                assert any(isinstance(instantiate(c), GradientDiagnostics) for c in cfg.callbacks.values())
-            else:
-                assert instantiate(cfg.loss).is_dynamic
+def test_dynamics_configs_compose_and_build(compose):
+    for overrides in (["loss=yolo_warmup"], ["loss=yolo_uncertainty"], ["loss=yolo_dwa"], ["loss=yolo_handover"],
+                      ["task=segmentation", "loss=dice_ce_uncertainty"], ["callbacks=diagnostics"]):
+        cfg = compose(*overrides)
+        if overrides[-1].startswith("callbacks"):
+            assert any(isinstance(instantiate(c), GradientDiagnostics) for c in cfg.callbacks.values())
+        else:
+            assert instantiate(cfg.loss).is_dynamic

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from detloss.models import SIZES, ModelEMA, UNet, YOLODetector, build_detector
+from conftest import preset
+
+from detloss.models import ModelEMA, UNet, YOLODetector
 
 R = 16  # reg_max
 
@@ -12,7 +14,7 @@ R = 16  # reg_max
 @pytest.fixture(scope="module")
 def nano3():
     torch.manual_seed(0)
-    return YOLODetector.nano(3)
+    return preset("model", "yolo_nano", num_classes=3)
 
 
 # ----------------------------------------------------------------------------------------------- YOLO detector
@@ -21,7 +23,7 @@ def nano3():
 @pytest.mark.parametrize("size", ["nano", "small"])
 @pytest.mark.parametrize("px", [64, 128])
 def test_yolo_output_shapes(size, px):
-    model = build_detector(size, 5).eval()
+    model = preset("model", f"yolo_{size}", num_classes=5).eval()
     with torch.no_grad():
         feats = model(torch.randn(1, 3, px, px))
     assert model.strides == (8, 16, 32) and model.reg_max == R
@@ -37,7 +39,7 @@ def test_yolo_non_square_and_channels():
 
 def test_yolo_channel_order_and_bias_init(nano3):
     """With the final 1×1 weights zeroed the outputs are the biases: 4·reg_max box channels (1.0), then C classes."""
-    model = YOLODetector.nano(3).eval()
+    model = preset("model", "yolo_nano", num_classes=3).eval()
     with torch.no_grad():
         for head in (*model.box_heads, *model.cls_heads):
             head[-1].weight.zero_()
@@ -59,7 +61,8 @@ def test_yolo_class_prior_at_init(nano3):
 
 
 def test_yolo_parameter_counts():
-    counts = {size: sum(p.numel() for p in build_detector(size, 80).parameters()) for size in SIZES}
+    counts = {size: sum(p.numel() for p in preset("model", f"yolo_{size}", num_classes=80).parameters())
+              for size in ("nano", "small")}
     print(f"\nparameters at 80 classes: {counts}")
     assert 3.0e6 < counts["nano"] < 3.3e6  # YOLOv8n: 3.16 M
     assert 10.5e6 < counts["small"] < 11.8e6  # YOLOv8s: 11.2 M
@@ -67,7 +70,7 @@ def test_yolo_parameter_counts():
 
 def test_yolo_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    model = YOLODetector.nano(3).train()
+    model = preset("model", "yolo_nano", num_classes=3).train()
     sum(f.sum() for f in model(torch.randn(2, 3, 64, 64))).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead
@@ -81,13 +84,13 @@ def test_yolo_rejects_bad_input_and_options(nano3):
     for kwargs in ({"num_classes": 0}, {"num_classes": 2, "reg_max": 1}, {"num_classes": 2, "width": 0}):
         with pytest.raises(ValueError):
             YOLODetector(**kwargs)
-    with pytest.raises(ValueError, match="nano.*small"):
-        build_detector("huge", 3)
+    with pytest.raises(ValueError, match="strides"):
+        YOLODetector(2, strides=(4, 8, 16))
 
 
-def test_build_detector_overrides():
-    model = build_detector("nano", 4, reg_max=8)
-    assert model.reg_max == 8 and model.width == SIZES["nano"]["width"] and model.num_classes == 4
+def test_model_presets_take_overrides():
+    model = preset("model", "yolo_nano", num_classes=4, reg_max=8)
+    assert model.reg_max == 8 and model.width == 0.25 and model.num_classes == 4
 
 
 # ----------------------------------------------------------------------------------------------- postprocess
@@ -282,7 +285,7 @@ def test_ema_state_dict_round_trip_and_unwrap():
 
 
 def test_bf16_autocast_forward_on_cpu():
-    model = YOLODetector.nano(3)
+    model = preset("model", "yolo_nano", num_classes=3)
     unet = UNet(1, 2, base_channels=4, depth=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feats = model(torch.randn(2, 3, 64, 64))

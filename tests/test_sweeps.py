@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
 from detloss.report import main as report_main
-from detloss.train import CONFIG_PATH
 
 #: jobs of a few steps on a few images: what is tested is the plumbing, not the learning
 TINY = [
@@ -141,8 +140,7 @@ def test_evaluate_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
 def test_the_quick_experiment_composes(task):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=[f"task={task}", "experiment=quick"])
+    cfg = compose_config(f"task={task}", "experiment=quick")
     assert (cfg.data.num_train, cfg.trainer.max_epochs) == (400, 3)
 
 
@@ -150,8 +148,7 @@ def test_the_quick_experiment_composes(task):
 def test_optuna_configs_compose(search):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     task = "segmentation" if search.startswith("segmentation") else "detection"
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=[f"task={task}", f"hparams_search={search}"], return_hydra_config=True)
+    cfg = compose_config(f"task={task}", f"hparams_search={search}", return_hydra_config=True)
     assert cfg.hydra.sweeper.direction == "maximize"
     for key in cfg.hydra.sweeper.params:
         assert key.startswith("loss.terms.") and key.removeprefix("loss.terms.").split(".")[0] in cfg.loss.terms
@@ -159,11 +156,8 @@ def test_optuna_configs_compose(search):
 
 def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
-            return_hydra_config=True,
-        )
+    cfg = compose_config("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+                         return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)

@@ -8,19 +8,31 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from detloss.losses import LossOutput
+from detloss.composite import CompositeLoss, Criterion, View
+from detloss.losses import MSELoss
 from detloss.tasks import LossTask
 
 
-class TwoTerms(nn.Module):
-    """``box`` = MSE, ``cls`` = L1; ``cls`` turns NaN on the batch whose first target is marked with −1."""
+class NaNWhenMarked(nn.Module):
+    """L1, NaN on a batch whose first target is marked with −1."""
 
-    def forward(self, pred, target):
-        box = (pred - target).pow(2).mean()
-        cls = (pred - target).abs().mean()
-        if bool((target[:, 0] == -1).any()):
-            cls = cls * float("nan")
-        return LossOutput(box + cls, {"box": box.detach(), "cls": cls.detach()})
+    def forward(self, pred, target, reduction="mean"):
+        value = (pred - target).abs().mean()
+        return value * float("nan") if bool((target[:, 0] == -1).any()) else value
+
+
+class TwoTerms(Criterion):
+    """``box`` = MSE, ``cls`` = L1 that turns NaN on a marked batch, over one view ``pair``."""
+
+    views = frozenset({"pair"})
+
+    def __init__(self):
+        terms = {"box": {"loss": MSELoss(), "weight": 1.0, "view": "pair"},
+                 "cls": {"loss": NaNWhenMarked(), "weight": 1.0, "view": "pair"}}
+        super().__init__(2, CompositeLoss(terms))
+
+    def build_views(self, pred, target):
+        return {"pair": View((pred, target))}
 
 
 def fit(nan_guard: str, bad_batch: int = 2, batches: int = 4):
@@ -96,7 +108,7 @@ def test_segmentation_metrics_score_empty_images_as_correct():
 
     masks = torch.zeros(4, 8, 8, dtype=torch.long)
     masks[0, 1:4, 1:4], masks[1, 4:7, 2:5] = 1, 2  # images 2 and 3 hold no lesion
-    task = SegmentationTask(MaskEcho(3), SegmentationCriterion(3), torch.optim.SGD, num_classes=3, num_previews=0)
+    task = SegmentationTask(MaskEcho(3), SegmentationCriterion(3), torch.optim.SGD, num_previews=0)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     (result,) = trainer.validate(task, DataLoader(TensorDataset(masks[:, None].float(), masks), batch_size=2),
                                  verbose=False)

@@ -1,34 +1,22 @@
 """The entry points through the real Hydra configs: composition, instantiation and fast_dev_run of both tasks."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import config_names
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from detloss.losses import CompositeLoss
-from detloss.train import CONFIG_PATH, build, make_trainer, train
+from detloss.composite import CompositeLoss
+from detloss.train import build, make_trainer, train
 
-CONFIGS = Path(CONFIG_PATH)
 SMALL = ["data.num_train=32", "data.num_val=16", "data.batch_size=8", "data.num_workers=0"]
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
-
-
-def make_cfg(tmp_path, *overrides):
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides])
-    return cfg
-
-
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
-def test_fast_dev_run(tmp_path, task):
-    cfg = make_cfg(tmp_path, f"task={task}", *SMALL, "+trainer.fast_dev_run=2", "callbacks=none", "logger=none")
+def test_fast_dev_run(tmp_path, task, compose):
+    cfg = compose(f"task={task}", *SMALL, "+trainer.fast_dev_run=2", "callbacks=none", "logger=none")
     metrics = train(cfg)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["status"] == "ok" and record["optimized_metric"] == cfg.optimized_metric
@@ -39,8 +27,8 @@ def test_fast_dev_run(tmp_path, task):
     assert metrics[cfg.optimized_metric] == record["value"]
 
 
-def test_a_short_run_logs_every_term_to_csv_and_checkpoints(tmp_path):
-    cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "loss=yolo_l1_ciou")
+def test_a_short_run_logs_every_term_to_csv_and_checkpoints(tmp_path, compose):
+    cfg = compose(*SMALL, "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "loss=yolo_l1_ciou")
     train(cfg)
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for name in ("train/loss", "train/loss/box", "train/loss/cls", "train/loss/dfl", "train/loss/l1", "val/loss/l1", "val/map_50"):
@@ -48,21 +36,21 @@ def test_a_short_run_logs_every_term_to_csv_and_checkpoints(tmp_path):
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
 
 
-def test_task_switches_model_loss_data_and_metric(tmp_path):
-    det, seg = make_cfg(tmp_path), make_cfg(tmp_path, "task=segmentation")
+def test_task_switches_model_loss_data_and_metric(tmp_path, compose):
+    det, seg = compose(), compose("task=segmentation")
     assert det.model._target_.endswith("YOLODetector") and seg.model._target_.endswith("UNet")
     assert det.optimized_metric == "val/map_50" and seg.optimized_metric == "val/dice"
     assert "dice" in seg.loss.terms and "box" in det.loss.terms
     assert seg.data._target_.endswith("LesionsDataModule")
     # the command line still wins over the task's choices
-    assert "focal" in make_cfg(tmp_path, "task=segmentation", "loss=dice_focal").loss.terms
-    assert make_cfg(tmp_path, "loss.terms.box.weight=5").loss.terms.box.weight == 5
+    assert "focal" in compose("task=segmentation", "loss=dice_focal").loss.terms
+    assert compose("loss.terms.box.weight=5").loss.terms.box.weight == 5
 
 
-@pytest.mark.parametrize("loss", options("loss"))
-def test_every_loss_config(tmp_path, loss):
+@pytest.mark.parametrize("loss", config_names("loss"))
+def test_every_loss_config(tmp_path, loss, compose):
     task = "detection" if loss.startswith("yolo") else "segmentation"
-    cfg = make_cfg(tmp_path, f"task={task}", f"loss={loss}", *SMALL)
+    cfg = compose(f"task={task}", f"loss={loss}", *SMALL)
     datamodule, module = build(cfg)
     assert isinstance(module.criterion.loss, CompositeLoss)
     images, targets = next(iter(datamodule.train_dataloader()))
@@ -70,10 +58,10 @@ def test_every_loss_config(tmp_path, loss):
     assert set(out.terms) == set(cfg.loss.terms) and torch.isfinite(out.total)
 
 
-@pytest.mark.parametrize("model", options("model"))
-def test_every_model_config(tmp_path, model):
+@pytest.mark.parametrize("model", config_names("model"))
+def test_every_model_config(tmp_path, model, compose):
     task = "segmentation" if model.startswith("unet") else "detection"
-    cfg = make_cfg(tmp_path, f"task={task}", f"model={model}", *SMALL)
+    cfg = compose(f"task={task}", f"model={model}", *SMALL)
     _, module = build(cfg)
     size = 64 if task == "detection" else 64
     out = module.model(torch.zeros(1, 3 if task == "detection" else 1, size, size))
@@ -81,9 +69,9 @@ def test_every_model_config(tmp_path, model):
 
 
 @pytest.mark.parametrize("group", ["optimizer", "scheduler", "callbacks", "logger"])
-def test_every_option_of_the_small_groups(tmp_path, group):
-    for option in options(group):
-        cfg = make_cfg(tmp_path, f"{group}={option}", *SMALL)
+def test_every_option_of_the_small_groups(tmp_path, group, compose):
+    for option in config_names(group):
+        cfg = compose(f"{group}={option}", *SMALL)
         if group in ("callbacks", "logger"):
             if option == "tensorboard":
                 pytest.importorskip("tensorboard", reason="TensorBoardLogger needs the tensorboard package")
@@ -95,35 +83,35 @@ def test_every_option_of_the_small_groups(tmp_path, group):
                 instantiate(cfg.scheduler)(opt, total_steps=10, steps_per_epoch=5)
 
 
-@pytest.mark.parametrize("trainer", options("trainer"))
-def test_every_trainer_config(tmp_path, trainer):
-    cfg = make_cfg(tmp_path, f"trainer={trainer}")
+@pytest.mark.parametrize("trainer", config_names("trainer"))
+def test_every_trainer_config(tmp_path, trainer, compose):
+    cfg = compose(f"trainer={trainer}")
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         assert cfg.trainer.devices >= 1  # composes; instantiating needs a GPU
         return
     make_trainer(cfg)
 
 
-def test_data_configs_compose_and_need_their_paths(tmp_path):
-    for data in options("data"):
-        cfg = make_cfg(tmp_path, f"data={data}")
+def test_data_configs_compose_and_need_their_paths(tmp_path, compose):
+    for data in config_names("data"):
+        cfg = compose(f"data={data}")
         assert cfg.data._target_.startswith("detloss.data.")
     with pytest.raises(Exception, match="train_images"):
-        instantiate(make_cfg(tmp_path, "data=coco").data)
+        instantiate(compose("data=coco").data)
 
 
 @pytest.mark.slow
-def test_short_detection_run_learns(tmp_path):
+def test_short_detection_run_learns(tmp_path, compose):
     # 4 epochs of 1000 images (250 steps): the default run is at mAP@0.5 0.27 after as many steps; untrained, 0.00
-    cfg = make_cfg(tmp_path, "data.num_train=1000", "data.num_val=64", "data.num_workers=0", "trainer.max_epochs=4",
+    cfg = compose("data.num_train=1000", "data.num_val=64", "data.num_workers=0", "trainer.max_epochs=4",
                    "callbacks=none", "logger=none")
     metrics = train(cfg)
     assert metrics["val/map_50"] > 0.2, metrics
 
 
 @pytest.mark.slow
-def test_short_segmentation_run_learns(tmp_path):
-    cfg = make_cfg(tmp_path, "task=segmentation", "data.num_train=320", "data.num_val=64", "data.num_workers=0",
+def test_short_segmentation_run_learns(tmp_path, compose):
+    cfg = compose("task=segmentation", "data.num_train=320", "data.num_val=64", "data.num_workers=0",
                    "trainer.max_epochs=3", "callbacks=none", "logger=none")
     metrics = train(cfg)
     assert metrics["val/dice"] > 0.5, metrics

@@ -22,17 +22,16 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ..composite import CompositeLoss, Criterion, View
 from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss
-from ..losses.composite import CompositeLoss, LossOutput, View
+from ..losses._utils import check_number
 from .assigner import Assignment, TaskAlignedAssigner
-from .geometry import bbox2dist, make_anchors
+from .geometry import bbox2dist, decode_boxes, make_anchors
 
-__all__ = ["DetectionCriterion", "default_detection_loss", "DETECTION_VIEWS"]
-
-DETECTION_VIEWS = frozenset({"box", "dist", "cls"})
+__all__ = ["DetectionCriterion", "default_detection_loss"]
 
 
 class _SplitHead(torch.autograd.Function):
@@ -72,17 +71,17 @@ class _SplitHead(torch.autograd.Function):
 
 
 def default_detection_loss() -> CompositeLoss:
-    """CIoU 7.5 + BCE 0.5 + DFL 1.5 (the criterion validates targets once, so the terms need not)."""
+    """CIoU 7.5 + BCE 0.5 + DFL 1.5: the YOLOv8 composite."""
     return CompositeLoss(
         {
-            "box": {"loss": CIoULoss(validate=False), "weight": 7.5, "view": "box"},
-            "cls": {"loss": BCEWithLogitsLoss(validate=False), "weight": 0.5, "view": "cls"},
-            "dfl": {"loss": DFLoss(validate=False), "weight": 1.5, "view": "dist"},
+            "box": {"loss": CIoULoss(), "weight": 7.5, "view": "box"},
+            "cls": {"loss": BCEWithLogitsLoss(), "weight": 0.5, "view": "cls"},
+            "dfl": {"loss": DFLoss(), "weight": 1.5, "view": "dist"},
         }
     )
 
 
-class DetectionCriterion(nn.Module):
+class DetectionCriterion(Criterion):
     """Loss of an anchor-free, DFL-regressing detection head (YOLOv8 style).
 
     Args:
@@ -91,12 +90,15 @@ class DetectionCriterion(nn.Module):
         reg_max: bins of the distance distribution of each box side.
         loss: the composite of terms over the views ``box``, ``dist``, ``cls``; ``None`` for the default.
         assigner: ``None`` for ``TaskAlignedAssigner()``; its ``min_box_side=None`` becomes the middle stride.
-        validate: check feats and targets (one host sync per call for the target values).
+        validate: check the target values (one host sync per call); the terms never check again (the views are
+            marked ``checked``).
 
     Call as ``criterion(feats, targets)``: ``feats`` a list of per-level maps ``[B, 4·reg_max + C, H_l, W_l]``
     (distribution channels first), ``targets`` a list of ``B`` dicts ``{"boxes": (n, 4) xyxy pixels,
-    "labels": (n,) int64}``, ``n`` possibly 0. Returns :class:`~detloss.losses.LossOutput`.
+    "labels": (n,) int64}``, ``n`` possibly 0. Returns :class:`~detloss.composite.LossOutput`.
     """
+
+    views = frozenset({"box", "dist", "cls"})
 
     def __init__(
         self,
@@ -107,29 +109,20 @@ class DetectionCriterion(nn.Module):
         assigner: TaskAlignedAssigner | None = None,
         validate: bool = True,
     ):
-        super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if not strides or any(not s > 0 for s in strides):
+        super().__init__(num_classes, default_detection_loss() if loss is None else loss)
+        if not strides or not isinstance(strides, Sequence):
             raise ValueError(f"strides must be a non-empty sequence of positive numbers, got {strides!r}")
-        if not isinstance(reg_max, int) or reg_max < 2:
-            raise ValueError(f"reg_max must be an integer >= 2, got {reg_max!r}")
-        self.num_classes, self.strides, self.reg_max = num_classes, tuple(strides), reg_max
-        self.loss = default_detection_loss() if loss is None else loss
-        if not isinstance(self.loss, CompositeLoss):
-            raise ValueError(f"loss must be a CompositeLoss, got {type(self.loss).__name__}")
-        self.loss.check_views(DETECTION_VIEWS, "DetectionCriterion")
+        self.strides = tuple(check_number("strides", s, gt=0) for s in strides)
+        self.reg_max = check_number("reg_max", reg_max, integer=True, ge=2)
         self.assigner = TaskAlignedAssigner() if assigner is None else assigner
         if self.assigner.min_box_side is None:
             self.assigner.min_box_side = float(self.strides[len(self.strides) // 2])
         self.validate = validate
-        self.register_buffer("bins", torch.arange(reg_max, dtype=torch.float32), persistent=False)
 
-    def forward(self, feats: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossOutput:
-        views, _ = self.build_views(feats, targets)
-        return self.loss(views)
+    def build_views(self, feats: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> dict[str, View]:
+        return self.match(feats, targets)[0]
 
-    def build_views(
+    def match(
         self, feats: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]
     ) -> tuple[dict[str, View], Assignment]:
         """The views the composite's terms receive, and the assignment behind them."""
@@ -151,7 +144,7 @@ class DetectionCriterion(nn.Module):
 
             points, stride = self._anchors(feats, cls_logits.dtype, device)
             with torch.no_grad():  # every anchor's box, for the assigner only
-                boxes = self._decode(bin_logits, points)  # (B, A, 4), grid units
+                boxes = decode_boxes(bin_logits, points)  # (B, A, 4), grid units
 
             assignment = self.assigner(
                 cls_logits.detach(), boxes.detach() * stride, points * stride, gt_boxes, gt_labels, gt_mask
@@ -165,16 +158,12 @@ class DetectionCriterion(nn.Module):
             target_boxes = assignment.boxes / stride[anc]  # grid units of each anchor's level
             norm = self._normaliser(weight.sum())
             views = {
-                "box": View((self._decode(slot_bins, slot_points), target_boxes), weight=weight, norm=norm),
-                "dist": View((slot_bins, bbox2dist(slot_points, target_boxes, r - 1)), weight=weight, norm=norm),
-                "cls": View((cls_logits, assignment.target_scores(batch_size, self.num_classes, a)), norm=norm),
+                "box": View((decode_boxes(slot_bins, slot_points), target_boxes), weight, norm, checked=True),
+                "dist": View((slot_bins, bbox2dist(slot_points, target_boxes, r - 1)), weight, norm, checked=True),
+                "cls": View((cls_logits, assignment.target_scores(batch_size, self.num_classes, a)), None, norm,
+                            checked=True),
             }
         return views, assignment
-
-    def _decode(self, bin_logits: Tensor, points: Tensor) -> Tensor:
-        """``xyxy`` boxes in grid units: each side's distance is the expectation of the softmax over its bins."""
-        dist_grid = bin_logits.softmax(-1) @ self.bins.to(bin_logits.dtype)  # (..., 4)
-        return torch.cat((points - dist_grid[..., :2], points + dist_grid[..., 2:]), -1)
 
     @staticmethod
     def _normaliser(score_sum: Tensor) -> Tensor:

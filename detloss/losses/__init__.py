@@ -1,85 +1,36 @@
-"""detloss.losses: every loss as a plain function and a thin ``nn.Module`` of the same options.
+"""detloss.losses: every loss as a plain function and an ``nn.Module`` of the same options.
 
-One family per file; ``available()`` lists the registered names and ``build(name, **kw)`` makes one.
+One family per file. Each file defines its options (a frozen dataclass), its functions and its modules; the
+modules register their names where they are defined (:mod:`._api`), so ``available()`` lists what exists and
+``build(name, **options)`` makes one. This package imports nothing else of detloss.
 """
 
-from .bce import BCEWithLogitsLoss, bce_with_logits
-from .composite import CompositeLoss, LossOutput, View
-from .cross_entropy import CrossEntropyLoss, cross_entropy
-from .dfl import DFLoss, dfl_loss
-from .dice import (
-    DiceLoss,
-    FocalTverskyLoss,
-    GeneralizedDiceLoss,
-    JaccardLoss,
-    TverskyLoss,
-    dice_loss,
-    focal_tversky_loss,
-    generalized_dice_loss,
-    jaccard_loss,
-    tversky_loss,
-)
-from .focal import FocalLoss, focal_loss
-from .hinge import HingeLoss, hinge_loss
-from .iou import CIoULoss, DIoULoss, EIoULoss, GIoULoss, IoULoss, SIoULoss, box_iou_pairwise, iou_loss
-from .penalty import WeightPenalty, weight_penalty
-from .quality_focal import QualityFocalLoss, quality_focal_loss
-from .registry import available, build
-from .regression import L1Loss, MSELoss, SmoothL1Loss, l1_loss, mse_loss, smooth_l1_loss
-from .varifocal import VarifocalLoss, varifocal_loss
+import sys
+
+from ._api import LossModule, LossOptions, available, build, loss_function, register
+from .bce import *  # noqa: F403
+from .cross_entropy import *  # noqa: F403
+from .dfl import *  # noqa: F403
+from .dice import *  # noqa: F403
+from .focal import *  # noqa: F403
+from .hinge import *  # noqa: F403
+from .iou import *  # noqa: F403
+from .penalty import *  # noqa: F403
+from .quality_focal import *  # noqa: F403
+from .regression import *  # noqa: F403
+from .varifocal import *  # noqa: F403
+
+# the families in the order of the README's table (the star imports above bind `cross_entropy` to the function)
+_FAMILIES = [sys.modules[f"{__name__}.{name}"] for name in (
+    "iou", "dfl", "bce", "cross_entropy", "focal", "varifocal", "quality_focal", "hinge", "regression", "dice", "penalty"
+)]
 
 __all__ = [
     "available",
     "build",
-    # composite
-    "CompositeLoss",
-    "LossOutput",
-    "View",
-    # box regression
-    "iou_loss",
-    "box_iou_pairwise",
-    "IoULoss",
-    "GIoULoss",
-    "DIoULoss",
-    "CIoULoss",
-    "SIoULoss",
-    "EIoULoss",
-    # distribution
-    "dfl_loss",
-    "DFLoss",
-    # dense classification
-    "bce_with_logits",
-    "BCEWithLogitsLoss",
-    "cross_entropy",
-    "CrossEntropyLoss",
-    "focal_loss",
-    "FocalLoss",
-    "varifocal_loss",
-    "VarifocalLoss",
-    "quality_focal_loss",
-    "QualityFocalLoss",
-    # margin
-    "hinge_loss",
-    "HingeLoss",
-    # regression
-    "mse_loss",
-    "MSELoss",
-    "l1_loss",
-    "L1Loss",
-    "smooth_l1_loss",
-    "SmoothL1Loss",
-    # region
-    "dice_loss",
-    "DiceLoss",
-    "generalized_dice_loss",
-    "GeneralizedDiceLoss",
-    "tversky_loss",
-    "TverskyLoss",
-    "focal_tversky_loss",
-    "FocalTverskyLoss",
-    "jaccard_loss",
-    "JaccardLoss",
-    # regularisation
-    "weight_penalty",
-    "WeightPenalty",
+    "LossModule",
+    "LossOptions",
+    "loss_function",
+    "register",
+    *(name for family in _FAMILIES for name in family.__all__),
 ]

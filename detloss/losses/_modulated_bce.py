@@ -48,16 +48,14 @@ than that.
 
 from __future__ import annotations
 
-import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import apply_weight, reduce
+from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_same_shape, reduce
 
-__all__ = ["FOCAL", "QUALITY", "VARIFOCAL", "autocast_off", "check_finite_nonneg", "modulated_bce", "reference"]
+__all__ = ["FOCAL", "QUALITY", "VARIFOCAL", "checked_inputs", "modulated_bce", "reference"]
 
 FOCAL, VARIFOCAL, QUALITY = "focal", "varifocal", "quality"
 
@@ -295,13 +293,6 @@ class _FusedModulatedBCE(torch.autograd.Function):
         return grad.mul_(grad_out), None, None, None, None, None, None
 
 
-def autocast_off(device: torch.device):
-    """Turn autocast off inside a loss: its inputs are float32 (or float64) already and so must stay its maths."""
-    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def modulated_bce(x: Tensor, t: Tensor, kind: str, a: float, b: float, weight: Tensor | None, reduction: str) -> Tensor:
     """The loss of ``kind`` for checked float logits ``x`` and target ``t`` of one shape and dtype, reduced.
 
@@ -318,7 +309,14 @@ def modulated_bce(x: Tensor, t: Tensor, kind: str, a: float, b: float, weight: T
         return reduce(apply_weight(loss, weight), reduction)
 
 
-def check_finite_nonneg(name: str, value: float) -> None:
-    """Option check shared by the three losses (exponents, the varifocal alpha)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+def checked_inputs(logits: Tensor, target: Tensor, name: str, weight: Tensor | None, validate: bool) -> tuple[Tensor, Tensor]:
+    """The inputs of the modulated-BCE losses as float tensors of one shape, their values checked if asked."""
+    logits = as_float("logits", logits)
+    target = as_target(name, target, logits)
+    check_same_shape("logits", logits, name, target)
+    if validate:
+        checks = Checks()
+        checks.unit_interval(name, target)
+        checks.weight(weight)
+        checks.run()
+    return logits, target

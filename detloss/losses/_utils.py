@@ -1,19 +1,40 @@
-"""Helpers shared by every loss: float32 upcasting, input checks and the one reduction.
+"""Helpers shared by every loss: option checks, float32 upcasting, value checks in one host sync, the one reduction.
 
 Every loss in this package follows one contract:
 
 * inputs in float16 / bfloat16 are upcast to float32 at the top, so the maths and the output are float32
   (float64 inputs stay float64, which is what ``gradcheck`` needs);
-* ``weight`` (optional) rescales the unreduced values elementwise and must broadcast to them;
+* ``weight`` (optional) rescales the unreduced values elementwise, must broadcast to them without enlarging them,
+  and must be >= 0;
 * ``reduction`` is one of ``"none"``, ``"mean"``, ``"sum"``;
-* with ``validate=True`` (the default) bad input raises :class:`ValueError` naming the argument; the checks
-  that read tensor values cost one host sync, and ``validate=False`` skips exactly those.
+* with ``validate=True`` (the default) bad input raises :class:`ValueError` naming the argument; the checks that
+  read tensor values are gathered in a :class:`Checks` and cost one host sync together, and ``validate=False``
+  skips exactly those.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import numbers
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+__all__ = [
+    "REDUCTIONS",
+    "check_reduction",
+    "check_choice",
+    "check_number",
+    "as_float",
+    "as_target",
+    "check_same_shape",
+    "Checks",
+    "apply_weight",
+    "reduce",
+    "autocast_off",
+]
 
 REDUCTIONS = ("none", "mean", "sum")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -29,19 +50,39 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
-def check_nonneg(name: str, value: float) -> None:
-    if not value >= 0:  # also catches NaN
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
-def check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
-def check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+def check_number(
+    name: str,
+    value,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    integer: bool = False,
+) -> float | int:
+    """The one check of a numeric option: a finite real (an integer with ``integer=True``, bools refused) within
+    the bounds given. Returns it as ``float`` (or ``int``); raises ``ValueError`` naming ``name`` and the bounds."""
+    if integer:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (ge is None or value >= ge) and (gt is None or value > gt)
+        ok = ok and (le is None or value <= le) and (lt is None or value < lt)
+    if not ok:
+        low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else None
+        high = f"{le}]" if le is not None else f"{lt})" if lt is not None else None
+        if low and high:
+            bounds = f" in {low}, {high}"
+        elif low:
+            bounds = f" >= {ge}" if ge is not None else f" > {gt}"
+        elif high:
+            bounds = f" <= {le}" if le is not None else f" < {lt}"
+        else:
+            bounds = ""
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name} must be {kind}{bounds}, got {value!r}")
+    return int(value) if integer else float(value)
 
 
 def as_float(name: str, x: Tensor) -> Tensor:
@@ -67,49 +108,91 @@ def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
-def check_finite(name: str, x: Tensor) -> None:
-    """Raise if ``x`` holds NaN or inf (one host sync)."""
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf")
+def _first(bad: Tensor) -> tuple[int, ...]:
+    """The index of the first ``True`` of ``bad`` (a host sync: only for error messages)."""
+    return tuple(int(i) for i in bad.nonzero()[0])
 
 
-def check_in_unit_interval(name: str, x: Tensor) -> None:
-    """Raise if some value of ``x`` lies outside [0, 1] or is NaN (one host sync)."""
-    if x.numel() == 0:
-        return
-    lo, hi = torch.aminmax(x)
-    lo, hi = float(lo), float(hi)
-    if not (lo >= 0.0 and hi <= 1.0):  # NaN fails both comparisons
-        raise ValueError(f"{name} must lie in [0, 1] (soft targets), found values in [{lo}, {hi}]")
+class Checks:
+    """Value checks of tensors, read back in one host sync.
 
+    Each check adds a 0-d boolean tensor "something is wrong" (computed on the tensor's device) and a message
+    function; :meth:`run` reads all flags at once and raises :class:`ValueError` for the first failed check,
+    whose message (the bad value and its index) is only computed then.
+    """
 
-def check_labels(name: str, labels: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
-    """Raise if some label is outside ``[0, num_classes)`` and is not ``ignore_index`` (one host sync)."""
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
-    if labels.numel() == 0:
-        return
-    bad = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        bad &= labels != ignore_index
-    if bool(bad.any()):
-        value = int(labels[bad][0])
+    def __init__(self) -> None:
+        self._flags: list[Tensor] = []
+        self._messages: list[Callable[[], str]] = []
+
+    def add(self, flag: Tensor, message: Callable[[], str]) -> None:
+        self._flags.append(flag.reshape(()))
+        self._messages.append(message)
+
+    def finite(self, name: str, x: Tensor) -> None:
+        """NaN and inf are refused."""
+        if x.numel():
+            bad = lambda: ~torch.isfinite(x.detach())  # noqa: E731
+            self.add(~torch.isfinite(x.detach()).all(), lambda: f"{name} contains NaN or inf at index {_first(bad())}")
+
+    def nonneg(self, name: str, x: Tensor) -> None:
+        """Values < 0 and NaN are refused."""
+        if x.numel():
+            bad = lambda: ~(x.detach() >= 0)  # noqa: E731
+            self.add(bad().any(), lambda: f"{name} must be >= 0, found {x.detach()[bad()][0].item()!r} at index {_first(bad())}")
+
+    def weight(self, weight: Tensor | None) -> None:
+        """An elementwise ``weight`` must be >= 0 (a negative weight would turn a loss into a reward)."""
+        if isinstance(weight, Tensor):
+            self.nonneg("weight", weight)
+
+    def unit_interval(self, name: str, x: Tensor, what: str = "soft targets") -> None:
+        """Values outside [0, 1] and NaN are refused."""
+        if x.numel():
+            lo, hi = torch.aminmax(x.detach())
+            self.add(
+                ~((lo >= 0) & (hi <= 1)),  # NaN fails both
+                lambda: f"{name} must lie in [0, 1] ({what}), found values in [{float(lo)}, {float(hi)}]",
+            )
+
+    def labels(self, name: str, labels: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
+        """Integer class indices in ``[0, num_classes)`` or ``ignore_index``."""
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+        if labels.numel() == 0:
+            return
+
+        def bad() -> Tensor:
+            out = (labels < 0) | (labels >= num_classes)
+            return out if ignore_index is None else out & (labels != ignore_index)
+
         allowed = f"[0, {num_classes})" + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
-        raise ValueError(f"{name} holds label {value}, outside {allowed}")
+        self.add(bad().any(), lambda: f"{name} holds label {int(labels[bad()][0])}, outside {allowed}")
+
+    def run(self) -> None:
+        """Raise for the first failed check (one host sync for all of them)."""
+        if not self._flags:
+            return
+        failed = torch.stack(self._flags).tolist() if len(self._flags) > 1 else [bool(self._flags[0])]
+        for flag, message in zip(failed, self._messages):
+            if flag:
+                raise ValueError(message())
 
 
 def apply_weight(loss: Tensor, weight: Tensor | None) -> Tensor:
+    """``loss * weight``; ``weight`` must broadcast to ``loss`` without enlarging it (:meth:`Checks.weight` checks
+    its values)."""
     if weight is None:
         return loss
     if not isinstance(weight, Tensor):
         raise ValueError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
     try:
-        torch.broadcast_shapes(weight.shape, loss.shape)
+        shape = torch.broadcast_shapes(weight.shape, loss.shape)
     except RuntimeError:
         raise ValueError(
             f"weight of shape {tuple(weight.shape)} does not broadcast to the unreduced loss of shape {tuple(loss.shape)}"
         ) from None
-    if torch.broadcast_shapes(weight.shape, loss.shape) != loss.shape:
+    if shape != loss.shape:
         raise ValueError(
             f"weight of shape {tuple(weight.shape)} would enlarge the unreduced loss of shape {tuple(loss.shape)}"
         )
@@ -125,3 +208,10 @@ def reduce(loss: Tensor, reduction: str) -> Tensor:
     if loss.numel() == 0:
         return loss.sum()  # 0, keeps the graph alive
     return loss.mean()
+
+
+def autocast_off(device: torch.device):
+    """Turn autocast off inside a loss: its inputs are float32 (or float64) already and so must stay its maths."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()

@@ -11,48 +11,37 @@ Architecture for Computer Vision", CVPR 2016, for two classes).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._modulated_bce import autocast_off
-from ._utils import apply_weight, as_float, as_target, check_in_unit_interval, check_reduction, check_same_shape, reduce
+from ._api import LossModule, LossOptions, as_options_tensor, loss_function
+from ._utils import Checks, autocast_off, apply_weight, as_float, as_target, check_number, check_same_shape, reduce
 
-__all__ = ["bce_with_logits", "BCEWithLogitsLoss"]
-
-
-def _check_label_smoothing(label_smoothing: float) -> None:
-    ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)
-    if not (ok and 0 <= label_smoothing < 1):
-        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
+__all__: list[str] = []
 
 
-def _pos_weight(pos_weight, logits: Tensor, validate: bool) -> Tensor | None:
-    if pos_weight is None:
-        return None
-    if not isinstance(pos_weight, (Tensor, int, float)) or isinstance(pos_weight, bool):
-        raise ValueError(f"pos_weight must be a torch.Tensor, a number or None, got {type(pos_weight).__name__}")
-    pos_weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
-    try:
-        ok = torch.broadcast_shapes(pos_weight.shape, logits.shape) == logits.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"pos_weight of shape {tuple(pos_weight.shape)} must broadcast to the logits of shape {tuple(logits.shape)}"
-            " (typically one value per class, the last dimension)"
-        )
-    if validate and not bool((pos_weight >= 0).all()):  # NaN fails too
-        raise ValueError("pos_weight must be >= 0")
-    return pos_weight
+@dataclass(frozen=True, kw_only=True)
+class BCEOptions(LossOptions):
+    """``pos_weight``: weight of the positive term, a number or a tensor broadcastable to the logits (e.g. ``(C,)``
+    for the last dim), >= 0; ``label_smoothing``: ε in [0, 1), the target becomes ``t(1 − ε) + ε/2``."""
+
+    pos_weight: Tensor | float | None = field(default=None, compare=False)
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "pos_weight", as_options_tensor("pos_weight", self.pos_weight))
+        check_number("label_smoothing", self.label_smoothing, ge=0, lt=1)
 
 
+@loss_function(BCEOptions)
 def bce_with_logits(
     logits: Tensor,
     target: Tensor,
+    options: BCEOptions,
     *,
-    pos_weight: Tensor | None = None,
-    label_smoothing: float = 0.0,
     weight: Tensor | None = None,
     reduction: str = "mean",
     validate: bool = True,
@@ -62,65 +51,42 @@ def bce_with_logits(
     Args:
         logits: raw scores of any shape.
         target: the logits' shape, values in [0, 1].
-        pos_weight: weight of the positive term, broadcastable to the logits (e.g. ``(C,)`` for the last dim).
-        label_smoothing: ε in [0, 1); the target becomes ``t(1 − ε) + ε/2``.
+        pos_weight, label_smoothing: see :class:`BCEOptions`.
         weight: optional elementwise weight broadcastable to the logits.
         reduction: ``"none"`` returns the logits' shape; ``"mean"`` / ``"sum"`` a scalar.
-        validate: check that the target lies in [0, 1] and ``pos_weight`` is >= 0 (host syncs).
+        validate: check that the target lies in [0, 1] and the weight is >= 0 (one host sync).
     """
-    check_reduction(reduction)
-    _check_label_smoothing(label_smoothing)
     logits = as_float("logits", logits)
     target = as_target("target", target, logits)
     check_same_shape("logits", logits, "target", target)
-    pos_weight = _pos_weight(pos_weight, logits, validate)
+    pos_weight = options.on("pos_weight", logits)
+    if pos_weight is not None and _broadcast(pos_weight, logits) != logits.shape:
+        raise ValueError(
+            f"pos_weight of shape {tuple(pos_weight.shape)} must broadcast to the logits of shape {tuple(logits.shape)}"
+            " (typically one value per class, the last dimension)"
+        )
     if validate:
-        check_in_unit_interval("target", target.detach())
+        checks = Checks()
+        checks.unit_interval("target", target)
+        checks.weight(weight)
+        checks.run()
+    smoothing = options.label_smoothing
     with autocast_off(logits.device):
-        if weight is None and label_smoothing == 0 and (logits.numel() or reduction != "mean"):
+        if weight is None and smoothing == 0 and (logits.numel() or reduction != "mean"):
             # the built-in as it is: same cost (the empty "mean", NaN there, takes the path below)
             return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction=reduction)
-        if label_smoothing:
-            target = target * (1 - label_smoothing) + label_smoothing / 2
+        if smoothing:
+            target = target * (1 - smoothing) + smoothing / 2
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
         return reduce(apply_weight(loss, weight), reduction)
 
 
-class BCEWithLogitsLoss(nn.Module):
-    """Module form of :func:`bce_with_logits`; ``pos_weight`` is kept as a (non-persistent) buffer."""
+def _broadcast(a: Tensor, b: Tensor):
+    try:
+        return torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        return None
 
-    def __init__(
-        self,
-        *,
-        pos_weight: Tensor | None = None,
-        label_smoothing: float = 0.0,
-        reduction: str = "mean",
-        validate: bool = True,
-    ):
-        super().__init__()
-        _check_label_smoothing(label_smoothing)
-        check_reduction(reduction)
-        if pos_weight is not None:
-            if isinstance(pos_weight, bool) or not isinstance(pos_weight, (Tensor, int, float)):
-                raise ValueError(
-                    f"pos_weight must be a torch.Tensor, a number or None, got {type(pos_weight).__name__}"
-                )
-            pos_weight = torch.as_tensor(pos_weight, dtype=torch.float32)
-            if validate and not bool((pos_weight >= 0).all()):
-                raise ValueError("pos_weight must be >= 0")
-        self.register_buffer("pos_weight", pos_weight, persistent=False)
-        self.label_smoothing, self.reduction, self.validate = label_smoothing, reduction, validate
 
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return bce_with_logits(
-            logits,
-            target,
-            pos_weight=self.pos_weight,
-            label_smoothing=self.label_smoothing,
-            weight=weight,
-            reduction=self.reduction,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+class BCEWithLogitsLoss(LossModule, function=bce_with_logits, name="bce"):
+    """Module form of :func:`bce_with_logits`."""

@@ -16,56 +16,42 @@ the target distribution, ``Σ_c q_c p_c``, for probabilities), with the gradient
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._modulated_bce import autocast_off
-from ._utils import (
-    apply_weight,
-    as_float,
-    as_target,
-    check_in_unit_interval,
-    check_labels,
-    check_reduction,
-    check_same_shape,
-    reduce,
-)
+from ._api import LossModule, LossOptions, as_options_tensor, loss_function
+from ._utils import Checks, autocast_off, apply_weight, as_float, as_target, check_number, check_same_shape, reduce
 
-__all__ = ["cross_entropy", "CrossEntropyLoss"]
+__all__: list[str] = []
 
 
-def _check_options(label_smoothing: float, ignore_index: int, gamma: float = 0.0) -> None:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < float("inf"):
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-    ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)
-    if not (ok and 0 <= label_smoothing < 1):
-        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+@dataclass(frozen=True, kw_only=True)
+class CrossEntropyOptions(LossOptions):
+    """``class_weights``: ``(C,)`` weight ``w_c`` of each class, >= 0; ``label_smoothing``: ε in [0, 1);
+    ``ignore_index``: class index that contributes nothing (index targets); ``gamma``: focusing parameter γ >= 0
+    of the softmax focal factor ``(1 − p_t)^γ``, 0 for plain cross-entropy."""
+
+    class_weights: Tensor | None = field(default=None, compare=False)
+    label_smoothing: float = 0.0
+    ignore_index: int = 255
+    gamma: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "class_weights", as_options_tensor("class_weights", self.class_weights, ndim=1))
+        check_number("label_smoothing", self.label_smoothing, ge=0, lt=1)
+        check_number("ignore_index", self.ignore_index, integer=True)
+        check_number("gamma", self.gamma, ge=0)
 
 
-def _class_weights(class_weights, num_classes: int, logits: Tensor, validate: bool) -> Tensor | None:
-    if class_weights is None:
-        return None
-    if not isinstance(class_weights, Tensor):
-        class_weights = torch.as_tensor(class_weights)
-    if class_weights.shape != (num_classes,):
-        raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}")
-    class_weights = class_weights.to(dtype=logits.dtype, device=logits.device)
-    if validate and not bool((class_weights >= 0).all()):  # NaN fails too
-        raise ValueError("class_weights must be >= 0")
-    return class_weights
-
-
+@loss_function(CrossEntropyOptions)
 def cross_entropy(
     logits: Tensor,
     target: Tensor,
+    options: CrossEntropyOptions,
     *,
-    class_weights: Tensor | None = None,
-    label_smoothing: float = 0.0,
-    ignore_index: int = 255,
-    gamma: float = 0.0,
     weight: Tensor | None = None,
     reduction: str = "mean",
     validate: bool = True,
@@ -76,32 +62,30 @@ def cross_entropy(
         logits: ``(N, C)`` or ``(N, C, d1, ...)``.
         target: class indices of shape ``(N,)`` / ``(N, d1, ...)`` (integer dtype), or class probabilities of the
             logits' shape (floating dtype).
-        class_weights: ``(C,)``, the weight ``w_c`` of each class.
-        label_smoothing: ε in [0, 1).
-        gamma: focusing parameter γ >= 0 of the focal factor ``(1 − p_t)^γ``; 0 is plain cross-entropy.
-        ignore_index: class index that contributes nothing, to the sum or to the mean's normaliser (index
-            targets only).
+        class_weights, label_smoothing, ignore_index, gamma: see :class:`CrossEntropyOptions`.
         weight: optional elementwise weight broadcastable to the unreduced loss ``(N, d1, ...)``.
         reduction: ``"none"`` returns ``(N, d1, ...)`` (0 at ignored positions); ``"sum"`` the sum; ``"mean"`` as
             torch: for index targets ``Σ weight·w_y·l / Σ w_y`` over the non-ignored positions (``w_y = 1``
             without class weights), 0 when all are ignored; for probabilities the mean over ``(N, d1, ...)``.
-        validate: check labels (in ``[0, C)`` or ``ignore_index``) or probabilities (in [0, 1]); one host sync.
+        validate: check labels (in ``[0, C)`` or ``ignore_index``) or probabilities (in [0, 1]) and the weight's
+            sign; one host sync.
     """
-    check_reduction(reduction)
-    _check_options(label_smoothing, ignore_index, gamma)
     logits = as_float("logits", logits)
     if logits.ndim < 2:
         raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}")
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    num_classes = logits.shape[1]
-    class_weights = _class_weights(class_weights, num_classes, logits, validate)
+    num_classes, ignore_index, gamma = logits.shape[1], options.ignore_index, options.gamma
+    class_weights = options.on("class_weights", logits)
+    if class_weights is not None and class_weights.shape != (num_classes,):
+        raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}")
     probabilities = target.is_floating_point()
+    checks = Checks()
     if probabilities:
         target = as_target("target", target, logits)
         check_same_shape("logits", logits, "target", target)
         if validate:
-            check_in_unit_interval("target", target.detach())
+            checks.unit_interval("target", target, "class probabilities")
     else:
         expected = logits.shape[:1] + logits.shape[2:]
         if target.shape != expected:
@@ -110,8 +94,11 @@ def cross_entropy(
                 f"got {tuple(target.shape)}"
             )
         if validate or target.dtype == torch.bool or target.is_complex():
-            check_labels("target", target, num_classes, ignore_index)
+            checks.labels("target", target, num_classes, ignore_index)
         target = target.long()
+    if validate:
+        checks.weight(weight)
+    checks.run()
 
     with autocast_off(logits.device):
         loss = F.cross_entropy(
@@ -120,7 +107,7 @@ def cross_entropy(
             weight=class_weights,
             ignore_index=-100 if probabilities else ignore_index,
             reduction="none",
-            label_smoothing=label_smoothing,
+            label_smoothing=options.label_smoothing,
         )
         if gamma > 0:
             loss = loss * _focal_factor(logits, target, probabilities, ignore_index, gamma)
@@ -149,47 +136,5 @@ def _focal_factor(logits: Tensor, target: Tensor, probabilities: bool, ignore_in
     return torch.where(positive, torch.where(positive, base, 1.0).pow(gamma), 0.0)
 
 
-class CrossEntropyLoss(nn.Module):
-    """Module form of :func:`cross_entropy`; ``class_weights`` is kept as a (non-persistent) buffer."""
-
-    def __init__(
-        self,
-        *,
-        class_weights: Tensor | None = None,
-        label_smoothing: float = 0.0,
-        ignore_index: int = 255,
-        gamma: float = 0.0,
-        reduction: str = "mean",
-        validate: bool = True,
-    ):
-        super().__init__()
-        _check_options(label_smoothing, ignore_index, gamma)
-        check_reduction(reduction)
-        if class_weights is not None:
-            class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
-            if class_weights.ndim != 1:
-                raise ValueError(f"class_weights must have shape (C,), got {tuple(class_weights.shape)}")
-            if validate and not bool((class_weights >= 0).all()):
-                raise ValueError("class_weights must be >= 0")
-        self.register_buffer("class_weights", class_weights, persistent=False)
-        self.label_smoothing, self.ignore_index, self.gamma = label_smoothing, ignore_index, gamma
-        self.reduction, self.validate = reduction, validate
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return cross_entropy(
-            logits,
-            target,
-            class_weights=self.class_weights,
-            label_smoothing=self.label_smoothing,
-            ignore_index=self.ignore_index,
-            gamma=self.gamma,
-            weight=weight,
-            reduction=self.reduction,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, gamma={self.gamma}, "
-            f"reduction={self.reduction!r}"
-        )
+class CrossEntropyLoss(LossModule, function=cross_entropy, name="cross_entropy"):
+    """Module form of :func:`cross_entropy`."""

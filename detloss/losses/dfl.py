@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._utils import apply_weight, as_float, as_target, check_finite, check_reduction, reduce
+from ._api import LossModule, loss_function
+from ._utils import Checks, apply_weight, as_float, as_target, reduce
 
-__all__ = ["dfl_loss", "DFLoss"]
+__all__: list[str] = []
 
 
+@loss_function()
 def dfl_loss(
     pred_logits: Tensor,
     target: Tensor,
+    options,
     *,
     weight: Tensor | None = None,
     reduction: str = "mean",
@@ -36,12 +39,11 @@ def dfl_loss(
         target: ``(N, 4)`` distances in bin units (stride-normalised); clamped to ``[0, reg_max − 1.01]``.
         weight: optional per-box weight broadcastable to ``(N,)``.
         reduction: ``"none"`` returns ``(N,)``, the mean over the 4 sides; ``"mean"``/``"sum"`` a scalar.
-        validate: check the target for NaN/inf (one host sync).
+        validate: check the target for NaN/inf and the weight's sign (one host sync).
 
     Returns:
         float32 for half/bfloat16 input, else the input's dtype. No boxes: ``(0,)``, or 0 for mean and sum.
     """
-    check_reduction(reduction)
     pred_logits = as_float("pred_logits", pred_logits)
     target = as_target("target", target, pred_logits)
     if pred_logits.ndim != target.ndim + 1 or pred_logits.shape[:-1] != target.shape:
@@ -53,7 +55,10 @@ def dfl_loss(
     if reg_max < 2:
         raise ValueError(f"pred_logits needs at least 2 bins in its last dimension, got {reg_max}")
     if validate:
-        check_finite("target", target)
+        checks = Checks()
+        checks.finite("target", target)
+        checks.weight(weight)
+        checks.run()
 
     target = target.clamp(0, reg_max - 1.01)
     left = target.floor()
@@ -65,16 +70,5 @@ def dfl_loss(
     return reduce(apply_weight(loss, weight), reduction)
 
 
-class DFLoss(nn.Module):
+class DFLoss(LossModule, function=dfl_loss, name="dfl"):
     """Module form of :func:`dfl_loss`."""
-
-    def __init__(self, *, reduction: str = "mean", validate: bool = True):
-        super().__init__()
-        check_reduction(reduction)
-        self.reduction, self.validate = reduction, validate
-
-    def forward(self, pred_logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return dfl_loss(pred_logits, target, weight=weight, reduction=self.reduction, validate=self.validate)
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"

@@ -17,7 +17,8 @@ the sums running over the spatial dims, and over the batch too with ``batch_dice
 
 with ``FP = P − I`` and ``FN = T − I``.
 
-Shared conventions (every function and module of this file):
+Shared conventions (every function and module of this file; the options are :class:`RegionOptions`, checked
+once when they are made, which a module does at construction):
 
 * ``logits``: ``(B, C, *spatial)``, e.g. ``(B, C, H, W)`` or ``(B, C, D, H, W)``; half / bfloat16 are upcast
   to float32 (also under autocast), float64 stays float64.
@@ -53,26 +54,15 @@ Degenerate input stays finite, in value and gradient, because ``smooth > 0`` is 
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Sequence
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._utils import apply_weight, as_float, check_choice, check_in_unit_interval, check_labels, check_reduction, reduce
+from ._api import LossModule, LossOptions, as_options_tensor, loss_function
+from ._utils import Checks, apply_weight, as_float, check_choice, check_number, reduce
 
-__all__ = [
-    "dice_loss",
-    "generalized_dice_loss",
-    "tversky_loss",
-    "focal_tversky_loss",
-    "jaccard_loss",
-    "DiceLoss",
-    "GeneralizedDiceLoss",
-    "TverskyLoss",
-    "FocalTverskyLoss",
-    "JaccardLoss",
-]
+__all__: list[str] = []
 
 MODES = ("multiclass", "multilabel", "binary")
 WEIGHT_TYPES = ("square", "simple", "uniform")
@@ -83,74 +73,84 @@ WEIGHT_TYPES = ("square", "simple", "uniform")
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _Options(NamedTuple):
-    mode: str
-    include_background: bool
-    smooth: float
-    batch_dice: bool
-    class_weights: Tensor | None
-    ignore_index: int | None
-    squared: bool
-    reduction: str
-    validate: bool
+@dataclass(frozen=True, kw_only=True)
+class RegionOptions(LossOptions):
+    """Options of every region loss (see the module docstring for their meaning).
+
+    ``mode``: ``"multiclass"`` (softmax over dim 1), ``"multilabel"`` or ``"binary"`` (sigmoid);
+    ``include_background``: ``False`` drops channel 0 after the softmax (not for ``"binary"``); ``smooth``: ``s > 0``
+    on numerator and denominator; ``batch_dice``: sum the counts over the batch too; ``class_weights``: ``(C',)``
+    non-negative weights, one per class kept, with a positive sum; ``ignore_index``: label left out (``None``:
+    none), outside [0, 1] for dense targets; ``squared``: ``Σ p²``, ``Σ t²`` in ``P`` and ``T``.
+    """
+
+    mode: str = "multiclass"
+    include_background: bool = True
+    smooth: float = 1e-5
+    batch_dice: bool = False
+    class_weights: Tensor | None = field(default=None, compare=False)
+    ignore_index: int | None = 255
+    squared: bool = False
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, MODES)
+        if self.mode == "binary" and not self.include_background:
+            raise ValueError(
+                "include_background=False is not available for mode='binary': a binary head (B, 1, ...) has no "
+                "background channel to drop"
+            )
+        check_number("smooth", self.smooth, gt=0)  # keeps empty classes defined
+        if self.ignore_index is not None:
+            check_number("ignore_index", self.ignore_index, integer=True)
+        if self.mode != "multiclass":
+            _check_dense_ignore_index(self.ignore_index)
+        weights = as_options_tensor("class_weights", self.class_weights, ndim=1)
+        if weights is not None and (weights.numel() == 0 or not float(weights.sum()) > 0):
+            raise ValueError(f"class_weights must be non-empty with a positive sum, got {weights.tolist()}")
+        object.__setattr__(self, "class_weights", weights)
 
 
-def _as_class_weights(class_weights, check_values: bool) -> Tensor | None:
-    if class_weights is None:
-        return None
-    try:
-        w = torch.as_tensor(class_weights)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(
-            f"class_weights must be a sequence of numbers or a 1-D tensor, got {class_weights!r}"
-        ) from None
-    if w.ndim != 1 or w.numel() == 0 or w.is_complex() or w.dtype == torch.bool:
-        raise ValueError(f"class_weights must be a non-empty 1-D sequence of numbers, got shape {tuple(w.shape)}")
-    if not w.is_floating_point():
-        w = w.float()
-    # A Python sequence is checked for free; a tensor costs a host sync, so only with validate=True.
-    if check_values or not isinstance(class_weights, Tensor):
-        if not (bool(torch.isfinite(w).all()) and bool((w >= 0).all()) and float(w.sum()) > 0):
-            raise ValueError(f"class_weights must be finite, >= 0 and with a positive sum, got {w.tolist()}")
-    return w
+@dataclass(frozen=True, kw_only=True)
+class GeneralizedDiceOptions(RegionOptions):
+    """:class:`RegionOptions` and ``weight_type``: ``"square"`` (``1/T²``), ``"simple"`` (``1/T``), ``"uniform"``."""
+
+    weight_type: str = "square"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("weight_type", self.weight_type, WEIGHT_TYPES)
 
 
-def _check_options(
-    mode: str,
-    include_background: bool,
-    smooth: float,
-    batch_dice: bool,
-    class_weights,
-    ignore_index: int | None,
-    squared: bool,
-    reduction: str,
-    validate: bool,
-) -> _Options:
-    check_choice("mode", mode, MODES)
-    check_reduction(reduction)
-    if mode == "binary" and not include_background:
-        raise ValueError(
-            "include_background=False is not available for mode='binary': a binary head (B, 1, ...) has no "
-            "background channel to drop"
-        )
-    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not (smooth > 0 and math.isfinite(smooth)):
-        raise ValueError(f"smooth must be a finite number > 0 (it keeps empty classes defined), got {smooth!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
-    if mode != "multiclass":
-        _check_dense_ignore_index(ignore_index)
-    cw = _as_class_weights(class_weights, validate)
-    return _Options(
-        mode,
-        bool(include_background),
-        float(smooth),
-        bool(batch_dice),
-        cw,
-        ignore_index,
-        bool(squared),
-        reduction,
-        validate,
-    )
+@dataclass(frozen=True, kw_only=True)
+class TverskyOptions(RegionOptions):
+    """:class:`RegionOptions` and ``alpha`` (on false positives), ``beta`` (on false negatives): >= 0, not both 0;
+    ``squared=True`` needs ``alpha == beta`` (otherwise the index could exceed 1)."""
+
+    alpha: float = 0.5
+    beta: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number("alpha", self.alpha, ge=0)
+        check_number("beta", self.beta, ge=0)
+        if self.alpha == 0 and self.beta == 0:
+            raise ValueError("alpha and beta must not both be 0 (the Tversky index would be 1 for any prediction)")
+        if self.squared and self.alpha != self.beta:
+            # α·(Σp² − Σpt) + β·(Σt² − Σpt) is >= 0 for every p, t only when α == β (then it is α·Σ(p − t)²)
+            raise ValueError(
+                f"squared=True needs alpha == beta for the Tversky index to stay <= 1, got {self.alpha}, {self.beta}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FocalTverskyOptions(TverskyOptions):
+    """:class:`TverskyOptions` and ``gamma > 0``, the exponent of ``(1 − TI)``."""
+
+    gamma: float = 0.75
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number("gamma", self.gamma, gt=0)
 
 
 def _check_dense_ignore_index(ignore_index: int | None) -> None:
@@ -159,23 +159,6 @@ def _check_dense_ignore_index(ignore_index: int | None) -> None:
             f"ignore_index={ignore_index} collides with target values in [0, 1] of a dense (binary, multilabel, "
             "one-hot or soft) target; use a value outside [0, 1], e.g. 255, or None"
         )
-
-
-def _check_tversky(alpha: float, beta: float, squared: bool) -> None:
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if alpha == 0 and beta == 0:
-        raise ValueError("alpha and beta must not both be 0 (the Tversky index would be 1 for any prediction)")
-    if squared and alpha != beta:
-        # α·(Σp² − Σpt) + β·(Σt² − Σpt) is >= 0 for every p, t only when α == β (then it is α·Σ(p − t)²);
-        # otherwise the index can exceed 1 and the loss turn negative.
-        raise ValueError(f"squared=True needs alpha == beta for the Tversky index to stay <= 1, got {alpha}, {beta}")
-
-
-def _check_gamma(gamma: float) -> None:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (gamma > 0 and math.isfinite(gamma)):
-        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,8 +178,11 @@ def _index_labels(logits: Tensor, target: Tensor, mode: str) -> Tensor | None:
     return None  # maybe an integer one-hot of the logits' shape
 
 
-def _region_stats(logits: Tensor, target: Tensor, o: _Options) -> tuple[Tensor, Tensor, Tensor]:
-    """The soft counts ``(I, P, T)``, each ``(B', C')``, in the (float32 or float64) dtype of the maths."""
+def _region_stats(
+    logits: Tensor, target: Tensor, o: RegionOptions, weight: Tensor | None, validate: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The soft counts ``(I, P, T)``, each ``(B', C')``, in the (float32 or float64) dtype of the maths; with
+    ``validate`` the target values and the weight are checked (one host sync)."""
     logits = as_float("logits", logits)
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
@@ -208,6 +194,9 @@ def _region_stats(logits: Tensor, target: Tensor, o: _Options) -> tuple[Tensor, 
     if not o.include_background and num_classes == 1:
         raise ValueError("include_background=False needs logits with at least 2 channels, got 1")
 
+    checks = Checks()
+    if validate:
+        checks.weight(weight)
     first = 0 if o.include_background else 1
     probs = logits.softmax(1) if o.mode == "multiclass" else logits.sigmoid()
     probs = probs[:, first:]
@@ -221,8 +210,9 @@ def _region_stats(logits: Tensor, target: Tensor, o: _Options) -> tuple[Tensor, 
     pred_p = probs * probs if o.squared else probs
     labels = _index_labels(logits, target, o.mode)
     if labels is not None:
-        if o.validate:
-            check_labels("target", labels, num_classes, o.ignore_index)
+        if validate:
+            checks.labels("target", labels, num_classes, o.ignore_index)
+            checks.run()
         labels = labels.unsqueeze(1)  # (B, 1, *spatial)
         classes = torch.arange(first, num_classes, device=labels.device).view(1, -1, *([1] * (logits.ndim - 2)))
         # A float one-hot costs one (B, C', ...) buffer, but float * bool products measured ~30% slower on CPU.
@@ -256,11 +246,12 @@ def _region_stats(logits: Tensor, target: Tensor, o: _Options) -> tuple[Tensor, 
     t = target.to(probs.dtype)
     if valid is not None:
         t = torch.where(valid, t, 0.0)
-    if o.validate:
+    if validate:
         if o.mode == "binary" and not (target.is_floating_point() or target.dtype == torch.bool):
-            check_labels("target", target, 2, o.ignore_index)
+            checks.labels("target", target, 2, o.ignore_index)
         else:
-            check_in_unit_interval("target", t.detach())
+            checks.unit_interval("target", t)
+        checks.run()
     t = t[:, first:]
     inter = total(probs * t)  # t is already 0 where ignored
     if valid is not None:
@@ -274,59 +265,29 @@ def _region_stats(logits: Tensor, target: Tensor, o: _Options) -> tuple[Tensor, 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _class_weights_for(loss: Tensor, cw: Tensor | None) -> Tensor | None:
-    if cw is None:
-        return None
-    if cw.numel() != loss.shape[1]:
+def _class_weights_for(loss: Tensor, o: RegionOptions) -> Tensor | None:
+    cw = o.on("class_weights", loss)
+    if cw is not None and cw.numel() != loss.shape[1]:
         raise ValueError(
             f"class_weights has {cw.numel()} values but the loss has {loss.shape[1]} classes "
             "(one weight per class kept, i.e. after include_background=False drops channel 0)"
         )
-    return cw.to(device=loss.device, dtype=loss.dtype)
+    return cw
 
 
-def _reduce_classes(loss: Tensor, o: _Options, weight: Tensor | None) -> Tensor:
+def _reduce_classes(loss: Tensor, o: RegionOptions, weight: Tensor | None, reduction: str) -> Tensor:
     """Per-class losses ``(B', C')`` -> times class weights and ``weight``, then reduced (see module doc)."""
-    cw = _class_weights_for(loss, o.class_weights)
+    cw = _class_weights_for(loss, o)
     if cw is not None:
         loss = loss * cw
     loss = apply_weight(loss, weight)
-    if o.reduction != "mean" or cw is None or loss.numel() == 0:
-        return reduce(loss, o.reduction)
+    if reduction != "mean" or cw is None or loss.numel() == 0:
+        return reduce(loss, reduction)
     return loss.sum() / (loss.shape[0] * cw.sum())
 
 
-def _tversky_index(inter: Tensor, pred: Tensor, true: Tensor, o: _Options, alpha: float, beta: float) -> Tensor:
-    return (inter + o.smooth) / (inter + alpha * (pred - inter) + beta * (true - inter) + o.smooth)
-
-
-def _dice(logits, target, weight, o: _Options) -> Tensor:
-    inter, pred, true = _region_stats(logits, target, o)
-    loss = 1.0 - (2.0 * inter + o.smooth) / (pred + true + o.smooth)
-    return _reduce_classes(loss, o, weight)
-
-
-def _jaccard(logits, target, weight, o: _Options) -> Tensor:
-    inter, pred, true = _region_stats(logits, target, o)
-    loss = 1.0 - (inter + o.smooth) / (pred + true - inter + o.smooth)
-    return _reduce_classes(loss, o, weight)
-
-
-def _tversky(logits, target, weight, o: _Options, alpha: float, beta: float) -> Tensor:
-    inter, pred, true = _region_stats(logits, target, o)
-    loss = 1.0 - _tversky_index(inter, pred, true, o, alpha, beta)
-    return _reduce_classes(loss, o, weight)
-
-
-def _focal_tversky(logits, target, weight, o: _Options, alpha: float, beta: float, gamma: float) -> Tensor:
-    inter, pred, true = _region_stats(logits, target, o)
-    base = 1.0 - _tversky_index(inter, pred, true, o, alpha, beta)
-    # (1 − TI)^γ has an infinite derivative at 0 for γ < 1: feed pow a safe base there, and output exactly 0.
-    # (base < 0 only from rounding, as TI <= 1.)
-    positive = base > 0
-    safe = torch.where(positive, base, torch.ones_like(base))
-    loss = torch.where(positive, safe.pow(gamma), torch.zeros_like(base))
-    return _reduce_classes(loss, o, weight)
+def _tversky_index(inter: Tensor, pred: Tensor, true: Tensor, o: TverskyOptions) -> Tensor:
+    return (inter + o.smooth) / (inter + o.alpha * (pred - inter) + o.beta * (true - inter) + o.smooth)
 
 
 def _sudre_weights(volume: Tensor, weight_type: str) -> Tensor:
@@ -342,92 +303,58 @@ def _sudre_weights(volume: Tensor, weight_type: str) -> Tensor:
     return torch.where(finite, w, fallback)
 
 
-def _generalized_dice(logits, target, weight, o: _Options, weight_type: str) -> Tensor:
-    inter, pred, true = _region_stats(logits, target, o)
-    w = _sudre_weights(true, weight_type)
-    cw = _class_weights_for(w, o.class_weights)
-    if cw is not None:
-        w = w * cw
-    numer = 2.0 * (w * inter).sum(1) + o.smooth
-    denom = (w * (pred + true)).sum(1) + o.smooth
-    loss = 1.0 - numer / denom  # (B',)
-    return reduce(apply_weight(loss, weight), o.reduction)
-
-
 # --------------------------------------------------------------------------------------------------------------
-# public functions
+# the losses (inputs, options and the call keywords as every loss of the library; see the module docstring)
 # --------------------------------------------------------------------------------------------------------------
 
-
-def dice_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "multiclass",
-    include_background: bool = True,
-    smooth: float = 1e-5,
-    batch_dice: bool = False,
-    class_weights: Sequence[float] | Tensor | None = None,
-    ignore_index: int | None = 255,
-    squared: bool = False,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    validate: bool = True,
-) -> Tensor:
-    """Soft Dice loss, ``1 − (2I + s) / (P + T + s)`` per sample and class (Milletari et al., V-Net, 2016).
-
-    ``I = Σ p·t·m``, ``P = Σ p·m``, ``T = Σ t·m`` over the spatial dims (and the batch with ``batch_dice``);
-    ``squared=True`` uses ``Σ p²·m`` and ``Σ t²·m`` in the denominator, as in V-Net.
-
+_ARGS = """
     Args:
         logits: ``(B, C, *spatial)`` raw scores, e.g. ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
         target: by ``mode``: class indices ``(B, *spatial)`` / ``(B, 1, *spatial)`` or a one-hot / soft tensor of
             the logits' shape (``"multiclass"``); the logits' shape, values in [0, 1] (``"multilabel"``); labels
-            {0, 1} ``(B, *spatial)`` / ``(B, 1, *spatial)`` or a float tensor, for logits ``(B, 1, *spatial)``
+            {{0, 1}} ``(B, *spatial)`` / ``(B, 1, *spatial)`` or a float tensor, for logits ``(B, 1, *spatial)``
             (``"binary"``).
-        mode: ``"multiclass"`` (softmax over dim 1), ``"multilabel"`` or ``"binary"`` (sigmoid).
-        include_background: ``False`` drops channel 0 after the softmax (not for ``"binary"`` or ``C == 1``).
-        smooth: ``s > 0``, added to numerator and denominator; makes empty classes well defined.
-        batch_dice: sum the counts over the batch too (one Dice per class for the whole batch).
-        class_weights: ``(C',)`` non-negative weights, one per class kept, with a positive sum.
-        ignore_index: label left out; for index targets the whole pixel, for dense targets that element only.
-            Must lie outside [0, 1] for dense targets. ``None`` keeps everything.
-        squared: square ``p`` and ``t`` in ``P`` and ``T``.
-        weight: optional, rescales the unreduced ``(B', C')`` values elementwise (e.g. ``(B, 1)`` per sample).
-        reduction: ``"none"``: ``(B', C')`` values times ``class_weights`` and ``weight``, ``B' = B`` or 1 with
-            ``batch_dice``; ``"sum"``: their sum; ``"mean"``: the sum over ``B' · Σ_c class_weights[c]``, which is
-            the plain mean without class weights.
-        validate: check label values and target ranges (one host sync); shapes are checked regardless.
+        options: see {options}.
+        weight: optional, >= 0, rescales the unreduced values elementwise (e.g. ``(B, 1)`` per sample).
+        reduction: {reduction}
+        validate: check label values, target ranges and the weight's sign (one host sync); shapes are checked
+            regardless.
+"""
+_PER_CLASS = (
+    "``\"none\"``: the ``(B', C')`` values times ``class_weights`` and ``weight``, ``B' = B`` or 1 with\n"
+    "            ``batch_dice``; ``\"sum\"``: their sum; ``\"mean\"``: the sum over ``B' · Σ_c class_weights[c]``, the\n"
+    "            plain mean without class weights."
+)
 
-    Returns:
-        A float32 scalar (float64 for float64 logits), or ``(B', C')`` for ``reduction="none"``.
 
-    Degenerate input, all finite in value and gradient: a sample/class with every pixel ignored, or empty in
-    both target and prediction, gives ``(0 + s) / (0 + s)``, i.e. loss 0; a class absent from the target but
-    predicted gives a loss near 1; batches of one and 5-D volumes work unchanged.
+def _documented(options: str, reduction: str = _PER_CLASS):
+    def wrap(fn):
+        fn.__doc__ += _ARGS.format(options=options, reduction=reduction)
+        return fn
+
+    return wrap
+
+
+@loss_function(RegionOptions)
+@_documented(":class:`RegionOptions`")
+def dice_loss(logits: Tensor, target: Tensor, options: RegionOptions, *, weight: Tensor | None = None,
+              reduction: str = "mean", validate: bool = True) -> Tensor:
+    """Soft Dice loss, ``1 − (2I + s) / (P + T + s)`` per sample and class (Milletari et al., V-Net, 2016).
+
+    ``I = Σ p·t·m``, ``P = Σ p·m``, ``T = Σ t·m`` over the spatial dims (and the batch with ``batch_dice``);
+    ``squared=True`` uses ``Σ p²·m`` and ``Σ t²·m`` in the denominator, as in V-Net. Degenerate input, all finite
+    in value and gradient: a sample/class with every pixel ignored, or empty in both target and prediction, gives
+    ``(0 + s) / (0 + s)``, i.e. loss 0; a class absent from the target but predicted gives a loss near 1.
     """
-    o = _check_options(
-        mode, include_background, smooth, batch_dice, class_weights, ignore_index, squared, reduction, validate
-    )
-    return _dice(logits, target, weight, o)
+    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    loss = 1.0 - (2.0 * inter + options.smooth) / (pred + true + options.smooth)
+    return _reduce_classes(loss, options, weight, reduction)
 
 
-def generalized_dice_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "multiclass",
-    include_background: bool = True,
-    smooth: float = 1e-5,
-    batch_dice: bool = False,
-    class_weights: Sequence[float] | Tensor | None = None,
-    ignore_index: int | None = 255,
-    squared: bool = False,
-    weight_type: str = "square",
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    validate: bool = True,
-) -> Tensor:
+@loss_function(GeneralizedDiceOptions)
+@_documented(":class:`GeneralizedDiceOptions`", "``\"none\"`` returns ``(B,)``, or ``(1,)`` with ``batch_dice``; ``\"mean\"`` / ``\"sum\"`` over it.")
+def generalized_dice_loss(logits: Tensor, target: Tensor, options: GeneralizedDiceOptions, *,
+                          weight: Tensor | None = None, reduction: str = "mean", validate: bool = True) -> Tensor:
     """Generalized Dice loss (Sudre et al., 2017): one value per sample, the classes pooled with weights.
 
     ``GDL = 1 − (2 Σ_c w_c I_c + s) / (Σ_c w_c (P_c + T_c) + s)`` with ``w_c = 1 / T_c²`` (``weight_type=
@@ -435,248 +362,84 @@ def generalized_dice_loss(
     (``Σ t²·m`` with ``squared``). The weights are constants (no gradient). A class absent from the target of a
     sample (``T_c = 0``) takes the largest finite weight of that sample, or 1 if every class is absent.
     ``class_weights``, when given, multiply ``w_c``. ``smooth`` acts on the weighted sums, so with ``"square"``
-    weights and large images keep it small.
-
-    Args:
-        logits, target, mode, include_background, smooth, batch_dice, ignore_index, squared, validate:
-            as in :func:`dice_loss`.
-        class_weights: ``(C',)`` non-negative factors on ``w_c``, one per class kept.
-        weight_type: ``"square"``, ``"simple"`` or ``"uniform"``.
-        weight: optional, rescales the unreduced ``(B',)`` values elementwise.
-        reduction: ``"none"`` returns ``(B,)``, or ``(1,)`` with ``batch_dice``; ``"mean"`` / ``"sum"`` over it.
-
-    Returns:
-        A float32 (or float64) scalar, or ``(B',)``.
-
-    Degenerate input stays finite: a sample with every pixel ignored has ``I = P = T = 0`` and weights 1, so its
-    loss is exactly 0; absent classes only change the weights as above.
+    weights and large images keep it small. A sample with every pixel ignored has ``I = P = T = 0`` and weights 1,
+    so its loss is exactly 0.
     """
-    check_choice("weight_type", weight_type, WEIGHT_TYPES)
-    o = _check_options(
-        mode, include_background, smooth, batch_dice, class_weights, ignore_index, squared, reduction, validate
-    )
-    return _generalized_dice(logits, target, weight, o, weight_type)
+    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    w = _sudre_weights(true, options.weight_type)
+    cw = _class_weights_for(w, options)
+    if cw is not None:
+        w = w * cw
+    numer = 2.0 * (w * inter).sum(1) + options.smooth
+    denom = (w * (pred + true)).sum(1) + options.smooth
+    loss = 1.0 - numer / denom  # (B',)
+    return reduce(apply_weight(loss, weight), reduction)
 
 
-def tversky_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "multiclass",
-    include_background: bool = True,
-    smooth: float = 1e-5,
-    batch_dice: bool = False,
-    class_weights: Sequence[float] | Tensor | None = None,
-    ignore_index: int | None = 255,
-    squared: bool = False,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    validate: bool = True,
-) -> Tensor:
+@loss_function(TverskyOptions)
+@_documented(":class:`TverskyOptions`")
+def tversky_loss(logits: Tensor, target: Tensor, options: TverskyOptions, *, weight: Tensor | None = None,
+                 reduction: str = "mean", validate: bool = True) -> Tensor:
     """Tversky loss (Salehi et al., 2017), ``1 − TI`` per sample and class.
 
-    ``TI = (I + s) / (I + α·FP + β·FN + s)``, ``FP = P − I``, ``FN = T − I``. ``α = β = 0.5`` gives Dice (up
-    to ``smooth``), ``α = β = 1`` Jaccard; ``β > α`` weighs missed foreground more. ``α, β >= 0``, not both 0;
-    ``squared=True`` needs ``α == β`` (otherwise ``TI`` could exceed 1).
-
-    Args and shapes as in :func:`dice_loss`: ``(B', C')`` for ``reduction="none"``, else a scalar.
-    Degenerate input: a sample/class with every pixel ignored (or empty in target and prediction) gives
-    ``TI = 1``, loss 0; a class absent from the target but predicted gives a loss near 1; all finite.
+    ``TI = (I + s) / (I + α·FP + β·FN + s)``, ``FP = P − I``, ``FN = T − I``. ``α = β = 0.5`` gives Dice (up to
+    ``smooth``), ``α = β = 1`` Jaccard; ``β > α`` weighs missed foreground more. A sample/class with every pixel
+    ignored (or empty in target and prediction) gives ``TI = 1``, loss 0; all finite.
     """
-    o = _check_options(
-        mode, include_background, smooth, batch_dice, class_weights, ignore_index, squared, reduction, validate
-    )
-    _check_tversky(alpha, beta, o.squared)
-    return _tversky(logits, target, weight, o, float(alpha), float(beta))
+    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    loss = 1.0 - _tversky_index(inter, pred, true, options)
+    return _reduce_classes(loss, options, weight, reduction)
 
 
-def focal_tversky_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "multiclass",
-    include_background: bool = True,
-    smooth: float = 1e-5,
-    batch_dice: bool = False,
-    class_weights: Sequence[float] | Tensor | None = None,
-    ignore_index: int | None = 255,
-    squared: bool = False,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 0.75,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    validate: bool = True,
-) -> Tensor:
+@loss_function(FocalTverskyOptions)
+@_documented(":class:`FocalTverskyOptions`")
+def focal_tversky_loss(logits: Tensor, target: Tensor, options: FocalTverskyOptions, *,
+                       weight: Tensor | None = None, reduction: str = "mean", validate: bool = True) -> Tensor:
     """Focal Tversky loss (Abraham & Khan, 2019), ``(1 − TI)^γ`` per sample and class.
 
-    ``TI`` as in :func:`tversky_loss`; ``γ > 0`` (``γ = 1`` is the Tversky loss, ``γ < 1`` the paper's choice
-    that keeps the gradient large on well-segmented classes). Where ``1 − TI = 0`` the value is exactly 0 and the
+    ``TI`` as in :func:`tversky_loss`; ``γ > 0`` (``γ = 1`` is the Tversky loss, ``γ < 1`` the paper's choice that
+    keeps the gradient large on well-segmented classes). Where ``1 − TI = 0`` the value is exactly 0 and the
     gradient 0, not NaN (``x^γ`` has an infinite slope at 0 for ``γ < 1``).
-
-    Args and shapes as in :func:`tversky_loss`: ``(B', C')`` for ``reduction="none"``, else a scalar.
-    Degenerate input: a sample/class with every pixel ignored gives 0 with a zero gradient; all finite.
     """
-    o = _check_options(
-        mode, include_background, smooth, batch_dice, class_weights, ignore_index, squared, reduction, validate
-    )
-    _check_tversky(alpha, beta, o.squared)
-    _check_gamma(gamma)
-    return _focal_tversky(logits, target, weight, o, float(alpha), float(beta), float(gamma))
+    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    base = 1.0 - _tversky_index(inter, pred, true, options)
+    # base < 0 only from rounding, as TI <= 1; feed pow a safe base where it is not positive, and output exactly 0
+    positive = base > 0
+    safe = torch.where(positive, base, torch.ones_like(base))
+    loss = torch.where(positive, safe.pow(options.gamma), torch.zeros_like(base))
+    return _reduce_classes(loss, options, weight, reduction)
 
 
-def jaccard_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "multiclass",
-    include_background: bool = True,
-    smooth: float = 1e-5,
-    batch_dice: bool = False,
-    class_weights: Sequence[float] | Tensor | None = None,
-    ignore_index: int | None = 255,
-    squared: bool = False,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    validate: bool = True,
-) -> Tensor:
+@loss_function(RegionOptions)
+@_documented(":class:`RegionOptions`")
+def jaccard_loss(logits: Tensor, target: Tensor, options: RegionOptions, *, weight: Tensor | None = None,
+                 reduction: str = "mean", validate: bool = True) -> Tensor:
     """Soft Jaccard (IoU) loss, ``1 − (I + s) / (P + T − I + s)`` per sample and class.
 
-    With ``squared=True`` the union is ``Σ p²·m + Σ t²·m − I``, still ``>= I``.
-    Args and shapes as in :func:`dice_loss`: ``(B', C')`` for ``reduction="none"``, else a scalar.
-    Degenerate input: a sample/class with every pixel ignored (or empty in target and prediction) gives loss 0;
-    a class absent from the target but predicted gives a loss near 1; all finite.
+    With ``squared=True`` the union is ``Σ p²·m + Σ t²·m − I``, still ``>= I``. A sample/class with every pixel
+    ignored (or empty in target and prediction) gives loss 0; a class absent from the target but predicted gives a
+    loss near 1; all finite.
     """
-    o = _check_options(
-        mode, include_background, smooth, batch_dice, class_weights, ignore_index, squared, reduction, validate
-    )
-    return _jaccard(logits, target, weight, o)
+    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    loss = 1.0 - (inter + options.smooth) / (pred + true - inter + options.smooth)
+    return _reduce_classes(loss, options, weight, reduction)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# modules
-# --------------------------------------------------------------------------------------------------------------
+class DiceLoss(LossModule, function=dice_loss, name="dice"):
+    """Module form of :func:`dice_loss`."""
 
 
-class _RegionLoss(nn.Module):
-    """Holds the options shared by the region losses, checked once here at construction."""
-
-    def __init__(
-        self,
-        *,
-        mode: str = "multiclass",
-        include_background: bool = True,
-        smooth: float = 1e-5,
-        batch_dice: bool = False,
-        class_weights: Sequence[float] | Tensor | None = None,
-        ignore_index: int | None = 255,
-        squared: bool = False,
-        reduction: str = "mean",
-        validate: bool = True,
-    ):
-        super().__init__()
-        o = _check_options(
-            mode, include_background, smooth, batch_dice, class_weights, ignore_index, squared, reduction, True
-        )
-        self.mode, self.include_background, self.smooth = o.mode, o.include_background, o.smooth
-        self.batch_dice, self.ignore_index, self.squared = o.batch_dice, o.ignore_index, o.squared
-        self.reduction, self.validate = o.reduction, validate
-        self.register_buffer("class_weights", o.class_weights, persistent=False)
-
-    def _options(self) -> _Options:
-        return _Options(
-            self.mode,
-            self.include_background,
-            self.smooth,
-            self.batch_dice,
-            self.class_weights,
-            self.ignore_index,
-            self.squared,
-            self.reduction,
-            self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, include_background={self.include_background}, smooth={self.smooth}, "
-            f"batch_dice={self.batch_dice}, ignore_index={self.ignore_index}, squared={self.squared}, "
-            f"reduction={self.reduction!r}"
-        )
+class GeneralizedDiceLoss(LossModule, function=generalized_dice_loss, name="generalized_dice"):
+    """Module form of :func:`generalized_dice_loss`."""
 
 
-class DiceLoss(_RegionLoss):
-    """Module form of :func:`dice_loss`; same keyword options, checked at construction.
-
-    ``forward(logits, target, weight=None)``: logits ``(B, C, *spatial)``; returns a scalar or ``(B', C')``.
-    """
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return _dice(logits, target, weight, self._options())
+class TverskyLoss(LossModule, function=tversky_loss, name="tversky"):
+    """Module form of :func:`tversky_loss`."""
 
 
-class GeneralizedDiceLoss(_RegionLoss):
-    """Module form of :func:`generalized_dice_loss`; ``weight_type`` plus the options of :class:`DiceLoss`.
-
-    ``forward(logits, target, weight=None)``: returns a scalar or ``(B,)`` (``(1,)`` with ``batch_dice``).
-    """
-
-    def __init__(self, *, weight_type: str = "square", **options):
-        check_choice("weight_type", weight_type, WEIGHT_TYPES)
-        super().__init__(**options)
-        self.weight_type = weight_type
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return _generalized_dice(logits, target, weight, self._options(), self.weight_type)
-
-    def extra_repr(self) -> str:
-        return f"weight_type={self.weight_type!r}, " + super().extra_repr()
+class FocalTverskyLoss(LossModule, function=focal_tversky_loss, name="focal_tversky"):
+    """Module form of :func:`focal_tversky_loss`."""
 
 
-class TverskyLoss(_RegionLoss):
-    """Module form of :func:`tversky_loss`; ``alpha``, ``beta`` plus the options of :class:`DiceLoss`.
-
-    ``forward(logits, target, weight=None)``: returns a scalar or ``(B', C')``.
-    """
-
-    def __init__(self, *, alpha: float = 0.5, beta: float = 0.5, **options):
-        super().__init__(**options)
-        _check_tversky(alpha, beta, self.squared)
-        self.alpha, self.beta = float(alpha), float(beta)
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return _tversky(logits, target, weight, self._options(), self.alpha, self.beta)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, " + super().extra_repr()
-
-
-class FocalTverskyLoss(_RegionLoss):
-    """Module form of :func:`focal_tversky_loss`; ``alpha``, ``beta``, ``gamma`` plus the options of
-    :class:`DiceLoss`.
-
-    ``forward(logits, target, weight=None)``: returns a scalar or ``(B', C')``.
-    """
-
-    def __init__(self, *, alpha: float = 0.5, beta: float = 0.5, gamma: float = 0.75, **options):
-        super().__init__(**options)
-        _check_tversky(alpha, beta, self.squared)
-        _check_gamma(gamma)
-        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return _focal_tversky(logits, target, weight, self._options(), self.alpha, self.beta, self.gamma)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, " + super().extra_repr()
-
-
-class JaccardLoss(_RegionLoss):
-    """Module form of :func:`jaccard_loss`; same keyword options, checked at construction.
-
-    ``forward(logits, target, weight=None)``: returns a scalar or ``(B', C')``.
-    """
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return _jaccard(logits, target, weight, self._options())
+class JaccardLoss(LossModule, function=jaccard_loss, name="jaccard"):
+    """Module form of :func:`jaccard_loss`."""

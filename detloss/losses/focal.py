@@ -11,26 +11,36 @@ which is ``torchvision.ops.sigmoid_focal_loss`` elementwise; ``alpha < 0`` leave
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from dataclasses import dataclass
 
-from ._modulated_bce import FOCAL, check_finite_nonneg, modulated_bce
-from ._utils import as_float, as_target, check_in_unit_interval, check_reduction, check_same_shape
+from torch import Tensor
 
-__all__ = ["focal_loss", "FocalLoss"]
+from ._api import LossModule, LossOptions, loss_function
+from ._modulated_bce import FOCAL, checked_inputs, modulated_bce
+from ._utils import check_number
 
-
-def _check_options(alpha: float, gamma: float) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha <= 1:
-        raise ValueError(f"alpha must be a number <= 1 (a negative alpha turns the weighting off), got {alpha!r}")
-    check_finite_nonneg("gamma", gamma)
+__all__: list[str] = []
 
 
+@dataclass(frozen=True, kw_only=True)
+class FocalOptions(LossOptions):
+    """``alpha``: weight of the positive term, <= 1 (a negative alpha turns the weighting off); ``gamma``:
+    focusing exponent, >= 0."""
+
+    alpha: float = 0.25
+    gamma: float = 2.0
+
+    def __post_init__(self):
+        check_number("alpha", self.alpha, le=1)
+        check_number("gamma", self.gamma, ge=0)
+
+
+@loss_function(FocalOptions)
 def focal_loss(
     logits: Tensor,
     target: Tensor,
+    options: FocalOptions,
     *,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
     weight: Tensor | None = None,
     reduction: str = "mean",
     validate: bool = True,
@@ -40,41 +50,14 @@ def focal_loss(
     Args:
         logits: raw scores of any shape, e.g. ``(N, A, C)`` for ``A`` anchors and ``C`` classes.
         target: the logits' shape, values in [0, 1].
-        alpha: weight of the positive term, in [0, 1]; negative: no weighting.
-        gamma: focusing exponent, >= 0.
+        alpha, gamma: see :class:`FocalOptions`.
         weight: optional elementwise weight broadcastable to the logits.
         reduction: ``"none"`` returns the logits' shape; ``"mean"`` / ``"sum"`` a scalar.
-        validate: check that the target lies in [0, 1] (one host sync).
+        validate: check that the target lies in [0, 1] and the weight is >= 0 (one host sync).
     """
-    check_reduction(reduction)
-    _check_options(alpha, gamma)
-    logits = as_float("logits", logits)
-    target = as_target("target", target, logits)
-    check_same_shape("logits", logits, "target", target)
-    if validate:
-        check_in_unit_interval("target", target.detach())
-    return modulated_bce(logits, target, FOCAL, float(alpha), float(gamma), weight, reduction)
+    logits, target = checked_inputs(logits, target, "target", weight, validate)
+    return modulated_bce(logits, target, FOCAL, float(options.alpha), float(options.gamma), weight, reduction)
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(LossModule, function=focal_loss, name="focal"):
     """Module form of :func:`focal_loss`."""
-
-    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean", validate: bool = True):
-        super().__init__()
-        _check_options(alpha, gamma)
-        check_reduction(reduction)
-        self.alpha, self.gamma, self.reduction, self.validate = alpha, gamma, reduction, validate
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return focal_loss(
-            logits,
-            target,
-            alpha=self.alpha,
-            gamma=self.gamma,
-            weight=weight,
-            reduction=self.reduction,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"

@@ -7,34 +7,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._utils import (
-    apply_weight,
-    as_float,
-    check_choice,
-    check_labels,
-    check_reduction,
-    reduce,
-)
+from ._api import LossModule, LossOptions, as_options_tensor, loss_function
+from ._utils import Checks, apply_weight, as_float, check_choice, check_number, reduce
 
-__all__ = ["hinge_loss", "HingeLoss"]
+__all__: list[str] = []
 
 
-def _check_options(margin: float, p: int) -> None:
-    check_choice("p", p, (1, 2))
-    if not isinstance(margin, (int, float)) or margin != margin or abs(margin) == float("inf"):
-        raise ValueError(f"margin must be a finite number, got {margin!r}")
+@dataclass(frozen=True, kw_only=True)
+class HingeOptions(LossOptions):
+    """``margin``: the margin (a finite number); ``p``: 1 for the hinge, 2 for the squared hinge;
+    ``class_weights``: multi-class only, ``(C,)``, rescales each sample by the weight of its class."""
+
+    margin: float = 1.0
+    p: int = 1
+    class_weights: Tensor | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        check_number("margin", self.margin)
+        check_choice("p", self.p, (1, 2))
+        object.__setattr__(self, "class_weights", as_options_tensor("class_weights", self.class_weights, ndim=1))
 
 
+@loss_function(HingeOptions)
 def hinge_loss(
     logits: Tensor,
     target: Tensor,
+    options: HingeOptions,
     *,
-    margin: float = 1.0,
-    p: int = 1,
-    class_weights: Tensor | None = None,
     weight: Tensor | None = None,
     reduction: str = "mean",
     validate: bool = True,
@@ -44,49 +48,50 @@ def hinge_loss(
     Args:
         logits: binary: scores of any shape; multi-class: ``(N, C)``.
         target: binary: the logits' shape, values in {0, 1} or {−1, 1}; multi-class: ``(N,)`` class indices.
-        margin: the margin (1 by default).
-        p: 1 for the hinge, 2 for the squared hinge.
-        class_weights: multi-class only, ``(C,)``, rescales each sample by the weight of its class.
+        margin, p, class_weights: see :class:`HingeOptions`.
         weight: optional elementwise weight broadcastable to the unreduced loss.
         reduction: ``"none"`` returns the logits' shape (binary) or ``(N,)`` (multi-class).
-        validate: check label values (one host sync).
+        validate: check label values and the weight's sign (one host sync).
     """
-    check_reduction(reduction)
-    _check_options(margin, p)
     logits = as_float("logits", logits)
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    margin, p = float(options.margin), options.p
+    checks = Checks()
+    if validate:
+        checks.weight(weight)
 
     if target.shape == logits.shape:  # binary
-        if class_weights is not None:
+        if options.class_weights is not None:
             raise ValueError("class_weights applies to the multi-class hinge only (target of shape (N,))")
         if validate:
             is_neg, is_zero = target == -1, target == 0
-            if not bool((is_neg | is_zero | (target == 1)).all()):
-                raise ValueError("target of a binary hinge must hold labels in {0, 1} or {-1, 1}")
-            if bool(is_neg.any() & is_zero.any()):
-                raise ValueError("target mixes 0 and -1 as negative labels; use {0, 1} or {-1, 1}")
+            checks.add(~(is_neg | is_zero | (target == 1)).all(),
+                       lambda: "target of a binary hinge must hold labels in {0, 1} or {-1, 1}")
+            checks.add(is_neg.any() & is_zero.any(),
+                       lambda: "target mixes 0 and -1 as negative labels; use {0, 1} or {-1, 1}")
+        checks.run()
         y = torch.where(target > 0, 1.0, -1.0).to(logits.dtype)
         loss = (margin - y * logits).clamp(min=0)
-    elif logits.ndim == 2 and target.shape == logits.shape[:1]:  # multi-class
+        if p == 2:
+            loss = loss * loss
+        return reduce(apply_weight(loss, weight), reduction)
+    if logits.ndim == 2 and target.shape == logits.shape[:1]:  # multi-class
         num_classes = logits.shape[1]
         if validate:
-            check_labels("target", target, num_classes)
-        loss = _MultiClassHinge.apply(logits, target.long().unsqueeze(1), float(margin), p)
+            checks.labels("target", target, num_classes)
+        checks.run()
+        loss = _MultiClassHinge.apply(logits, target.long().unsqueeze(1), margin, p)
+        class_weights = options.on("class_weights", logits)
         if class_weights is not None:
-            class_weights = torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device)
             if class_weights.shape != (num_classes,):
                 raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}")
             loss = loss * class_weights[target.long()]
         return reduce(apply_weight(loss, weight), reduction)
-    else:
-        raise ValueError(
-            "target must have the logits' shape (binary hinge) or (N,) for logits (N, C) (multi-class hinge), "
-            f"got logits {tuple(logits.shape)} and target {tuple(target.shape)}"
-        )
-    if p == 2:
-        loss = loss * loss
-    return reduce(apply_weight(loss, weight), reduction)
+    raise ValueError(
+        "target must have the logits' shape (binary hinge) or (N,) for logits (N, C) (multi-class hinge), "
+        f"got logits {tuple(logits.shape)} and target {tuple(target.shape)}"
+    )
 
 
 def _multi_class_terms(logits: Tensor, index: Tensor, margin: float) -> Tensor:
@@ -132,36 +137,5 @@ class _MultiClassHinge(torch.autograd.Function):
         return grad, None, None, None
 
 
-class HingeLoss(nn.Module):
+class HingeLoss(LossModule, function=hinge_loss, name="hinge"):
     """Module form of :func:`hinge_loss`."""
-
-    def __init__(
-        self,
-        *,
-        margin: float = 1.0,
-        p: int = 1,
-        class_weights=None,
-        reduction: str = "mean",
-        validate: bool = True,
-    ):
-        super().__init__()
-        _check_options(margin, p)
-        check_reduction(reduction)
-        self.margin, self.p, self.reduction, self.validate = margin, p, reduction, validate
-        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-        self.register_buffer("class_weights", cw, persistent=False)
-
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return hinge_loss(
-            logits,
-            target,
-            margin=self.margin,
-            p=self.p,
-            class_weights=self.class_weights,
-            weight=weight,
-            reduction=self.reduction,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return f"margin={self.margin}, p={self.p}, reduction={self.reduction!r}"

@@ -23,41 +23,30 @@ Degenerate boxes: a pair whose union is empty (two zero-area boxes) has IoU 0, s
 from __future__ import annotations
 
 import math
+from dataclasses import KW_ONLY, dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._utils import apply_weight, as_float, as_target, check_choice, check_finite, check_reduction, reduce
+from ._api import LossModule, LossOptions, loss_function
+from ._utils import Checks, apply_weight, as_float, as_target, check_choice, check_number, reduce
 
-__all__ = [
-    "IOU_KINDS",
-    "iou_loss",
-    "box_iou_pairwise",
-    "IoULoss",
-    "GIoULoss",
-    "DIoULoss",
-    "CIoULoss",
-    "SIoULoss",
-    "EIoULoss",
-]
+__all__ = ["IOU_KINDS", "box_iou_pairwise"]
 
 IOU_KINDS = ("iou", "giou", "diou", "ciou", "siou", "eiou")
 
 
-def _check_boxes(pred: Tensor, target: Tensor) -> None:
-    if pred.shape != target.shape or pred.shape[-1:] != (4,):
-        raise ValueError(
-            f"pred and target must both have shape (..., 4) of xyxy boxes, got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
+@dataclass(frozen=True)
+class IoUOptions(LossOptions):
+    """``kind``: one of :data:`IOU_KINDS`; ``eps``: keeps divisions finite for degenerate boxes (torchvision's)."""
 
+    kind: str = "ciou"
+    _: KW_ONLY
+    eps: float = 1e-7
 
-def _check_box_values(pred: Tensor, target: Tensor) -> None:
-    check_finite("pred", pred)
-    check_finite("target", target)
-    bad = (target[..., 2] < target[..., 0]) | (target[..., 3] < target[..., 1])
-    if bool(bad.any()):
-        i = int(bad.flatten().nonzero()[0])
-        raise ValueError(f"target box {i} has x2 < x1 or y2 < y1: {target.reshape(-1, 4)[i].tolist()}")
+    def __post_init__(self):
+        check_choice("kind", self.kind, IOU_KINDS)
+        check_number("eps", self.eps, gt=0)
 
 
 def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
@@ -125,12 +114,12 @@ def _siou_shape_cost(w: Tensor, h: Tensor, wg: Tensor, hg: Tensor, eps: float) -
     return (1 - torch.exp(-omega_w)).pow(4) + (1 - torch.exp(-omega_h)).pow(4)
 
 
+@loss_function(IoUOptions)
 def iou_loss(
     pred: Tensor,
     target: Tensor,
-    kind: str = "ciou",
+    options: IoUOptions,
     *,
-    eps: float = 1e-7,
     weight: Tensor | None = None,
     reduction: str = "mean",
     validate: bool = True,
@@ -144,70 +133,61 @@ def iou_loss(
         eps: keeps divisions finite for degenerate boxes (torchvision's default).
         weight: optional per-pair weight broadcastable to ``(N,)``.
         reduction: ``"none"`` returns ``(N,)`` (the leading shape), ``"mean"`` or ``"sum"`` a scalar.
-        validate: check for NaN/inf and inverted target boxes (one host sync).
+        validate: check for NaN/inf, inverted target boxes and a negative weight (one host sync).
 
     Returns:
         float32 for half/bfloat16 input, else the input's dtype.
     """
-    check_choice("kind", kind, IOU_KINDS)
-    check_reduction(reduction)
     pred = as_float("pred", pred)
     target = as_target("target", target, pred)
-    _check_boxes(pred, target)
+    if pred.shape != target.shape or pred.shape[-1:] != (4,):
+        raise ValueError(
+            f"pred and target must both have shape (..., 4) of xyxy boxes, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if validate:
-        _check_box_values(pred, target)
-    loss = 1 - box_iou_pairwise(pred, target, kind, eps)
+        _check_box_values(pred, target, weight)
+    loss = 1 - box_iou_pairwise(pred, target, options.kind, options.eps)
     return reduce(apply_weight(loss, weight), reduction)
 
 
-class IoULoss(nn.Module):
-    """Module form of :func:`iou_loss`. ``IoULoss(kind=...)`` builds any member; the subclasses fix one."""
-
-    kind = "iou"
-
-    def __init__(self, kind: str | None = None, *, eps: float = 1e-7, reduction: str = "mean", validate: bool = True):
-        super().__init__()
-        if kind is not None and type(self) is not IoULoss and kind != type(self).kind:
-            raise ValueError(f"kind={kind!r} contradicts {type(self).__name__}, which computes {type(self).kind!r}")
-        kind = type(self).kind if kind is None else kind
-        check_choice("kind", kind, IOU_KINDS)
-        check_reduction(reduction)
-        self.kind, self.eps, self.reduction, self.validate = kind, eps, reduction, validate
-
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return iou_loss(
-            pred, target, self.kind, eps=self.eps, weight=weight, reduction=self.reduction, validate=self.validate
+def _check_box_values(pred: Tensor, target: Tensor, weight: Tensor | None) -> None:
+    checks = Checks()
+    checks.finite("pred", pred)
+    checks.finite("target", target)
+    flat = target.detach().reshape(-1, 4)
+    inverted = lambda: (flat[:, 2] < flat[:, 0]) | (flat[:, 3] < flat[:, 1])  # noqa: E731
+    if flat.numel():
+        checks.add(
+            inverted().any(),
+            lambda: f"target box {int(inverted().nonzero()[0])} has x2 < x1 or y2 < y1: "
+            f"{flat[inverted().nonzero()[0, 0]].tolist()}",
         )
+    checks.weight(weight)
+    checks.run()
 
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, reduction={self.reduction!r}"
+
+class IoULoss(LossModule, function=iou_loss, name="iou"):
+    """Module form of :func:`iou_loss`. ``IoULoss(kind=...)`` builds any member (IoU by default); the subclasses
+    fix one."""
+
+    defaults = {"kind": "iou"}
 
 
-class GIoULoss(IoULoss):
+class GIoULoss(IoULoss, name="giou", kind="giou"):
     """Generalised IoU loss (Rezatofighi et al., 2019); see :func:`iou_loss`."""
 
-    kind = "giou"
 
-
-class DIoULoss(IoULoss):
+class DIoULoss(IoULoss, name="diou", kind="diou"):
     """Distance IoU loss (Zheng et al., 2020); see :func:`iou_loss`."""
 
-    kind = "diou"
 
-
-class CIoULoss(IoULoss):
+class CIoULoss(IoULoss, name="ciou", kind="ciou"):
     """Complete IoU loss (Zheng et al., 2020); see :func:`iou_loss`."""
 
-    kind = "ciou"
 
-
-class SIoULoss(IoULoss):
+class SIoULoss(IoULoss, name="siou", kind="siou"):
     """SCYLLA-IoU loss (Gevorgyan, 2022); see :func:`iou_loss`."""
 
-    kind = "siou"
 
-
-class EIoULoss(IoULoss):
+class EIoULoss(IoULoss, name="eiou", kind="eiou"):
     """Efficient IoU loss (Zhang et al., 2022); see :func:`iou_loss`."""
-
-    kind = "eiou"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._api import register
 from ._utils import check_choice, check_reduction
 
-__all__ = ["weight_penalty", "WeightPenalty", "penalised_parameters"]
+__all__ = ["weight_penalty", "penalised_parameters"]
 
 _NORM_LAYERS = tuple(
     cls
@@ -66,6 +67,7 @@ def weight_penalty(
     return total if reduction == "sum" else total / sum(w.numel() for w in params)
 
 
+@register("weight_penalty")
 class WeightPenalty(nn.Module):
     """Module form of :func:`weight_penalty`: ``WeightPenalty(p=2)(model)``."""
 
@@ -75,9 +77,10 @@ class WeightPenalty(nn.Module):
         check_reduction(reduction)
         self.p, self.exclude_norm_and_bias, self.reduction = p, exclude_norm_and_bias, reduction
 
-    def forward(self, module: nn.Module) -> Tensor:
+    def forward(self, module: nn.Module, reduction: str | None = None) -> Tensor:
         return weight_penalty(
-            module, p=self.p, exclude_norm_and_bias=self.exclude_norm_and_bias, reduction=self.reduction
+            module, p=self.p, exclude_norm_and_bias=self.exclude_norm_and_bias,
+            reduction=self.reduction if reduction is None else reduction,
         )
 
     def extra_repr(self) -> str:

@@ -11,19 +11,33 @@ The computation is the fused kernel of :mod:`._modulated_bce`.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from dataclasses import dataclass
 
-from ._modulated_bce import QUALITY, check_finite_nonneg, modulated_bce
-from ._utils import as_float, as_target, check_in_unit_interval, check_reduction, check_same_shape
+from torch import Tensor
 
-__all__ = ["quality_focal_loss", "QualityFocalLoss"]
+from ._api import LossModule, LossOptions, loss_function
+from ._modulated_bce import QUALITY, checked_inputs, modulated_bce
+from ._utils import check_number
+
+__all__: list[str] = []
 
 
+@dataclass(frozen=True, kw_only=True)
+class QualityFocalOptions(LossOptions):
+    """``beta``: exponent of the modulating factor ``|q − p|^β``, >= 0."""
+
+    beta: float = 2.0
+
+    def __post_init__(self):
+        check_number("beta", self.beta, ge=0)
+
+
+@loss_function(QualityFocalOptions)
 def quality_focal_loss(
     logits: Tensor,
     target_scores: Tensor,
+    options: QualityFocalOptions,
     *,
-    beta: float = 2.0,
     weight: Tensor | None = None,
     reduction: str = "mean",
     validate: bool = True,
@@ -33,34 +47,14 @@ def quality_focal_loss(
     Args:
         logits: raw scores of any shape, e.g. ``(N, A, C)``.
         target_scores: the logits' shape, values in [0, 1].
-        beta: exponent of the modulating factor, >= 0.
+        beta: see :class:`QualityFocalOptions`.
         weight: optional elementwise weight broadcastable to the logits.
         reduction: ``"none"`` returns the logits' shape; ``"mean"`` / ``"sum"`` a scalar.
-        validate: check that the scores lie in [0, 1] (one host sync).
+        validate: check that the scores lie in [0, 1] and the weight is >= 0 (one host sync).
     """
-    check_reduction(reduction)
-    check_finite_nonneg("beta", beta)
-    logits = as_float("logits", logits)
-    target_scores = as_target("target_scores", target_scores, logits)
-    check_same_shape("logits", logits, "target_scores", target_scores)
-    if validate:
-        check_in_unit_interval("target_scores", target_scores.detach())
-    return modulated_bce(logits, target_scores, QUALITY, 0.0, float(beta), weight, reduction)
+    logits, target_scores = checked_inputs(logits, target_scores, "target_scores", weight, validate)
+    return modulated_bce(logits, target_scores, QUALITY, 0.0, float(options.beta), weight, reduction)
 
 
-class QualityFocalLoss(nn.Module):
+class QualityFocalLoss(LossModule, function=quality_focal_loss, name="quality_focal"):
     """Module form of :func:`quality_focal_loss`."""
-
-    def __init__(self, *, beta: float = 2.0, reduction: str = "mean", validate: bool = True):
-        super().__init__()
-        check_finite_nonneg("beta", beta)
-        check_reduction(reduction)
-        self.beta, self.reduction, self.validate = beta, reduction, validate
-
-    def forward(self, logits: Tensor, target_scores: Tensor, weight: Tensor | None = None) -> Tensor:
-        return quality_focal_loss(
-            logits, target_scores, beta=self.beta, weight=weight, reduction=self.reduction, validate=self.validate
-        )
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}, reduction={self.reduction!r}"

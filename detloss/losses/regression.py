@@ -8,78 +8,68 @@ is the L1 loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._utils import apply_weight, as_float, as_target, check_finite, check_nonneg, check_reduction, check_same_shape, reduce
+from ._api import LossModule, LossOptions, loss_function
+from ._utils import Checks, apply_weight, as_float, as_target, check_number, check_same_shape, reduce
 
-__all__ = ["mse_loss", "l1_loss", "smooth_l1_loss", "MSELoss", "L1Loss", "SmoothL1Loss"]
+__all__: list[str] = []
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmoothL1Options(LossOptions):
+    """``beta``: where the loss turns from quadratic to linear, >= 0 (0: the L1 loss)."""
+
+    beta: float = 1.0
+
+    def __post_init__(self):
+        check_number("beta", self.beta, ge=0)
 
 
 def _elementwise(fn, pred: Tensor, target: Tensor, weight, reduction: str, validate: bool, **kw) -> Tensor:
-    check_reduction(reduction)
     pred = as_float("pred", pred)
     target = as_target("target", target, pred)
     check_same_shape("pred", pred, "target", target)
     if validate:
-        check_finite("target", target)
-    if weight is None and pred.numel():  # the built-in reduces in one kernel (but its mean of nothing is NaN)
-        return fn(pred, target, reduction=reduction, **kw)
+        checks = Checks()
+        checks.finite("target", target)
+        checks.weight(weight)
+        checks.run()
+    if weight is None and pred.numel():
+        return fn(pred, target, reduction=reduction, **kw)  # the built-in reduces in one kernel (its mean of nothing is NaN)
     return reduce(apply_weight(fn(pred, target, reduction="none", **kw), weight), reduction)
 
 
-def mse_loss(pred: Tensor, target: Tensor, *, weight=None, reduction: str = "mean", validate: bool = True) -> Tensor:
+@loss_function()
+def mse_loss(pred: Tensor, target: Tensor, options, *, weight=None, reduction: str = "mean", validate: bool = True) -> Tensor:
     """``(pred − target)²`` elementwise; ``"none"`` keeps the input's shape."""
     return _elementwise(F.mse_loss, pred, target, weight, reduction, validate)
 
 
-def l1_loss(pred: Tensor, target: Tensor, *, weight=None, reduction: str = "mean", validate: bool = True) -> Tensor:
+@loss_function()
+def l1_loss(pred: Tensor, target: Tensor, options, *, weight=None, reduction: str = "mean", validate: bool = True) -> Tensor:
     """``|pred − target|`` elementwise; ``"none"`` keeps the input's shape."""
     return _elementwise(F.l1_loss, pred, target, weight, reduction, validate)
 
 
+@loss_function(SmoothL1Options)
 def smooth_l1_loss(
-    pred: Tensor, target: Tensor, *, beta: float = 1.0, weight=None, reduction: str = "mean", validate: bool = True
+    pred: Tensor, target: Tensor, options: SmoothL1Options, *, weight=None, reduction: str = "mean", validate: bool = True
 ) -> Tensor:
     """``0.5·d²/β`` where ``|d| < β``, else ``|d| − 0.5·β``, with ``d = pred − target``; ``"none"`` keeps the shape."""
-    check_nonneg("beta", beta)
-    return _elementwise(F.smooth_l1_loss, pred, target, weight, reduction, validate, beta=beta)
+    return _elementwise(F.smooth_l1_loss, pred, target, weight, reduction, validate, beta=options.beta)
 
 
-class _Elementwise(nn.Module):
-    def __init__(self, *, reduction: str = "mean", validate: bool = True):
-        super().__init__()
-        check_reduction(reduction)
-        self.reduction, self.validate = reduction, validate
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
-
-
-class MSELoss(_Elementwise):
+class MSELoss(LossModule, function=mse_loss, name="mse"):
     """Module form of :func:`mse_loss`."""
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return mse_loss(pred, target, weight=weight, reduction=self.reduction, validate=self.validate)
 
-
-class L1Loss(_Elementwise):
+class L1Loss(LossModule, function=l1_loss, name="l1"):
     """Module form of :func:`l1_loss`."""
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return l1_loss(pred, target, weight=weight, reduction=self.reduction, validate=self.validate)
 
-
-class SmoothL1Loss(_Elementwise):
+class SmoothL1Loss(LossModule, function=smooth_l1_loss, name="smooth_l1"):
     """Module form of :func:`smooth_l1_loss`."""
-
-    def __init__(self, *, beta: float = 1.0, reduction: str = "mean", validate: bool = True):
-        super().__init__(reduction=reduction, validate=validate)
-        check_nonneg("beta", beta)
-        self.beta = beta
-
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return smooth_l1_loss(pred, target, beta=self.beta, weight=weight, reduction=self.reduction, validate=self.validate)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}, reduction={self.reduction!r}"

@@ -13,25 +13,35 @@ The computation is the fused kernel of :mod:`._modulated_bce`.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from dataclasses import dataclass
 
-from ._modulated_bce import VARIFOCAL, check_finite_nonneg, modulated_bce
-from ._utils import as_float, as_target, check_in_unit_interval, check_reduction, check_same_shape
+from torch import Tensor
 
-__all__ = ["varifocal_loss", "VarifocalLoss"]
+from ._api import LossModule, LossOptions, loss_function
+from ._modulated_bce import VARIFOCAL, checked_inputs, modulated_bce
+from ._utils import check_number
 
-
-def _check_options(alpha: float, gamma: float) -> None:
-    check_finite_nonneg("alpha", alpha)
-    check_finite_nonneg("gamma", gamma)
+__all__: list[str] = []
 
 
+@dataclass(frozen=True, kw_only=True)
+class VarifocalOptions(LossOptions):
+    """``alpha``: scale of the negatives' weight, >= 0; ``gamma``: its exponent, >= 0."""
+
+    alpha: float = 0.75
+    gamma: float = 2.0
+
+    def __post_init__(self):
+        check_number("alpha", self.alpha, ge=0)
+        check_number("gamma", self.gamma, ge=0)
+
+
+@loss_function(VarifocalOptions)
 def varifocal_loss(
     logits: Tensor,
     target_scores: Tensor,
+    options: VarifocalOptions,
     *,
-    alpha: float = 0.75,
-    gamma: float = 2.0,
     weight: Tensor | None = None,
     reduction: str = "mean",
     validate: bool = True,
@@ -41,41 +51,14 @@ def varifocal_loss(
     Args:
         logits: raw scores of any shape, e.g. ``(N, A, C)``.
         target_scores: the logits' shape, values in [0, 1]; 0 marks a negative.
-        alpha: scale of the negatives' weight, >= 0.
-        gamma: exponent of the negatives' weight, >= 0.
+        alpha, gamma: see :class:`VarifocalOptions`.
         weight: optional elementwise weight broadcastable to the logits.
         reduction: ``"none"`` returns the logits' shape; ``"mean"`` / ``"sum"`` a scalar.
-        validate: check that the scores lie in [0, 1] (one host sync).
+        validate: check that the scores lie in [0, 1] and the weight is >= 0 (one host sync).
     """
-    check_reduction(reduction)
-    _check_options(alpha, gamma)
-    logits = as_float("logits", logits)
-    target_scores = as_target("target_scores", target_scores, logits)
-    check_same_shape("logits", logits, "target_scores", target_scores)
-    if validate:
-        check_in_unit_interval("target_scores", target_scores.detach())
-    return modulated_bce(logits, target_scores, VARIFOCAL, float(alpha), float(gamma), weight, reduction)
+    logits, target_scores = checked_inputs(logits, target_scores, "target_scores", weight, validate)
+    return modulated_bce(logits, target_scores, VARIFOCAL, float(options.alpha), float(options.gamma), weight, reduction)
 
 
-class VarifocalLoss(nn.Module):
+class VarifocalLoss(LossModule, function=varifocal_loss, name="varifocal"):
     """Module form of :func:`varifocal_loss`."""
-
-    def __init__(self, *, alpha: float = 0.75, gamma: float = 2.0, reduction: str = "mean", validate: bool = True):
-        super().__init__()
-        _check_options(alpha, gamma)
-        check_reduction(reduction)
-        self.alpha, self.gamma, self.reduction, self.validate = alpha, gamma, reduction, validate
-
-    def forward(self, logits: Tensor, target_scores: Tensor, weight: Tensor | None = None) -> Tensor:
-        return varifocal_loss(
-            logits,
-            target_scores,
-            alpha=self.alpha,
-            gamma=self.gamma,
-            weight=weight,
-            reduction=self.reduction,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"

@@ -19,18 +19,15 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
-__all__ = ["YOLODetector", "SIZES", "decode", "postprocess"]
+from ..detection.postprocess import postprocess
+from ..losses._utils import check_number
 
-SIZES = {
-    "nano": {"width": 0.25, "depth": 0.33, "max_channels": 1024},
-    "small": {"width": 0.5, "depth": 0.33, "max_channels": 1024},
-}
+__all__ = ["YOLODetector"]
 
-STRIDES = (8, 16, 32)
-MAX_CANDIDATES = 30_000  # (anchor, class) pairs handed to NMS per image, the highest scores first
+STRIDES = (8, 16, 32)  # of the neck outputs N3, N4, N5
+
 
 
 def scale_channels(channels: int, width: float, max_channels: int) -> int:
@@ -124,13 +121,16 @@ class YOLODetector(nn.Module):
         reg_max: bins of the distance distribution of each box side.
         in_channels: image channels.
         max_channels: cap on the base widths before ``width`` applies.
+        strides: the strides of the three output levels; the layout makes them (8, 16, 32), and the configs read
+            them from here (``criterion.strides: ${model.strides}``), so this is their one source.
+
+    The presets are configs: ``configs/model/yolo_nano.yaml`` (width 0.25, depth 0.33; YOLOv8n: 3.16 M parameters
+    at 80 classes) and ``yolo_small.yaml`` (width 0.5; YOLOv8s: 11.2 M).
 
     ``forward(images [B, in_channels, H, W])`` with H, W multiples of 32 returns 3 maps
-    ``[B, 4·reg_max + C, H/s, W/s]`` for ``s`` in ``strides`` = (8, 16, 32); ``postprocess`` turns them into
-    torchvision-style detections.
+    ``[B, 4·reg_max + C, H/s, W/s]`` for ``s`` in ``strides``; ``postprocess`` turns them into torchvision-style
+    detections.
     """
-
-    strides = STRIDES
 
     def __init__(
         self,
@@ -140,17 +140,17 @@ class YOLODetector(nn.Module):
         reg_max: int = 16,
         in_channels: int = 3,
         max_channels: int = 1024,
+        strides: Sequence[int] = STRIDES,
     ):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("max_channels", max_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(reg_max, int) or isinstance(reg_max, bool) or reg_max < 2:
-            raise ValueError(f"reg_max must be an integer >= 2, got {reg_max!r}")
+            check_number(name, value, integer=True, ge=1)
+        check_number("reg_max", reg_max, integer=True, ge=2)
         for name, value in (("width", width), ("depth", depth)):
-            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        self.num_classes, self.reg_max = num_classes, reg_max
+            check_number(name, value, gt=0)
+        if tuple(strides) != STRIDES:
+            raise ValueError(f"strides must be {list(STRIDES)} (the P3-P5 outputs of this layout), got {list(strides)}")
+        self.num_classes, self.reg_max, self.strides = num_classes, reg_max, STRIDES
         self.width, self.depth = float(width), float(depth)
 
         c1, c2, c3, c4, c5 = (scale_channels(c, width, max_channels) for c in (64, 128, 256, 512, 1024))
@@ -179,16 +179,6 @@ class YOLODetector(nn.Module):
         self.box_heads = nn.ModuleList(head_branch(c, box_hidden, 4 * reg_max) for c in self.channels)
         self.cls_heads = nn.ModuleList(head_branch(c, cls_hidden, num_classes) for c in self.channels)
         self.reset_head_bias()
-
-    @classmethod
-    def nano(cls, num_classes: int, **kwargs) -> YOLODetector:
-        """Width 0.25, depth 0.33 (YOLOv8n: 3.16 M parameters at 80 classes)."""
-        return cls(num_classes, **{**SIZES["nano"], **kwargs})
-
-    @classmethod
-    def small(cls, num_classes: int, **kwargs) -> YOLODetector:
-        """Width 0.5, depth 0.33 (YOLOv8s: 11.2 M parameters at 80 classes)."""
-        return cls(num_classes, **{**SIZES["small"], **kwargs})
 
     @torch.no_grad()
     def reset_head_bias(self) -> None:
@@ -226,93 +216,3 @@ class YOLODetector(nn.Module):
         return postprocess(
             feats, self.num_classes, self.strides, self.reg_max, image_size, conf_threshold, iou_threshold, max_det
         )
-
-
-def decode(feats: Sequence[Tensor], strides: Sequence[int], reg_max: int) -> tuple[Tensor, Tensor]:
-    """Boxes and class logits of every anchor, levels in order, row-major within a level.
-
-    Args:
-        feats: raw maps ``[B, 4·reg_max + C, H_l, W_l]``.
-        strides: stride of each level, pixels.
-        reg_max: bins per box side.
-
-    Returns:
-        ``boxes (B, A, 4)`` xyxy pixels (float32) and ``logits (B, A, C)`` (float32), ``A = Σ H_l·W_l``.
-        Each side is the expectation of the softmax over its bins, in grid units, from the anchor at the cell
-        centre ``(col + 0.5, row + 0.5)``; ``(ax − l, ay − t, ax + r, ay + b) × stride``.
-    """
-    batch, device = feats[0].shape[0], feats[0].device
-    head = torch.cat([f.float().flatten(2) for f in feats], 2)  # (B, 4R + C, A)
-    num_anchors = head.shape[2]
-    bins = torch.arange(reg_max, dtype=torch.float32, device=device).view(1, 1, reg_max, 1)
-    dist = (head[:, : 4 * reg_max].view(batch, 4, reg_max, num_anchors).softmax(2) * bins).sum(2)  # (B, 4, A)
-
-    points, scale = [], []
-    for f, stride in zip(feats, strides):
-        h, w = f.shape[-2:]
-        ys = torch.arange(h, dtype=torch.float32, device=device) + 0.5
-        xs = torch.arange(w, dtype=torch.float32, device=device) + 0.5
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack((xx.flatten(), yy.flatten())))
-        scale.append(torch.full((h * w,), float(stride), device=device))
-    points, scale = torch.cat(points, 1), torch.cat(scale)  # (2, A), (A,)
-
-    boxes = torch.cat((points - dist[:, :2], points + dist[:, 2:]), 1) * scale  # (B, 4, A)
-    return boxes.transpose(1, 2), head[:, 4 * reg_max :].transpose(1, 2)
-
-
-@torch.no_grad()
-def postprocess(
-    feats: Sequence[Tensor],
-    num_classes: int,
-    strides: Sequence[int] = STRIDES,
-    reg_max: int = 16,
-    image_size: tuple[int, int] | None = None,
-    conf_threshold: float = 0.001,
-    iou_threshold: float = 0.7,
-    max_det: int = 300,
-) -> list[dict[str, Tensor]]:
-    """Decode, score, threshold, class-wise NMS.
-
-    Args:
-        feats: raw maps ``[B, 4·reg_max + C, H_l, W_l]`` of the levels in ``strides``.
-        num_classes: ``C``.
-        image_size: ``(H, W)`` to clip the boxes to; ``None``: the size the first level implies.
-        conf_threshold: keep the (anchor, class) pairs whose sigmoid score exceeds it (multi-label).
-        iou_threshold: IoU above which a lower-scored box of the same class is suppressed.
-        max_det: detections kept per image, the highest scores.
-
-    Returns:
-        ``B`` dicts ``{"boxes": (n, 4) float32 xyxy pixels, "scores": (n,) float32, "labels": (n,) int64}``,
-        sorted by decreasing score.
-    """
-    is_list = isinstance(feats, (list, tuple)) and all(isinstance(f, Tensor) for f in feats)
-    if not is_list or len(feats) != len(strides):
-        raise ValueError(f"feats must be a list of {len(strides)} tensors [B, 4·reg_max + C, H, W]")
-    channels = 4 * reg_max + num_classes
-    for i, f in enumerate(feats):
-        if f.ndim != 4 or f.shape[1] != channels or f.shape[0] != feats[0].shape[0]:
-            raise ValueError(f"feats[{i}] must have shape [B, {channels}, H, W], got {tuple(f.shape)}")
-    if not 0 <= conf_threshold <= 1 or not 0 <= iou_threshold <= 1:
-        raise ValueError(f"conf_threshold and iou_threshold must lie in [0, 1], got {conf_threshold}, {iou_threshold}")
-    if not isinstance(max_det, int) or max_det < 1:
-        raise ValueError(f"max_det must be a positive integer, got {max_det!r}")
-    if image_size is None:
-        image_size = (feats[0].shape[-2] * strides[0], feats[0].shape[-1] * strides[0])
-
-    boxes, logits = decode(feats, strides, reg_max)
-    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, image_size[1])
-    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, image_size[0])
-    scores = logits.sigmoid_()
-
-    results = []
-    for image_boxes, image_scores in zip(boxes, scores):
-        anchor, label = (image_scores > conf_threshold).nonzero(as_tuple=True)
-        score = image_scores[anchor, label]
-        if score.numel() > MAX_CANDIDATES:
-            top = score.topk(MAX_CANDIDATES).indices
-            anchor, label, score = anchor[top], label[top], score[top]
-        box = image_boxes[anchor]
-        keep = torchvision.ops.batched_nms(box, score, label, iou_threshold)[:max_det]
-        results.append({"boxes": box[keep], "scores": score[keep], "labels": label[keep]})
-    return results

@@ -1,8 +1,9 @@
 """Lightning tasks: they take built objects (model, criterion, optimiser partials); no Hydra inside."""
 
-from .base import LossTask
+from .base import LossTask, StepObserver
 from .detection import DetectionTask
-from .schedules import warmup_cosine
+from .diagnostics import GradientDiagnostics
+from .lr_schedules import warmup_cosine
 from .segmentation import SegmentationTask
 
-__all__ = ["LossTask", "DetectionTask", "SegmentationTask", "warmup_cosine"]
+__all__ = ["LossTask", "StepObserver", "DetectionTask", "SegmentationTask", "GradientDiagnostics", "warmup_cosine"]

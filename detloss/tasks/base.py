@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -12,11 +12,24 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from ..losses import CompositeLoss, LossOutput
-from ..weight_schedules import Position
+from ..composite import CompositeLoss, Criterion, LossOutput, Position
 from ..losses.penalty import penalised_parameters
 
-__all__ = ["LossTask"]
+__all__ = ["LossTask", "StepObserver"]
+
+
+class StepObserver(L.Callback):
+    """A callback that sees each training step's model output and loss terms before the backward.
+
+    :class:`LossTask` calls :meth:`on_loss` right after the criterion, on the steps where :meth:`observes` says so;
+    the graph is still alive there, so an observer may differentiate single terms (the gradient diagnostics do).
+    """
+
+    def observes(self, trainer: L.Trainer, step: int) -> bool:
+        return True
+
+    def on_loss(self, trainer: L.Trainer, task: LossTask, outputs, loss: LossOutput) -> None:
+        """``outputs``: the model's output; ``loss``: what the criterion returned for it."""
 
 
 class LossTask(L.LightningModule):
@@ -24,7 +37,8 @@ class LossTask(L.LightningModule):
 
     Args:
         model: the network.
-        criterion: returns :class:`~detloss.losses.LossOutput` for ``(model output, targets)``.
+        criterion: a :class:`~detloss.composite.Criterion`: ``criterion(model output, targets)`` gives the
+            :class:`~detloss.composite.LossOutput`, ``criterion.loss`` the composite whose terms are logged.
         optimizer: a partial taking parameter groups, e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``;
             biases and normalisation parameters get no weight decay.
         scheduler: a partial ``(optimizer, total_steps=, steps_per_epoch=) -> LRScheduler`` stepped every
@@ -37,8 +51,13 @@ class LossTask(L.LightningModule):
             zeros (DDP lets no rank skip its backward) and its gradients are then dropped before the optimizer
             sees them, so the weights, momentum and weight decay stay as they were, as on one process. With
             gradient accumulation under DDP, the whole accumulated step is dropped.
+        class_names: names of the classes, background included for segmentation (for per-class metrics and
+            previews); ``None``: the class indices.
         channels_last: keep the weights (and so the activations) of the model's convolutions in NHWC order, which
-            oneDNN and cuDNN run faster (about 15 % less time per step for the YOLO nano on a 2-core CPU).
+            oneDNN and cuDNN run faster (README, "Results of the default runs").
+
+    Both tasks take these arguments (and options of their own, with defaults), so a run is built the same way for
+    either.
     """
 
     NAN_GUARDS = ("stop", "skip", "off")
@@ -46,9 +65,10 @@ class LossTask(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        criterion: nn.Module,
+        criterion: Criterion,
         optimizer: Callable,
         scheduler: Callable | None = None,
+        class_names: Sequence[str] | None = None,
         num_previews: int = 4,
         nan_guard: str = "stop",
         channels_last: bool = False,
@@ -56,15 +76,21 @@ class LossTask(L.LightningModule):
         super().__init__()
         if nan_guard not in self.NAN_GUARDS:
             raise ValueError(f"nan_guard must be one of {self.NAN_GUARDS}, got {nan_guard!r}")
+        if not isinstance(criterion, Criterion):
+            raise ValueError(
+                f"criterion must be a detloss.composite.Criterion (its composite, views and num_classes), got "
+                f"{type(criterion).__name__}"
+            )
         self.model, self.criterion = model, criterion
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        num_classes = criterion.num_classes
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but the criterion has {num_classes} classes")
+        self.class_names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(num_classes)]
         self.num_previews = num_previews
         self.nan_guard = nan_guard
         self.channels_last = channels_last
         self._preview: list = []
-        #: set by :class:`~detloss.diagnostics.GradientDiagnostics` on the steps it measures
-        self.keep_step_output = False
-        self.step_output: tuple | None = None
         #: set when ``nan_guard="skip"`` skips a step under DDP: its gradients are dropped before the optimizer step
         self._drop_gradients = False
 
@@ -78,9 +104,8 @@ class LossTask(L.LightningModule):
     # --------------------------------------------------------------------------------------------- training
 
     @property
-    def composite(self) -> CompositeLoss | None:
-        loss = getattr(self.criterion, "loss", None)
-        return loss if isinstance(loss, CompositeLoss) else None
+    def composite(self) -> CompositeLoss:
+        return self.criterion.loss
 
     def position(self, batch_idx: int) -> Position:
         """The training position that weight schedules read (restored with step and epoch on resume)."""
@@ -89,9 +114,8 @@ class LossTask(L.LightningModule):
         return Position(self.global_step, epoch, int(self.trainer.estimated_stepping_batches))
 
     def on_train_batch_start(self, batch, batch_idx):
-        composite = self.composite
-        if composite is not None and composite.is_dynamic:
-            composite.update(self.position(batch_idx))
+        if self.composite.is_dynamic:
+            self.composite.update(self.position(batch_idx))
 
     def training_step(self, batch, batch_idx):
         inputs, targets = batch
@@ -103,12 +127,11 @@ class LossTask(L.LightningModule):
             self._drop_gradients = True  # see on_before_optimizer_step
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log_loss("train", out, len(inputs))
-        composite = self.composite
-        if composite is not None:
-            weights = {f"train/weight/{n}": w for n, w in composite.current_weights().items()}
-            self.log_dict(weights, on_step=True, on_epoch=False, batch_size=len(inputs))
-        if self.keep_step_output:  # for the gradient diagnostics (callbacks read it in on_before_backward)
-            self.step_output = (outputs, out)
+        weights = {f"train/weight/{n}": w for n, w in self.composite.current_weights().items()}
+        self.log_dict(weights, on_step=True, on_epoch=False, batch_size=len(inputs))
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, StepObserver) and callback.observes(self.trainer, self.global_step):
+                callback.on_loss(self.trainer, self, outputs, out)
         return out.total
 
     def on_before_optimizer_step(self, optimizer):
@@ -118,9 +141,6 @@ class LossTask(L.LightningModule):
         if self._drop_gradients:
             optimizer.zero_grad(set_to_none=True)
             self._drop_gradients = False
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        self.step_output = None
 
     def on_train_epoch_start(self):
         # Each epoch's random draws (augmentations, shuffling) come from seed, epoch and rank: the ranks of DDP draw

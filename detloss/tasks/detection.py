@@ -10,6 +10,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes
 
+from ..composite import Criterion
 from ..models import ModelEMA
 from .base import LossTask, to_uint8
 
@@ -37,10 +38,10 @@ class DetectionTask(LossTask):
     Args:
         model: a detector with ``forward(images) -> feats`` and ``postprocess(feats, ...) -> [dicts]``.
         criterion: e.g. :class:`~detloss.detection.DetectionCriterion`.
-        optimizer, scheduler, num_previews, nan_guard, channels_last: see :class:`~detloss.tasks.base.LossTask`.
+        optimizer, scheduler, class_names, num_previews, nan_guard, channels_last: see
+            :class:`~detloss.tasks.base.LossTask`.
         ema: evaluate an exponential moving average of the weights (the YOLO habit).
         ema_decay, ema_tau: its decay ``d · (1 − exp(−updates / τ))``.
-        class_names: names for per-class metrics and previews.
         map_per_class: also log ``val/map/<class>``.
         conf_threshold, iou_threshold, max_det: post-processing for the metric (low threshold: mAP needs the
             whole precision–recall curve).
@@ -54,25 +55,24 @@ class DetectionTask(LossTask):
     def __init__(
         self,
         model: nn.Module,
-        criterion: nn.Module,
+        criterion: Criterion,
         optimizer: Callable,
         scheduler: Callable | None = None,
+        class_names: Sequence[str] | None = None,
         num_previews: int = 4,
         nan_guard: str = "stop",
         channels_last: bool = False,
         ema: bool = True,
         ema_decay: float = 0.9999,
         ema_tau: float = 2000.0,
-        class_names: Sequence[str] | None = None,
         map_per_class: bool = False,
         conf_threshold: float = 0.001,
         iou_threshold: float = 0.7,
         max_det: int = 300,
     ):
-        super().__init__(model, criterion, optimizer, scheduler, num_previews, nan_guard, channels_last)
+        super().__init__(model, criterion, optimizer, scheduler, class_names, num_previews, nan_guard, channels_last)
         # not a submodule: it is neither trained nor in train mode; checkpoints carry it (on_save_checkpoint)
         self.ema = ModelEMA(model, decay=ema_decay, tau=ema_tau) if ema else None
-        self.class_names = list(class_names) if class_names else None
         self.map_per_class = map_per_class
         self.post = dict(conf_threshold=conf_threshold, iou_threshold=iou_threshold, max_det=max_det)
         self.map_metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=map_per_class)
@@ -131,7 +131,7 @@ class DetectionTask(LossTask):
             self.ema.load_state_dict(checkpoint["ema"])
 
     def _name(self, cls: int) -> str:
-        return self.class_names[cls] if self.class_names and 0 <= cls < len(self.class_names) else str(cls)
+        return self.class_names[cls] if 0 <= cls < len(self.class_names) else str(cls)
 
     def _draw(self, image, pred, target):
         """Targets in green, predictions scoring at least 0.25 in red with their score."""

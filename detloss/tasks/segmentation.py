@@ -9,6 +9,7 @@ from torch import nn
 from torchmetrics.segmentation import DiceScore, GeneralizedDiceScore
 from torchvision.utils import draw_segmentation_masks, make_grid
 
+from ..composite import Criterion
 from .base import LossTask, to_uint8
 
 __all__ = ["SegmentationTask"]
@@ -37,19 +38,17 @@ class SegmentationTask(LossTask):
     def __init__(
         self,
         model: nn.Module,
-        criterion: nn.Module,
+        criterion: Criterion,
         optimizer: Callable,
         scheduler: Callable | None = None,
+        class_names: Sequence[str] | None = None,
         num_previews: int = 4,
         nan_guard: str = "stop",
         channels_last: bool = False,
-        num_classes: int = 2,
-        class_names: Sequence[str] | None = None,
-        ignore_index: int = 255,
     ):
-        super().__init__(model, criterion, optimizer, scheduler, num_previews, nan_guard, channels_last)
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.class_names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
+        super().__init__(model, criterion, optimizer, scheduler, class_names, num_previews, nan_guard, channels_last)
+        num_classes = self.num_classes = criterion.num_classes
+        self.ignore_index = getattr(criterion, "ignore_index", None)
         kw = dict(num_classes=num_classes, include_background=False, input_format="index")
         self.dice = DiceScore(average="none", aggregation_level="global", **kw)
         self.generalized_dice = GeneralizedDiceScore(**kw)
@@ -61,9 +60,10 @@ class SegmentationTask(LossTask):
         images, masks = batch
         logits = self.model(images)
         self.log_loss("val", self.criterion(logits, masks), len(images))
-        pred = logits.argmax(1)
-        ignored = masks == self.ignore_index
-        pred, target = pred.masked_fill(ignored, 0), masks.masked_fill(ignored, 0)
+        pred, target = logits.argmax(1), masks
+        if self.ignore_index is not None:
+            ignored = masks == self.ignore_index
+            pred, target = pred.masked_fill(ignored, 0), masks.masked_fill(ignored, 0)
         self.dice.update(pred, target)
         # torchmetrics scores an image without foreground in target and prediction (a true negative) as 0, not 1;
         # the generalized Dice averages over the images that have something to score

@@ -10,12 +10,18 @@ knows nothing of boxes: it feeds each term the view it names, reduces and normal
 A view with ``norm`` set is summed and divided by ``norm`` (detection divides every term by the target-score
 sum); its ``weight`` is per item of the leading dimension(s), so one ``(M,)`` weight serves a loss that returns
 ``(M,)`` (CIoU) and one that returns ``(M, 4)`` (L1 on coordinates). A view without ``norm`` uses each loss's own
-``"mean"`` (cross-entropy's mean over valid pixels, Dice's mean over samples and classes). The composite sets each
-term's ``reduction`` accordingly, so no loss reduces twice.
+``"mean"`` (cross-entropy's mean over valid pixels, Dice's mean over samples and classes). The composite asks each
+term for the reduction it needs in the call, so no loss reduces twice and no term is ever changed.
+
+The contract of a term (every loss of :mod:`detloss.losses`, and a user's own ``nn.Module``): it is called as
+``loss(*view.args, reduction=r, **view.kwargs)`` with ``r`` one of ``"none"``, ``"mean"``, ``"sum"`` (and
+``weight=`` for a weighted view without ``norm``), and returns the values so reduced. A view marked ``checked``
+(its criterion has validated those inputs) also passes ``validate=False`` to the terms whose ``forward`` takes a
+``validate`` keyword, so that they skip their own checks and host syncs.
 
 In a Hydra config the terms read as the maths reads::
 
-    _target_: detloss.losses.CompositeLoss
+    _target_: detloss.composite.CompositeLoss
     terms:
       box: {loss: {_target_: detloss.losses.CIoULoss}, weight: 7.5, view: box}
       dfl: {loss: {_target_: detloss.losses.DFLoss}, weight: 1.5, view: dist}
@@ -23,15 +29,15 @@ In a Hydra config the terms read as the maths reads::
 
 A term set to ``null`` is dropped; a term of weight 0 is kept (its logged value is 0) but not computed.
 
-Weights can move during training: a term may carry a ``schedule`` (:mod:`detloss.weight_schedules`), a factor
-on its weight set from the training position by :meth:`CompositeLoss.update`; and the composite may take a
-``balancing`` (:mod:`detloss.balancing`) that learns the terms' factors. :meth:`CompositeLoss.current_weights`
+Weights can move during training: a term may carry a ``schedule`` (:mod:`.weight_schedules`), a factor on its
+weight set from the training position by :meth:`CompositeLoss.update`; and the composite may take a
+``balancing`` (:mod:`.balancing`) that learns the terms' factors. :meth:`CompositeLoss.current_weights`
 gives each term's effective weight.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -39,8 +45,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..balancing import Balancer
-from ..weight_schedules import HandOver, Position, WeightSchedule
+from ..losses._utils import autocast_off, check_number
+from .balancing import Balancer
+from .weight_schedules import HandOver, Position, WeightSchedule
 
 __all__ = ["CompositeLoss", "LossOutput", "View"]
 
@@ -65,12 +72,15 @@ class View:
         weight: optional weight of each item along the leading dimension(s) of the unreduced values.
         norm: divide the summed values by this (a tensor stays on the device, no host sync); ``None`` means
             each loss's own ``"mean"``.
+        kwargs: further keywords of every term's call (e.g. a segmentation view's ``spacing``).
+        checked: the criterion has validated these inputs; terms that take ``validate`` get ``validate=False``.
     """
 
     args: tuple
     weight: Tensor | None = None
     norm: Tensor | float | None = None
     kwargs: dict = field(default_factory=dict)
+    checked: bool = False
 
 
 def _align(name: str, weight: Tensor, value: Tensor) -> Tensor:
@@ -89,6 +99,21 @@ class _Term(NamedTuple):
     schedule: WeightSchedule | None
 
 
+def _keywords(name: str, loss: nn.Module) -> frozenset[str]:
+    """Which of the call keywords ``reduction``, ``validate`` the term's ``forward`` takes (``reduction`` it must)."""
+    try:
+        params = inspect.signature(loss.forward).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: assume the contract
+        return frozenset({"reduction"})
+    variadic = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "reduction" not in params and not variadic:
+        raise ValueError(
+            f"term {name!r}: {type(loss).__name__}.forward must take a `reduction` keyword ('none', 'mean' or "
+            "'sum'), which the composite sets per call (see README, 'Adding a loss')"
+        )
+    return frozenset({"reduction"} | ({"validate"} if "validate" in params else set()))
+
+
 def _parse_term(name: str, spec) -> tuple[_Term, float]:
     if not isinstance(spec, Mapping):
         raise ValueError(f"term {name!r} must be a mapping with keys loss, weight, view; got {type(spec).__name__}")
@@ -103,25 +128,19 @@ def _parse_term(name: str, spec) -> tuple[_Term, float]:
         raise ValueError(
             f"term {name!r}: loss must be an nn.Module (e.g. {{_target_: detloss.losses.CIoULoss}}), got {type(loss).__name__}"
         )
-    if not hasattr(loss, "reduction"):
-        raise ValueError(f"term {name!r}: {type(loss).__name__} has no `reduction` attribute for the composite to set")
     if not isinstance(view, str):
         raise ValueError(f"term {name!r}: view must be a string, got {view!r}")
     schedule = spec.get("schedule")
     if schedule is not None and not isinstance(schedule, WeightSchedule):
         raise ValueError(
-            f"term {name!r}: schedule must be a WeightSchedule (e.g. {{_target_: detloss.weight_schedules.LinearWarmup, "
+            f"term {name!r}: schedule must be a WeightSchedule (e.g. {{_target_: detloss.composite.LinearWarmup, "
             f"duration: 3}}), got {type(schedule).__name__}"
         )
     return _Term(loss, view, schedule), _check_weight(name, weight)
 
 
 def _check_weight(name: str, weight) -> float:
-    if isinstance(weight, Tensor):
-        weight = float(weight)
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"term {name!r}: weight must be a finite number >= 0, got {weight!r}")
-    return float(weight)
+    return check_number(f"term {name!r}: weight", float(weight) if isinstance(weight, Tensor) else weight, ge=0)
 
 
 class CompositeLoss(nn.Module):
@@ -130,7 +149,7 @@ class CompositeLoss(nn.Module):
     Args:
         terms: ``{name: {"loss": nn.Module, "weight": float, "view": str, "schedule": WeightSchedule}}``
             (``schedule`` optional); ``None`` drops a term.
-        balancing: an optional :class:`~detloss.balancing.Balancer` that learns the terms' factors.
+        balancing: an optional :class:`~detloss.composite.Balancer` that learns the terms' factors.
     """
 
     def __init__(self, terms: Mapping[str, Mapping | None], balancing: Balancer | None = None):
@@ -141,6 +160,7 @@ class CompositeLoss(nn.Module):
         if not parsed:
             raise ValueError("terms is empty: a composite needs at least one term")
         self.losses = nn.ModuleDict({name: term.loss for name, (term, _) in parsed.items()})
+        self._keywords = {name: _keywords(name, term.loss) for name, (term, _) in parsed.items()}
         self.views: dict[str, str] = {name: term.view for name, (term, _) in parsed.items()}
         self.base_weights: dict[str, float] = {name: weight for name, (_, weight) in parsed.items()}
         self.weights: dict[str, float] = dict(self.base_weights)
@@ -149,7 +169,7 @@ class CompositeLoss(nn.Module):
             if isinstance(schedule, HandOver) and (schedule.to not in self.views or schedule.to == name):
                 raise ValueError(f"term {name!r}: hands its weight over to {schedule.to!r}, which is not another term")
         if balancing is not None and not isinstance(balancing, Balancer):
-            raise ValueError(f"balancing must be a detloss.balancing.Balancer, got {type(balancing).__name__}")
+            raise ValueError(f"balancing must be a detloss.composite.Balancer, got {type(balancing).__name__}")
         if balancing is not None:
             balancing.bind(self.names)
         self.balancing = balancing
@@ -196,21 +216,23 @@ class CompositeLoss(nn.Module):
                 )
 
     def forward(self, views: Mapping[str, View]) -> LossOutput:
+        """Each term on its view, weighted, summed; computed in float32 (autocast is turned off here)."""
         values: dict[str, Tensor] = {}
         terms: dict[str, Tensor] = {}
-        for name, loss in self.losses.items():
-            weight = self.weights[name]
-            view_name = self.views[name]
-            if view_name not in views:
-                raise ValueError(f"term {name!r} asks for view {view_name!r}; views given: {sorted(views)}")
-            view = views[view_name]
-            if weight == 0:
-                terms[name] = torch.zeros((), device=view.args[0].device)
-                continue
-            values[name] = self._evaluate(name, loss, view) * weight
+        first = next((a for v in views.values() for a in v.args if isinstance(a, Tensor)), None)
+        device = first.device if first is not None else torch.device("cpu")
+        with autocast_off(device):
+            for name, loss in self.losses.items():
+                view_name = self.views[name]
+                if view_name not in views:
+                    raise ValueError(f"term {name!r} asks for view {view_name!r}; views given: {sorted(views)}")
+                weight = self.weights[name]
+                if weight == 0:
+                    terms[name] = torch.zeros((), device=device)
+                    continue
+                values[name] = self._evaluate(name, loss, views[view_name]) * weight
         if not values:  # every weight is 0: a zero that stays attached to the graph
-            first = next(iter(views.values())).args[0]
-            total = first.sum() * 0.0 if isinstance(first, Tensor) and first.requires_grad else torch.zeros(())
+            total = first.sum() * 0.0 if first is not None and first.requires_grad else torch.zeros((), device=device)
             return LossOutput(total, terms)
         if self.balancing is not None:
             total, values = self.balancing(values)
@@ -221,17 +243,17 @@ class CompositeLoss(nn.Module):
         terms.update({name: value.detach() for name, value in values.items()})
         return LossOutput(total, {name: terms[name] for name in self.losses}, values)
 
-    @staticmethod
-    def _evaluate(name: str, loss: nn.Module, view: View) -> Tensor:
+    def _evaluate(self, name: str, loss: nn.Module, view: View) -> Tensor:
+        kwargs = dict(view.kwargs)
+        if view.checked and "validate" in self._keywords[name]:
+            kwargs["validate"] = False
         if view.norm is None:  # the loss's own mean (e.g. over valid pixels, or over samples and classes)
-            loss.reduction = "mean"
-            kwargs = view.kwargs if view.weight is None else {**view.kwargs, "weight": view.weight}
-            return loss(*view.args, **kwargs).float()
+            if view.weight is not None:
+                kwargs["weight"] = view.weight
+            return loss(*view.args, reduction="mean", **kwargs).float()
         if view.weight is None:
-            loss.reduction = "sum"
-            return loss(*view.args, **view.kwargs).float() / view.norm
-        loss.reduction = "none"
-        value = loss(*view.args, **view.kwargs)
+            return loss(*view.args, reduction="sum", **kwargs).float() / view.norm
+        value = loss(*view.args, reduction="none", **kwargs)
         return (value * _align(name, view.weight, value)).sum().float() / view.norm
 
     def extra_repr(self) -> str:

@@ -1,13 +1,14 @@
-"""Schedules for the weights of composite terms: constant, linear warm-up, step, cosine, and a two-term hand-over.
+"""Loss-weight schedules: factors on the weights of composite terms (linear warm-up, step, cosine, a two-term
+hand-over). Not to be confused with the learning-rate schedules of :mod:`detloss.tasks.lr_schedules`.
 
 A schedule is a factor on the term's configured weight, a function of the training position alone (optimizer
 step, epoch, and the run's length), so that resuming a run from a checkpoint (which restores step and epoch)
 restores it, with no state of its own. In a loss config a term names it under ``schedule``::
 
     box: {loss: {_target_: detloss.losses.CIoULoss}, weight: 7.5, view: box,
-          schedule: {_target_: detloss.weight_schedules.LinearWarmup, duration: 3, unit: epoch}}
+          schedule: {_target_: detloss.composite.LinearWarmup, duration: 3, unit: epoch}}
 
-The task (:class:`~detloss.tasks.LossTask`) sets every scheduled weight before each optimizer step and logs it
+A term without a schedule keeps its configured weight (factor 1). The task (:class:`~detloss.tasks.LossTask`) sets every scheduled weight before each optimizer step and logs it
 as ``train/weight/<term>``.
 
 ``HandOver`` moves a weight from one term to another: on term ``a`` with ``to: b`` it multiplies ``a``'s weight by
@@ -22,7 +23,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Position", "WeightSchedule", "Constant", "LinearWarmup", "Step", "Cosine", "HandOver"]
+from ..losses._utils import check_number
+
+__all__ = ["Position", "WeightSchedule", "LinearWarmup", "Step", "Cosine", "HandOver"]
 
 UNITS = ("step", "epoch")
 
@@ -51,9 +54,7 @@ def _check_unit(unit: str) -> str:
 
 
 def _check_nonneg(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_number(name, value, ge=0)
 
 
 class WeightSchedule:
@@ -65,13 +66,6 @@ class WeightSchedule:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
-
-
-class Constant(WeightSchedule):
-    """Factor 1: the configured weight throughout (what a term without ``schedule`` has)."""
-
-    def factor(self, position: Position) -> float:
-        return 1.0
 
 
 class LinearWarmup(WeightSchedule):

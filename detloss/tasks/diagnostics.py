@@ -12,9 +12,10 @@ term shares; optionally also the parameters of a named shared layer), and logs
 With ``layer`` set (a dotted path inside the task, e.g. ``model.top_down3`` of the YOLO) the same keys are logged under
 ``diag/layer/...`` for the gradients with respect to that module's parameters.
 
-The gradients are taken with ``torch.autograd.grad`` before the step's own backward (Lightning's
-``on_before_backward``), one backward per term through the criterion only (through the head too when ``layer`` is
-set); the model's parameter gradients and the optimizer step are untouched.
+The gradients are taken with ``torch.autograd.grad`` before the step's own backward (the task hands every
+:class:`~detloss.tasks.StepObserver` the step's output and loss terms right after the criterion), one backward per
+term through the criterion only (through the head too when ``layer`` is set); the model's parameter gradients and
+the optimizer step are untouched.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from __future__ import annotations
 import itertools
 import time
 
-import lightning as L
 import torch
 from torch import Tensor
+
+from .base import StepObserver
 
 __all__ = ["GradientDiagnostics", "term_gradients", "gradient_stats"]
 
@@ -63,7 +65,7 @@ def gradient_stats(grads: dict[str, Tensor]) -> dict[str, Tensor]:
     return stats
 
 
-class GradientDiagnostics(L.Callback):
+class GradientDiagnostics(StepObserver):
     """Log per-term gradient norms, shares and cosines every ``every_n_steps`` steps.
 
     Args:
@@ -81,8 +83,6 @@ class GradientDiagnostics(L.Callback):
         self.last: dict[str, float] = {}
 
     def setup(self, trainer, pl_module, stage):
-        if not hasattr(pl_module, "keep_step_output"):
-            raise ValueError(f"GradientDiagnostics needs a detloss task (LossTask), got {type(pl_module).__name__}")
         if self.layer is not None:
             self._layer_params(pl_module)  # fail at once on a wrong path
 
@@ -97,29 +97,25 @@ class GradientDiagnostics(L.Callback):
             raise ValueError(f"GradientDiagnostics: layer {self.layer!r} has no trainable parameters")
         return params
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        pl_module.keep_step_output = trainer.global_step % self.every_n_steps == 0
+    def observes(self, trainer, step: int) -> bool:
+        return step % self.every_n_steps == 0
 
-    def on_before_backward(self, trainer, pl_module, loss):
-        step_output, pl_module.keep_step_output = pl_module.step_output, False
-        if step_output is None:
-            return
-        start = time.perf_counter()
-        outputs, out = step_output
-        values = out.values or {}
+    def on_loss(self, trainer, task, outputs, loss) -> None:
+        values = loss.values or {}
         if not values:
             return
+        start = time.perf_counter()
         stats = {f"diag/{k}": v for k, v in gradient_stats(term_gradients(values, _tensors(outputs))).items()}
         if self.layer is not None:
-            layer_grads = term_gradients(values, self._layer_params(pl_module))
+            layer_grads = term_gradients(values, self._layer_params(task))
             stats |= {f"diag/layer/{k}": v for k, v in gradient_stats(layer_grads).items()}
-        if out.total.device.type == "cuda":
-            torch.cuda.synchronize(out.total.device)  # the time of the work, not of its launch
-        values = {key: float(value) for key, value in stats.items()}
-        values["diag/seconds"] = time.perf_counter() - start
-        self.last = values
+        if loss.total.device.type == "cuda":
+            torch.cuda.synchronize(loss.total.device)  # the time of the work, not of its launch
+        logged = {key: float(value) for key, value in stats.items()}
+        logged["diag/seconds"] = time.perf_counter() - start
+        self.last = logged
         # straight to the loggers, at the measured step: through LightningModule.log a value logged every N steps
         # would be written again at each logging interval in between, and at the interval's step
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
+                logger.log_metrics(logged, step=trainer.global_step)

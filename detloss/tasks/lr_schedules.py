@@ -1,4 +1,5 @@
-"""Learning-rate schedules stepped per optimizer step."""
+"""Learning-rate schedules, stepped per optimizer step (the loss-weight schedules are in
+:mod:`detloss.composite.weight_schedules`)."""
 
 from __future__ import annotations
 

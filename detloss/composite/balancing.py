@@ -1,6 +1,6 @@
 """Learned balancing of composite terms: homoscedastic uncertainty weighting and dynamic weight averaging.
 
-A balancer sits inside a :class:`~detloss.losses.CompositeLoss` (``balancing:`` in a loss config) and turns the
+A balancer sits inside a :class:`~detloss.composite.CompositeLoss` (``balancing:`` in a loss config) and turns the
 terms' weighted values ``v_i = w_i · L_i`` into the total. Its state (learned parameters, loss history) is part of
 the module, so checkpoints carry it; :meth:`Balancer.factors` gives each term's current multiplier, which the task
 logs as part of ``train/weight/<term>`` (the configured weight times the factor).
@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..losses._utils import check_number
 from .weight_schedules import Position
 
 __all__ = ["Balancer", "UncertaintyWeighting", "DynamicWeightAverage"]
@@ -57,9 +58,7 @@ class UncertaintyWeighting(Balancer):
 
     def __init__(self, init: float = 0.0):
         super().__init__()
-        if not math.isfinite(init):
-            raise ValueError(f"init must be finite, got {init!r}")
-        self.init = float(init)
+        self.init = check_number("init", init)
         self.log_vars = nn.ParameterDict()
 
     def bind(self, names: list[str]) -> None:
@@ -88,9 +87,7 @@ class DynamicWeightAverage(Balancer):
 
     def __init__(self, temperature: float = 2.0):
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = check_number("temperature", temperature, gt=0)
         self._seen_epoch: int | None = None  # the last epoch update() saw; not state: a resumed run reads the buffer
 
     def bind(self, names: list[str]) -> None:

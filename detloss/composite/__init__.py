@@ -1,0 +1,33 @@
+"""Composite losses: named, weighted terms over the views a criterion builds, and how their weights move.
+
+* :class:`CompositeLoss`, :class:`View`, :class:`LossOutput` (``loss.py``): the weighted sum, reduced and
+  normalised in one place;
+* :class:`Criterion` (``criterion.py``): the contract between a task and the loss of a head;
+* loss-weight schedules (``weight_schedules.py``): stateless factors on term weights read from the
+  training :class:`Position`;
+* learned balancing (``balancing.py``): uncertainty weighting, dynamic weight averaging.
+
+This package knows terms, weights, views, reductions and the training position; it does not know what a box or a
+voxel is.
+"""
+
+from .balancing import Balancer, DynamicWeightAverage, UncertaintyWeighting
+from .criterion import Criterion
+from .loss import CompositeLoss, LossOutput, View
+from .weight_schedules import Cosine, HandOver, LinearWarmup, Position, Step, WeightSchedule
+
+__all__ = [
+    "CompositeLoss",
+    "LossOutput",
+    "View",
+    "Criterion",
+    "Position",
+    "WeightSchedule",
+    "LinearWarmup",
+    "Step",
+    "Cosine",
+    "HandOver",
+    "Balancer",
+    "UncertaintyWeighting",
+    "DynamicWeightAverage",
+]

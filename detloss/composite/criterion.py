@@ -1,0 +1,53 @@
+"""The criterion contract: what a task may rely on in the loss of a head.
+
+A criterion knows the geometry of one task (anchors and boxes, or pixels and voxels). It turns the raw output of a
+model and the batch's targets into *views*, the matched inputs that one kind of term needs, and lets its
+:class:`~detloss.composite.CompositeLoss` weigh the terms. Tasks, callbacks and tools rely on exactly this:
+
+* ``criterion(outputs, targets) -> LossOutput``;
+* ``criterion.loss``: the composite (its terms, weights, schedules and balancing);
+* ``criterion.views``: the names of the views it builds (the composite's terms must ask for those);
+* ``criterion.num_classes``: the classes of the head (background included for segmentation).
+
+A new task's criterion subclasses :class:`Criterion`, sets ``views`` and implements :meth:`build_views`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..losses._utils import check_number
+from .loss import CompositeLoss, LossOutput, View
+
+__all__ = ["Criterion"]
+
+
+class Criterion(nn.Module):
+    """Base of the criteria: checks the composite against the views at construction, and computes
+    ``loss(build_views(outputs, targets))``.
+
+    Args:
+        num_classes: classes of the head, at least ``min_classes``.
+        loss: the composite whose terms take this criterion's views.
+    """
+
+    views: ClassVar[frozenset[str]] = frozenset()
+    min_classes: ClassVar[int] = 1
+
+    def __init__(self, num_classes: int, loss: CompositeLoss):
+        super().__init__()
+        self.num_classes = check_number("num_classes", num_classes, integer=True, ge=self.min_classes)
+        if not isinstance(loss, CompositeLoss):
+            raise ValueError(f"loss must be a detloss.composite.CompositeLoss, got {type(loss).__name__}")
+        loss.check_views(self.views, type(self).__name__)
+        self.loss = loss
+
+    def build_views(self, outputs: Any, targets: Any) -> Mapping[str, View]:
+        """The views of one batch, by name (a subset of :attr:`views` is allowed where terms do not need all)."""
+        raise NotImplementedError
+
+    def forward(self, outputs: Any, targets: Any) -> LossOutput:
+        return self.loss(self.build_views(outputs, targets))
