@@ -12,7 +12,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from detloss import report as rep  # noqa: E402
+from detloss.report import aggregate, find_runs, group_points, load_run, main, plots, report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TERMS = ("box", "cls")
@@ -92,7 +92,7 @@ def assert_png(path: Path) -> None:
 
 def test_sweep_aggregates_seeds_and_sorts(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
-    md = rep.report(sweep)
+    md = report(sweep)
     assert md == sweep / "report" / "report.md"
     rows = read_rows(sweep / "report" / "report.csv")
     assert len(rows) == 2
@@ -120,16 +120,17 @@ def test_sweep_aggregates_seeds_and_sorts(tmp_path):
 
 def test_best_run_is_best_seed_of_best_point(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
-    points = rep.sort_points(rep.group_points(rep.find_runs(sweep)), "val/map_50", "max")
+    points = aggregate.sort_points(group_points(find_runs(sweep)), "val/map_50", "max")
     assert points[0].best_run("val/map_50", "max").dir.name == "3"
-    assert [p.settings["loss.terms.box.weight"] for p in rep.sort_points(points, "val/map_50", "min")] == ["2.5", "7.5"]
+    worst_first = aggregate.sort_points(points, "val/map_50", "min")
+    assert [p.settings["loss.terms.box.weight"] for p in worst_first] == ["2.5", "7.5"]
 
 
 def test_failed_job_is_reported(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", failed=True)
     (sweep / "5" / ".hydra").mkdir(parents=True)  # a job that never wrote metrics.json
     (sweep / "5" / ".hydra" / "overrides.yaml").write_text("- loss.terms.box.weight=9.0\n- seed=0\n")
-    text = rep.report(sweep).read_text()
+    text = report(sweep).read_text()
     rows = read_rows(sweep / "report" / "report.csv")
     assert [r["loss.terms.box.weight"] for r in rows] == ["7.5", "2.5", "9.0"]  # the all-failed point last
     failed = rows[1]
@@ -145,7 +146,7 @@ def test_failed_job_is_reported(tmp_path):
 def test_single_run_report_draws_every_curve(tmp_path):
     run = make_run(tmp_path / "run", 0.75, ["seed=3"], 3, with_csv=False)
     write_csv(run, diag=True)
-    md = rep.report(run, tmp_path / "out")
+    md = report(run, tmp_path / "out")
     assert md == tmp_path / "out" / "report.md"
     text = md.read_text()
     for name in ("loss_terms", "loss_share", "metrics", "weights", "grad_norm", "grad_share", "grad_cos"):
@@ -156,7 +157,7 @@ def test_single_run_report_draws_every_curve(tmp_path):
 
 def test_single_run_without_diagnostics_skips_their_plots(tmp_path):
     run = make_run(tmp_path / "run", 0.75, [], 0)
-    rep.report(run)
+    report(run)
     out = run / "report"
     assert {p.name for p in out.glob("*.png")} == {"loss_terms.png", "loss_share.png", "metrics.png"}
 
@@ -164,7 +165,7 @@ def test_single_run_without_diagnostics_skips_their_plots(tmp_path):
 def test_run_without_csv_has_numbers_and_no_plots(tmp_path):
     run = make_run(tmp_path / "run", None, [], 0, status="failed", error="RuntimeError: out of memory",
                    with_csv=False)
-    text = rep.report(run).read_text()
+    text = report(run).read_text()
     assert "RuntimeError: out of memory" in text and "No curves" in text
     assert not list((run / "report").glob("*.png"))
 
@@ -178,19 +179,19 @@ def test_old_records_fall_back_to_hydra_files(tmp_path):
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text("- loss=yolo\n- seed=7\n")
     (run / "config.yaml").write_text("model:\n  seed: 1\nseed: 7\n")
-    loaded = rep.load_run(run)
+    loaded = load_run(run)
     assert loaded.overrides == ["loss=yolo", "seed=7"] and loaded.seed == 7 and loaded.mode == "max"
-    assert rep.point_key(loaded) == ("loss=yolo",)
+    assert aggregate.point_key(loaded) == ("loss=yolo",)
 
 
 def test_categorical_sweep_draws_bars(tmp_path, monkeypatch):
     calls = []
-    bars = rep.plot_sweep_categorical
-    monkeypatch.setattr(rep, "plot_sweep_categorical", lambda *a: calls.append(a[1]) or bars(*a))
+    bars = plots.plot_sweep_categorical
+    monkeypatch.setattr(plots, "plot_sweep_categorical", lambda *a: calls.append(a[1]) or bars(*a))
     for job, (loss, seed, value) in enumerate([("yolo", 0, 0.4), ("yolo", 1, 0.5), ("yolo_vfl", 0, 0.6),
                                                ("yolo_vfl", 1, 0.7)]):
         make_run(tmp_path / "sweep" / str(job), value, [f"loss={loss}", f"seed={seed}"], seed, with_csv=False)
-    text = rep.report(tmp_path / "sweep").read_text()
+    text = report(tmp_path / "sweep").read_text()
     assert calls == ["loss"]
     assert_png(tmp_path / "sweep" / "report" / "sweep_loss.png")
     assert [r["loss"] for r in read_rows(tmp_path / "sweep" / "report" / "report.csv")] == ["yolo_vfl", "yolo"]
@@ -200,15 +201,15 @@ def test_categorical_sweep_draws_bars(tmp_path, monkeypatch):
 
 def test_missing_or_empty_path_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
-        rep.report(tmp_path / "nowhere")
+        report(tmp_path / "nowhere")
     (tmp_path / "empty" / "0").mkdir(parents=True)
     with pytest.raises(SystemExit, match="no run in .*empty"):
-        rep.report(tmp_path / "empty")
+        report(tmp_path / "empty")
 
 
 def test_main_end_to_end(tmp_path, capsys):
     sweep = make_sweep(tmp_path / "sweep", failed=True)
-    assert rep.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed == str(tmp_path / "out" / "report.md")
     assert (tmp_path / "out" / "report.csv").is_file() and not (sweep / "report").exists()
