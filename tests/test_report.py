@@ -200,11 +200,27 @@ def test_categorical_sweep_draws_bars(tmp_path, monkeypatch):
 
 
 def test_missing_or_empty_path_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         report(tmp_path / "nowhere")
+    assert main([str(tmp_path / "nowhere")]) != 0
+    (tmp_path / "file.txt").write_text("not a run")
+    with pytest.raises(ValueError, match="file.txt is not a directory"):
+        report(tmp_path / "file.txt")
+    assert main([str(tmp_path / "file.txt")]) != 0
     (tmp_path / "empty" / "0").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="no run in .*empty"):
+    with pytest.raises(ValueError, match="no run in .*empty"):
         report(tmp_path / "empty")
+    assert main([str(tmp_path / "empty")]) != 0
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "empty" / "report").exists()
+
+
+def test_main_prints_one_line_error_for_a_missing_path(tmp_path, capsys):
+    missing = tmp_path / "no" / "such" / "sweep"
+    assert main([str(missing), "--out", str(tmp_path / "out")]) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"detloss-report: error: {missing} does not exist\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_main_end_to_end(tmp_path, capsys):

@@ -25,6 +25,10 @@ sorted by the optimised metric, plus ``sweep_<key>.png`` per swept key (metric a
 numeric keys, bars for categorical ones) and the best run's report in ``best_run/``. A run: ``report.md`` with
 the final numbers and ``loss_terms.png``, ``loss_share.png``, ``metrics.png``, ``weights.png``,
 ``grad_norm.png``, ``grad_share.png``, ``grad_cos.png`` where their data exists.
+
+Errors. ``report()`` raises ``FileNotFoundError`` for a PATH that does not exist and ``ValueError`` for one that is
+not a directory or holds no run; ``detloss-report`` prints them as one line, ``detloss-report: error: ...``, on
+stderr and exits with status 1.
 """
 
 # Layout: load.py reads run directories (metrics.json, csv/metrics.csv); aggregate.py groups a sweep's runs into

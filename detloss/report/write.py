@@ -76,14 +76,20 @@ def _best_run_section(points: Sequence[Point], metric: str, mode: str, sweep_dir
 
 
 def report(path: Path | str, out: Path | str | None = None) -> Path:
-    """Write the report of the run or sweep in ``path``; return the path of its ``report.md``."""
+    """Write the report of the run or sweep in ``path``; return the path of its ``report.md``.
+
+    Raises ``FileNotFoundError`` when ``path`` does not exist, ``ValueError`` when it is not a directory or holds
+    no run (no ``metrics.json`` in it, in a subdirectory or in a subdirectory's subdirectory).
+    """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
     if not path.is_dir():
-        raise SystemExit(f"detloss-report: {path} does not exist or is not a directory")
+        raise ValueError(f"{path} is not a directory (expected a run directory with metrics.json or a sweep directory)")
     out = Path(out) if out is not None else path / "report"
     if (path / "metrics.json").is_file():
         return write_run_report(load_run(path), out)
     runs = find_runs(path, skip=[out])
     if not runs:
-        raise SystemExit(f"detloss-report: no run in {path} (no metrics.json in it or in its job subdirectories)")
+        raise ValueError(f"no run in {path} (no metrics.json in it or in its job subdirectories)")
     return write_sweep_report(runs, path, out)
