@@ -12,14 +12,17 @@ import pytest
 
 matplotlib.use("Agg")
 
-from detloss.report import aggregate, find_runs, group_points, load_run, main, plots, report  # noqa: E402
+from detloss.report import (aggregate, find_runs, group_points, load_run, main, plots, read_series,  # noqa: E402
+                            report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TERMS = ("box", "cls")
 
 
-def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = False) -> None:
-    """A small Lightning-style CSV: sparse rows, lr rows, per-step train rows and per-epoch validation rows."""
+def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = False,
+              other_diag: bool = False) -> None:
+    """A small Lightning-style CSV: sparse rows, lr rows, per-step train rows and per-epoch validation rows;
+    ``other_diag``: ``diag/<family>/...`` keys of other families, every 5 steps in rows of their own."""
     rows: list[dict[str, float | int]] = []
     for step in range(steps):
         epoch = step // val_every
@@ -32,6 +35,10 @@ def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = 
             row.update({f"diag/grad_share/{t}": 0.3 + 0.4 * i for i, t in enumerate(TERMS)})
             row["diag/grad_cos/box__cls"] = -0.2 + 0.01 * step
         rows.append(row)
+        if other_diag and step % 5 == 0:
+            rows.append({"epoch": epoch, "step": step, "diag/seconds": 0.01,
+                         "diag/assign/one2one/unmatched/small": step % 7, "diag/assign/one2one/unmatched/large": 1.0,
+                         "diag/assign/one2many/matched": 10.0 + step, "diag/layer/grad_norm/box": 0.1 * step})
         if (step + 1) % val_every == 0:
             val = {f"val/loss/{t}": (i + 1) * 2.5 / (1 + 0.1 * step) for i, t in enumerate(TERMS)}
             rows.append({"epoch": epoch, "step": step, **val, "val/loss": sum(val.values()),
@@ -153,6 +160,29 @@ def test_single_run_report_draws_every_curve(tmp_path):
         assert_png(tmp_path / "out" / f"{name}.png")
         assert f"({name}.png)" in text
     assert "val/map_50" in text and "0.75" in text and "| box |" in text
+
+
+def test_other_diag_families_are_plotted_one_figure_per_family(tmp_path):
+    plain = make_run(tmp_path / "plain", 0.75, [], 0, with_csv=False)
+    write_csv(plain, diag=True)
+    extra = make_run(tmp_path / "extra", 0.75, [], 0, with_csv=False)
+    write_csv(extra, diag=True, other_diag=True)
+    families = plots.diag_families(read_series(extra / "csv" / "metrics.csv"))
+    assert {f: sorted(c) for f, c in families.items()} == {
+        "assign": ["one2many/matched", "one2one/unmatched/large", "one2one/unmatched/small"],
+        "layer": ["grad_norm/box"]}
+    assert families["assign"]["one2many/matched"] == ([0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0],
+                                                      [10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0])
+    text = report(extra).read_text()
+    report(plain)
+    for name in ("diag_assign", "diag_layer"):
+        assert_png(extra / "report" / f"{name}.png")
+        assert f"({name}.png)" in text
+    assert "### Diagnostics diag/assign/..." in text
+    pngs = {p.name for p in (extra / "report").glob("*.png")}
+    assert pngs - {p.name for p in (plain / "report").glob("*.png")} == {"diag_assign.png", "diag_layer.png"}
+    for name in ("grad_norm", "grad_share", "grad_cos"):  # the gradient figures stay as they were
+        assert (extra / "report" / f"{name}.png").read_bytes() == (plain / "report" / f"{name}.png").read_bytes()
 
 
 def test_single_run_without_diagnostics_skips_their_plots(tmp_path):

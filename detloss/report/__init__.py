@@ -17,14 +17,16 @@ Inputs, as ``detloss-train`` writes them into a run directory:
     Lightning's CSVLogger file: columns ``epoch``, ``step`` and one per logged key, rows sparse (a row holds
     only the keys logged at that step). Keys read: ``train/loss``, ``train/loss/<term>`` (per step),
     ``val/loss``, ``val/loss/<term>``, ``val/<metric>`` (per validation epoch), ``train/weight/<term>``,
-    ``diag/grad_norm/<term>``, ``diag/grad_share/<term>``, ``diag/grad_cos/<a>__<b>``. Any may be absent.
+    ``diag/grad_norm/<term>``, ``diag/grad_share/<term>``, ``diag/grad_cos/<a>__<b>``, and any other
+    ``diag/<family>/<name>`` (such as ``diag/assign/one2one/unmatched/small``). Any may be absent.
 
 Outputs. A sweep: ``report.md`` and ``report.csv`` with one row per sweep point (a job's overrides without
 ``seed=``; the jobs of one point differ only in seed and are aggregated as mean and sample std over seeds),
 sorted by the optimised metric, plus ``sweep_<key>.png`` per swept key (metric against the value, lines for
 numeric keys, bars for categorical ones) and the best run's report in ``best_run/``. A run: ``report.md`` with
 the final numbers and ``loss_terms.png``, ``loss_share.png``, ``metrics.png``, ``weights.png``,
-``grad_norm.png``, ``grad_share.png``, ``grad_cos.png`` where their data exists.
+``grad_norm.png``, ``grad_share.png``, ``grad_cos.png`` where their data exists, and one ``diag_<family>.png``
+(a line per ``<name>``) for each other ``diag/<family>/`` family logged.
 
 Errors. ``report()`` raises ``FileNotFoundError`` for a PATH that does not exist and ``ValueError`` for one that is
 not a directory or holds no run; ``detloss-report`` prints them as one line, ``detloss-report: error: ...``, on

@@ -15,6 +15,8 @@ from detloss.report.aggregate import Point, by_others, headline, is_loss, value_
 from detloss.report.load import Series, to_float
 
 STEP = "optimizer step"
+_DIAG_PLOTTED = ("grad_norm", "grad_share", "grad_cos")
+"""The ``diag/<family>/`` families with a figure of their own; every other family is drawn in ``diag_<family>.png``."""
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -170,7 +172,26 @@ def run_plots(series: Series, out: Path, metric: str | None) -> dict[str, Path]:
             cos, out / "grad_cos.png", "Cosine similarity between loss term gradients (below 0: conflict)",
             "cosine similarity", zero_line=True),
     }
+    stems: set[str] = set()
+    for family, curves in diag_families(series).items():
+        stem, n = f"diag_{_safe_name(family)}", 1
+        while stem in stems:  # two families that differ only in characters a file name leaves out
+            n += 1
+            stem = f"diag_{_safe_name(family)}_{n}"
+        stems.add(stem)
+        plots[f"Diagnostics diag/{family}/..."] = _plot_lines(
+            curves, out / f"{stem}.png", f"diag/{family}/... (light: raw, dark: smoothed)", "logged value")
     return {title: path for title, path in plots.items() if path is not None}
+
+
+def diag_families(series: Series) -> dict[str, Series]:
+    """The ``diag/<family>/<name>`` curves that no plot above draws, by family, each keyed by ``<name>``."""
+    families: dict[str, Series] = {}
+    for key in sorted(series):
+        _, family, name = (key.split("/", 2) + ["", ""])[:3]
+        if key.startswith("diag/") and family and name and family not in _DIAG_PLOTTED:
+            families.setdefault(family, {})[name] = series[key]
+    return families
 
 
 # -------------------------------------------------------------------------------------------------- sweeps
