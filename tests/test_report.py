@@ -12,14 +12,17 @@ import pytest
 
 matplotlib.use("Agg")
 
-from detloss import report as rep  # noqa: E402
+from detloss.report import (aggregate, find_runs, group_points, load_run, main, plots, read_series,  # noqa: E402
+                            report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TERMS = ("box", "cls")
 
 
-def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = False) -> None:
-    """A small Lightning-style CSV: sparse rows, lr rows, per-step train rows and per-epoch validation rows."""
+def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = False,
+              other_diag: bool = False) -> None:
+    """A small Lightning-style CSV: sparse rows, lr rows, per-step train rows and per-epoch validation rows;
+    ``other_diag``: ``diag/<family>/...`` keys of other families, every 5 steps in rows of their own."""
     rows: list[dict[str, float | int]] = []
     for step in range(steps):
         epoch = step // val_every
@@ -32,6 +35,10 @@ def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = 
             row.update({f"diag/grad_share/{t}": 0.3 + 0.4 * i for i, t in enumerate(TERMS)})
             row["diag/grad_cos/box__cls"] = -0.2 + 0.01 * step
         rows.append(row)
+        if other_diag and step % 5 == 0:
+            rows.append({"epoch": epoch, "step": step, "diag/seconds": 0.01,
+                         "diag/assign/one2one/unmatched/small": step % 7, "diag/assign/one2one/unmatched/large": 1.0,
+                         "diag/assign/one2many/matched": 10.0 + step, "diag/layer/grad_norm/box": 0.1 * step})
         if (step + 1) % val_every == 0:
             val = {f"val/loss/{t}": (i + 1) * 2.5 / (1 + 0.1 * step) for i, t in enumerate(TERMS)}
             rows.append({"epoch": epoch, "step": step, **val, "val/loss": sum(val.values()),
@@ -92,7 +99,7 @@ def assert_png(path: Path) -> None:
 
 def test_sweep_aggregates_seeds_and_sorts(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
-    md = rep.report(sweep)
+    md = report(sweep)
     assert md == sweep / "report" / "report.md"
     rows = read_rows(sweep / "report" / "report.csv")
     assert len(rows) == 2
@@ -120,16 +127,17 @@ def test_sweep_aggregates_seeds_and_sorts(tmp_path):
 
 def test_best_run_is_best_seed_of_best_point(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
-    points = rep.sort_points(rep.group_points(rep.find_runs(sweep)), "val/map_50", "max")
+    points = aggregate.sort_points(group_points(find_runs(sweep)), "val/map_50", "max")
     assert points[0].best_run("val/map_50", "max").dir.name == "3"
-    assert [p.settings["loss.terms.box.weight"] for p in rep.sort_points(points, "val/map_50", "min")] == ["2.5", "7.5"]
+    worst_first = aggregate.sort_points(points, "val/map_50", "min")
+    assert [p.settings["loss.terms.box.weight"] for p in worst_first] == ["2.5", "7.5"]
 
 
 def test_failed_job_is_reported(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", failed=True)
     (sweep / "5" / ".hydra").mkdir(parents=True)  # a job that never wrote metrics.json
     (sweep / "5" / ".hydra" / "overrides.yaml").write_text("- loss.terms.box.weight=9.0\n- seed=0\n")
-    text = rep.report(sweep).read_text()
+    text = report(sweep).read_text()
     rows = read_rows(sweep / "report" / "report.csv")
     assert [r["loss.terms.box.weight"] for r in rows] == ["7.5", "2.5", "9.0"]  # the all-failed point last
     failed = rows[1]
@@ -145,7 +153,7 @@ def test_failed_job_is_reported(tmp_path):
 def test_single_run_report_draws_every_curve(tmp_path):
     run = make_run(tmp_path / "run", 0.75, ["seed=3"], 3, with_csv=False)
     write_csv(run, diag=True)
-    md = rep.report(run, tmp_path / "out")
+    md = report(run, tmp_path / "out")
     assert md == tmp_path / "out" / "report.md"
     text = md.read_text()
     for name in ("loss_terms", "loss_share", "metrics", "weights", "grad_norm", "grad_share", "grad_cos"):
@@ -154,9 +162,32 @@ def test_single_run_report_draws_every_curve(tmp_path):
     assert "val/map_50" in text and "0.75" in text and "| box |" in text
 
 
+def test_other_diag_families_are_plotted_one_figure_per_family(tmp_path):
+    plain = make_run(tmp_path / "plain", 0.75, [], 0, with_csv=False)
+    write_csv(plain, diag=True)
+    extra = make_run(tmp_path / "extra", 0.75, [], 0, with_csv=False)
+    write_csv(extra, diag=True, other_diag=True)
+    families = plots.diag_families(read_series(extra / "csv" / "metrics.csv"))
+    assert {f: sorted(c) for f, c in families.items()} == {
+        "assign": ["one2many/matched", "one2one/unmatched/large", "one2one/unmatched/small"],
+        "layer": ["grad_norm/box"]}
+    assert families["assign"]["one2many/matched"] == ([0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0],
+                                                      [10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0])
+    text = report(extra).read_text()
+    report(plain)
+    for name in ("diag_assign", "diag_layer"):
+        assert_png(extra / "report" / f"{name}.png")
+        assert f"({name}.png)" in text
+    assert "### Diagnostics diag/assign/..." in text
+    pngs = {p.name for p in (extra / "report").glob("*.png")}
+    assert pngs - {p.name for p in (plain / "report").glob("*.png")} == {"diag_assign.png", "diag_layer.png"}
+    for name in ("grad_norm", "grad_share", "grad_cos"):  # the gradient figures stay as they were
+        assert (extra / "report" / f"{name}.png").read_bytes() == (plain / "report" / f"{name}.png").read_bytes()
+
+
 def test_single_run_without_diagnostics_skips_their_plots(tmp_path):
     run = make_run(tmp_path / "run", 0.75, [], 0)
-    rep.report(run)
+    report(run)
     out = run / "report"
     assert {p.name for p in out.glob("*.png")} == {"loss_terms.png", "loss_share.png", "metrics.png"}
 
@@ -164,7 +195,7 @@ def test_single_run_without_diagnostics_skips_their_plots(tmp_path):
 def test_run_without_csv_has_numbers_and_no_plots(tmp_path):
     run = make_run(tmp_path / "run", None, [], 0, status="failed", error="RuntimeError: out of memory",
                    with_csv=False)
-    text = rep.report(run).read_text()
+    text = report(run).read_text()
     assert "RuntimeError: out of memory" in text and "No curves" in text
     assert not list((run / "report").glob("*.png"))
 
@@ -178,19 +209,19 @@ def test_old_records_fall_back_to_hydra_files(tmp_path):
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text("- loss=yolo\n- seed=7\n")
     (run / "config.yaml").write_text("model:\n  seed: 1\nseed: 7\n")
-    loaded = rep.load_run(run)
+    loaded = load_run(run)
     assert loaded.overrides == ["loss=yolo", "seed=7"] and loaded.seed == 7 and loaded.mode == "max"
-    assert rep.point_key(loaded) == ("loss=yolo",)
+    assert aggregate.point_key(loaded) == ("loss=yolo",)
 
 
 def test_categorical_sweep_draws_bars(tmp_path, monkeypatch):
     calls = []
-    bars = rep.plot_sweep_categorical
-    monkeypatch.setattr(rep, "plot_sweep_categorical", lambda *a: calls.append(a[1]) or bars(*a))
+    bars = plots.plot_sweep_categorical
+    monkeypatch.setattr(plots, "plot_sweep_categorical", lambda *a: calls.append(a[1]) or bars(*a))
     for job, (loss, seed, value) in enumerate([("yolo", 0, 0.4), ("yolo", 1, 0.5), ("yolo_vfl", 0, 0.6),
                                                ("yolo_vfl", 1, 0.7)]):
         make_run(tmp_path / "sweep" / str(job), value, [f"loss={loss}", f"seed={seed}"], seed, with_csv=False)
-    text = rep.report(tmp_path / "sweep").read_text()
+    text = report(tmp_path / "sweep").read_text()
     assert calls == ["loss"]
     assert_png(tmp_path / "sweep" / "report" / "sweep_loss.png")
     assert [r["loss"] for r in read_rows(tmp_path / "sweep" / "report" / "report.csv")] == ["yolo_vfl", "yolo"]
@@ -199,16 +230,32 @@ def test_categorical_sweep_draws_bars(tmp_path, monkeypatch):
 
 
 def test_missing_or_empty_path_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
-        rep.report(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        report(tmp_path / "nowhere")
+    assert main([str(tmp_path / "nowhere")]) != 0
+    (tmp_path / "file.txt").write_text("not a run")
+    with pytest.raises(ValueError, match="file.txt is not a directory"):
+        report(tmp_path / "file.txt")
+    assert main([str(tmp_path / "file.txt")]) != 0
     (tmp_path / "empty" / "0").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="no run in .*empty"):
-        rep.report(tmp_path / "empty")
+    with pytest.raises(ValueError, match="no run in .*empty"):
+        report(tmp_path / "empty")
+    assert main([str(tmp_path / "empty")]) != 0
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "empty" / "report").exists()
+
+
+def test_main_prints_one_line_error_for_a_missing_path(tmp_path, capsys):
+    missing = tmp_path / "no" / "such" / "sweep"
+    assert main([str(missing), "--out", str(tmp_path / "out")]) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"detloss-report: error: {missing} does not exist\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_main_end_to_end(tmp_path, capsys):
     sweep = make_sweep(tmp_path / "sweep", failed=True)
-    assert rep.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed == str(tmp_path / "out" / "report.md")
     assert (tmp_path / "out" / "report.csv").is_file() and not (sweep / "report").exists()

@@ -60,7 +60,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert jobs["0"]["status"] == "failed" and "learning rate" in jobs["0"]["error"]
     assert "Traceback" in (sweep / "0" / "error.txt").read_text()
     assert jobs["1"]["status"] == "ok"
-    report_main([str(sweep)])
+    assert report_main([str(sweep)]) == 0
     markdown = (sweep / "report" / "report.md").read_text()
     assert "Failed" in markdown and "learning rate" in markdown
 
@@ -83,7 +83,7 @@ def test_a_single_failing_run_exits_with_the_error(tmp_path):
 def test_seeds_are_aggregated_in_the_report(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli("-m", "task=segmentation", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    report_main([str(sweep)])
+    assert report_main([str(sweep)]) == 0
     (row,) = list(csv.DictReader((sweep / "report" / "report.csv").open()))
     assert row["seeds"] == "2"
     values = [r["value"] for r in records(sweep).values()]

@@ -40,7 +40,8 @@ def train(*overrides: str) -> float:
 def report(path: Path) -> Path:
     from detloss.report import main
 
-    main([str(path)])
+    if main([str(path)]) != 0:  # it printed why
+        raise SystemExit(f"detloss-report {path} failed")
     return path / "report"
 
 
