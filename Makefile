@@ -5,7 +5,7 @@ PIP_INSTALL = $(PYTHON) -m pip install -e ".[dev]"
 CHECK_TORCHVISION = $(PYTHON) -c "import torch, torchvision.ops as o; o.nms(torch.rand(1, 4), torch.rand(1), 0.5)" \
 	|| { echo "torchvision's ops do not load against this torch; reinstall the pair: see README, Install"; exit 1; }
 
-.PHONY: install train test test-slow bench
+.PHONY: install lint train test test-slow bench
 
 install:
 	$(PIP_INSTALL)
@@ -14,7 +14,11 @@ install:
 train: install
 	$(PYTHON) -m detloss.train
 
-test: install
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+test: install lint
 	$(PYTHON) -m pytest
 
 test-slow: install

@@ -99,9 +99,7 @@ def test_ciou_alpha_is_constant_in_the_gradient():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_degenerate_boxes(kind):
-    pred = torch.tensor(
-        [[1.0, 1, 1, 1], [2, 2, 2, 5], [0, 0, 4, 4], [5, 5, 5, 5], [0, 0, 3, 0]], requires_grad=True
-    )
+    pred = torch.tensor([[1.0, 1, 1, 1], [2, 2, 2, 5], [0, 0, 4, 4], [5, 5, 5, 5], [0, 0, 3, 0]], requires_grad=True)
     target = torch.tensor([[1.0, 1, 1, 1], [2, 2, 2, 5], [0, 0, 4, 4], [0, 0, 2, 2], [0, 0, 3, 0]])
     loss = iou_loss(pred, target, kind, reduction="none")
     loss.sum().backward()
@@ -132,7 +130,9 @@ def test_reductions_and_weight():
 def test_leading_dims():
     pred, target = random_boxes(12)
     flat = iou_loss(pred, target, "ciou", reduction="none")
-    torch.testing.assert_close(iou_loss(pred.view(3, 4, 4), target.view(3, 4, 4), "ciou", reduction="none"), flat.view(3, 4))
+    torch.testing.assert_close(
+        iou_loss(pred.view(3, 4, 4), target.view(3, 4, 4), "ciou", reduction="none"), flat.view(3, 4)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -155,7 +155,9 @@ def test_modules_and_kinds():
     pred, target = random_boxes(5)
     assert GIoULoss().kind == "giou"
     torch.testing.assert_close(GIoULoss()(pred, target), iou_loss(pred, target, "giou"))
-    torch.testing.assert_close(IoULoss("eiou", reduction="sum")(pred, target), iou_loss(pred, target, "eiou", reduction="sum"))
+    torch.testing.assert_close(
+        IoULoss("eiou", reduction="sum")(pred, target), iou_loss(pred, target, "eiou", reduction="sum")
+    )
     with pytest.raises(ValueError, match="kind"):
         IoULoss("xiou")
     with pytest.raises(ValueError, match="kind"):

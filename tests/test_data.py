@@ -356,7 +356,9 @@ def test_letterbox_function_round_trip():
     image = torch.rand(3, 50, 100)
     out, scale, pad = letterbox(image, 128)
     assert out.shape == (3, 128, 128) and scale == pytest.approx(1.28) and pad == (0, 32)
-    assert torch.allclose(out[:, :32], torch.tensor(PAD_VALUE)) and torch.allclose(out[:, -32:], torch.tensor(PAD_VALUE))
+    assert torch.allclose(out[:, :32], torch.tensor(PAD_VALUE)) and torch.allclose(
+        out[:, -32:], torch.tensor(PAD_VALUE)
+    )
     boxes = torch.tensor([[10.0, 5.0, 30.0, 45.0]])
     moved = boxes * scale + torch.tensor([0, 32, 0, 32])
     torch.testing.assert_close(unletterbox_boxes(moved, scale, pad), boxes)

@@ -1,8 +1,8 @@
 """Two CPU processes over gloo (``trainer=ddp_sim``): what DDP must not change, checked against one process."""
 
+import functools
 import json
 import os
-import functools
 import subprocess
 import sys
 
@@ -10,11 +10,11 @@ import lightning as L
 import pytest
 import torch
 from conftest import compose_config
+from test_tasks import TwoTerms  # cls turns NaN on the batch that holds a target marked -1 (sample 5 here)
 from torch import nn
 
 from detloss.tasks import LossTask
 from detloss.train import build, train
-from test_tasks import TwoTerms  # cls turns NaN on the batch that holds a target marked -1 (sample 5 here)
 
 #: 13 validation images on 2 ranks: Lightning's DistributedSampler would pad them to 14 (one counted twice)
 DDP = [
@@ -56,8 +56,9 @@ def compose_cfg(run_dir, *overrides):
 def validate_on_one_process(cfg, checkpoint):
     """The metrics of ``checkpoint`` on the whole validation set, in this process alone."""
     datamodule, task = build(cfg)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        default_root_dir=cfg.paths.output_dir)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, default_root_dir=cfg.paths.output_dir
+    )
     (result,) = trainer.validate(task, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
     return result
 
@@ -167,8 +168,17 @@ def test_ddp_config():
 )
 def test_a_multirun_of_ddp_jobs_keeps_each_job_in_its_directory(tmp_path, trainer):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "detloss.train", "-m", "loss.terms.box.weight=1,2", *DDP, *trainer,
-           "trainer.devices=2", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "detloss.train",
+        "-m",
+        "loss.terms.box.weight=1,2",
+        *DDP,
+        *trainer,
+        "trainer.devices=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
@@ -194,8 +204,15 @@ def _nan_fit(nan_guard: str, out_dir: str):
     optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1)
     task = LossTask(nn.Linear(3, 2), TwoTerms(), optimizer, nan_guard=nan_guard)
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out_dir,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
     )
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
     trainer.fit(task, loader)

@@ -1,31 +1,34 @@
 """Anchors, task-aligned assignment and the YOLO detection criterion."""
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-from detloss.detection import DetectionCriterion, TaskAlignedAssigner, bbox2dist, dist2bbox, make_anchors
 from conftest import compose_config, config_names
-
-from detloss.composite import CompositeLoss
-from detloss.losses import iou_loss
+from hydra.utils import instantiate
 from yolov8_reference import yolov8_loss
 
-
+from detloss.composite import CompositeLoss
+from detloss.detection import DetectionCriterion, TaskAlignedAssigner, bbox2dist, dist2bbox, make_anchors
+from detloss.losses import iou_loss
 
 # ---------------------------------------------------------------------------------------------- geometry
 
 
 def test_make_anchors_cell_centres():
     points, stride = make_anchors([(2, 3), (1, 2)], (8, 16))
-    assert points.tolist() == [[0.5, 0.5], [1.5, 0.5], [2.5, 0.5], [0.5, 1.5], [1.5, 1.5], [2.5, 1.5], [0.5, 0.5], [1.5, 0.5]]
+    assert points.tolist() == [
+        [0.5, 0.5],
+        [1.5, 0.5],
+        [2.5, 0.5],
+        [0.5, 1.5],
+        [1.5, 1.5],
+        [2.5, 1.5],
+        [0.5, 0.5],
+        [1.5, 0.5],
+    ]
     assert stride.view(-1).tolist() == [8] * 6 + [16] * 2
     with pytest.raises(ValueError, match="levels"):
         make_anchors([(2, 2)], (8, 16))
@@ -67,7 +70,9 @@ def test_box_covering_four_anchors_topk_and_scores():
     scores = res.target_scores(1, 2, 16)[0]
     # u = 1 at every candidate, so score = t / max_t = sqrt(σ(l) / σ(2))
     assert scores[1, 0].item() == pytest.approx(1.0, abs=1e-6)
-    assert scores[1, 1].item() == pytest.approx(math.sqrt(torch.sigmoid(torch.tensor(1.0)) / torch.sigmoid(torch.tensor(2.0))), abs=1e-6)
+    assert scores[1, 1].item() == pytest.approx(
+        math.sqrt(torch.sigmoid(torch.tensor(1.0)) / torch.sigmoid(torch.tensor(2.0))), abs=1e-6
+    )
     assert scores[0].abs().sum() == 0 and scores[:, 2:].abs().sum() == 0
     # with top-10 every candidate counts, and only candidates do
     res = assign([[0, 0, 16, 16]], [1], logits=logits, topk=10)
@@ -155,7 +160,9 @@ def random_batch(batch=3, num_gt=6, image=IMAGE, empty=(), requires_grad=False, 
         n = 0 if i in empty else num_gt
         xy = torch.rand(n, 2, generator=g) * (image - 40)
         wh = torch.rand(n, 2, generator=g) * 36 + 4
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, NUM_CLASSES, (n,), generator=g)})
+        targets.append(
+            {"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, NUM_CLASSES, (n,), generator=g)}
+        )
     return feats, targets
 
 
@@ -265,7 +272,9 @@ def test_half_precision_head():
 def test_shipped_loss_configs_instantiate_and_run(name):
     cfg = compose_config(f"loss={name}", "loss.terms.box.weight=5").loss
     loss = instantiate(cfg)
-    assert isinstance(loss, CompositeLoss) and loss.base_weights["box"] == 5.0  # a schedule may scale the weight in force
+    assert (
+        isinstance(loss, CompositeLoss) and loss.base_weights["box"] == 5.0
+    )  # a schedule may scale the weight in force
     feats, targets = random_batch(batch=2, num_gt=3, requires_grad=True)
     out = DetectionCriterion(NUM_CLASSES, loss=loss)(feats, targets)
     assert set(out.terms) == set(cfg.terms) and torch.isfinite(out.total)

@@ -11,14 +11,22 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from detloss.composite import DynamicWeightAverage, UncertaintyWeighting
-from detloss.tasks import GradientDiagnostics
+from detloss.composite import (
+    CompositeLoss,
+    Cosine,
+    Criterion,
+    DynamicWeightAverage,
+    HandOver,
+    LinearWarmup,
+    Position,
+    Step,
+    UncertaintyWeighting,
+    View,
+)
 from detloss.loggers import CSVLogger
-from detloss.composite import CompositeLoss, Criterion, View
 from detloss.losses import MSELoss
-from detloss.tasks import LossTask
+from detloss.tasks import GradientDiagnostics, LossTask
 from detloss.train import train
-from detloss.composite import Cosine, HandOver, LinearWarmup, Position, Step
 
 
 def at(step=0, epoch=0.0, total=100):
@@ -76,8 +84,15 @@ def test_composite_applies_schedules_and_hand_over():
         CompositeLoss(two_terms(schedule="warmup"))
 
 
-TINY = ["data.num_train=16", "data.num_val=8", "data.batch_size=8", "data.image_size=64", "trainer.log_every_n_steps=1",
-        "callbacks=default", "task.num_previews=0"]
+TINY = [
+    "data.num_train=16",
+    "data.num_val=8",
+    "data.batch_size=8",
+    "data.image_size=64",
+    "trainer.log_every_n_steps=1",
+    "callbacks=default",
+    "task.num_previews=0",
+]
 
 
 def test_a_scheduled_weight_is_logged_and_survives_resume(tmp_path, compose):
@@ -108,14 +123,19 @@ class PairCriterion(Criterion):
 
 
 def pair_terms():
-    return {"clean": {"loss": MSELoss(), "weight": 1.0, "view": "a"}, "noisy": {"loss": MSELoss(), "weight": 1.0, "view": "b"}}
+    return {
+        "clean": {"loss": MSELoss(), "weight": 1.0, "view": "a"},
+        "noisy": {"loss": MSELoss(), "weight": 1.0, "view": "b"},
+    }
 
 
 def test_uncertainty_weighting_learns_a_larger_weight_for_the_cleaner_term():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 4, generator=g)
     signal = x @ torch.randn(4, 1, generator=g)
-    y = torch.cat([signal + 0.05 * torch.randn(512, 1, generator=g), signal + 1.0 * torch.randn(512, 1, generator=g)], 1)
+    y = torch.cat(
+        [signal + 0.05 * torch.randn(512, 1, generator=g), signal + 1.0 * torch.randn(512, 1, generator=g)], 1
+    )
     criterion = PairCriterion(CompositeLoss(pair_terms(), balancing=UncertaintyWeighting()))
     model = nn.Linear(4, 2)
     optimizer = torch.optim.Adam([*model.parameters(), *criterion.parameters()], lr=0.05)
@@ -157,8 +177,14 @@ def test_dynamic_weight_average_follows_the_loss_ratios():
 def test_learned_weights_are_in_the_optimizer_and_checkpoint(tmp_path):
     criterion = PairCriterion(CompositeLoss(pair_terms(), balancing=UncertaintyWeighting()))
     task = LossTask(nn.Linear(3, 2), criterion, functools.partial(torch.optim.SGD, lr=0.1))
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, DataLoader(TensorDataset(torch.randn(8, 3), torch.randn(8, 2)), batch_size=4))
     log_vars = criterion.loss.balancing.log_vars
     assert all(float(p) != 0.0 for p in log_vars.values())  # they moved
@@ -174,12 +200,22 @@ def test_learned_weights_are_in_the_optimizer_and_checkpoint(tmp_path):
 def test_diagnostics_equal_hand_computed_gradients():
     torch.manual_seed(0)
     x, y = torch.randn(8, 3), torch.randn(8, 2)
-    terms = {"clean": {"loss": MSELoss(), "weight": 2.0, "view": "a"}, "noisy": {"loss": MSELoss(), "weight": 0.5, "view": "b"}}
+    terms = {
+        "clean": {"loss": MSELoss(), "weight": 2.0, "view": "a"},
+        "noisy": {"loss": MSELoss(), "weight": 0.5, "view": "b"},
+    }
     task = LossTask(nn.Linear(3, 2), PairCriterion(CompositeLoss(terms)), functools.partial(torch.optim.SGD, lr=0.1))
     before = copy.deepcopy(task.model)
     diagnostics = GradientDiagnostics(every_n_steps=1, layer="model")
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, callbacks=[diagnostics])
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[diagnostics],
+    )
     trainer.fit(task, DataLoader(TensorDataset(x, y), batch_size=8))
     metrics = {k: torch.tensor(v) for k, v in diagnostics.last.items()}
 
@@ -205,11 +241,20 @@ def test_diagnostics_equal_hand_computed_gradients():
 
 
 def test_diagnostics_are_logged_once_at_the_measured_steps(tmp_path):
-    task = LossTask(nn.Linear(3, 2), PairCriterion(CompositeLoss(pair_terms())), functools.partial(torch.optim.SGD, lr=0.1))
+    task = LossTask(
+        nn.Linear(3, 2), PairCriterion(CompositeLoss(pair_terms())), functools.partial(torch.optim.SGD, lr=0.1)
+    )
     logger = CSVLogger(tmp_path, name="", version="csv")
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=logger, log_every_n_steps=2, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False,
-                        callbacks=[GradientDiagnostics(every_n_steps=5)])
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        log_every_n_steps=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[GradientDiagnostics(every_n_steps=5)],
+    )
     trainer.fit(task, DataLoader(TensorDataset(torch.randn(48, 3), torch.randn(48, 2)), batch_size=4))  # 12 steps
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows if r.get("diag/grad_norm/clean")] == [0, 5, 10]
@@ -224,8 +269,14 @@ def test_diagnostics_bad_options():
 
 
 def test_dynamics_configs_compose_and_build(compose):
-    for overrides in (["loss=yolo_warmup"], ["loss=yolo_uncertainty"], ["loss=yolo_dwa"], ["loss=yolo_handover"],
-                      ["task=segmentation", "loss=dice_ce_uncertainty"], ["callbacks=diagnostics"]):
+    for overrides in (
+        ["loss=yolo_warmup"],
+        ["loss=yolo_uncertainty"],
+        ["loss=yolo_dwa"],
+        ["loss=yolo_handover"],
+        ["task=segmentation", "loss=dice_ce_uncertainty"],
+        ["callbacks=diagnostics"],
+    ):
         cfg = compose(*overrides)
         if overrides[-1].startswith("callbacks"):
             assert any(isinstance(instantiate(c), GradientDiagnostics) for c in cfg.callbacks.values())

@@ -43,9 +43,7 @@ def test_multiclass_hinge_equals_torch(p, margin):
     x, y, w = torch.randn(64, 7, generator=g), torch.randint(0, 7, (64,), generator=g), torch.rand(7, generator=g)
     ref = nn.MultiMarginLoss(p=p, margin=margin, weight=w, reduction="none")(x, y)
     torch.testing.assert_close(hinge_loss(x, y, p=p, margin=margin, class_weights=w, reduction="none"), ref)
-    torch.testing.assert_close(
-        HingeLoss(p=p, margin=margin)(x, y), nn.MultiMarginLoss(p=p, margin=margin)(x, y)
-    )
+    torch.testing.assert_close(HingeLoss(p=p, margin=margin)(x, y), nn.MultiMarginLoss(p=p, margin=margin)(x, y))
 
 
 def test_hinge_gradcheck():
@@ -112,8 +110,12 @@ def test_regression_hand_computed():
 def test_regression_equals_torch(fn, module, ref, kw, reduction):
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
-    torch.testing.assert_close(fn(pred, target, reduction=reduction, **kw), ref(pred, target, reduction=reduction, **kw))
-    torch.testing.assert_close(module(reduction=reduction, **kw)(pred, target), ref(pred, target, reduction=reduction, **kw))
+    torch.testing.assert_close(
+        fn(pred, target, reduction=reduction, **kw), ref(pred, target, reduction=reduction, **kw)
+    )
+    torch.testing.assert_close(
+        module(reduction=reduction, **kw)(pred, target), ref(pred, target, reduction=reduction, **kw)
+    )
     w = torch.rand(5, 1, generator=g)
     torch.testing.assert_close(
         fn(pred, target, weight=w, reduction="sum", **kw), (ref(pred, target, reduction="none", **kw) * w).sum()
@@ -148,7 +150,9 @@ def test_regression_bad_input(fn):
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2), nn.LayerNorm(2))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2), nn.LayerNorm(2)
+    )
 
 
 def test_weight_penalty_hand_computed():

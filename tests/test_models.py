@@ -2,9 +2,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import preset
+from torch import nn
 
 from detloss.models import ModelEMA, UNet, YOLODetector
 
@@ -61,8 +60,10 @@ def test_yolo_class_prior_at_init(nano3):
 
 
 def test_yolo_parameter_counts():
-    counts = {size: sum(p.numel() for p in preset("model", f"yolo_{size}", num_classes=80).parameters())
-              for size in ("nano", "small")}
+    counts = {
+        size: sum(p.numel() for p in preset("model", f"yolo_{size}", num_classes=80).parameters())
+        for size in ("nano", "small")
+    }
     print(f"\nparameters at 80 classes: {counts}")
     assert 3.0e6 < counts["nano"] < 3.3e6  # YOLOv8n: 3.16 M
     assert 10.5e6 < counts["small"] < 11.8e6  # YOLOv8s: 11.2 M

@@ -12,15 +12,15 @@ import pytest
 
 matplotlib.use("Agg")
 
-from detloss.report import (aggregate, find_runs, group_points, load_run, main, plots, read_series,  # noqa: E402
-                            report)
+from detloss.report import aggregate, find_runs, group_points, load_run, main, plots, read_series, report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TERMS = ("box", "cls")
 
 
-def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = False,
-              other_diag: bool = False) -> None:
+def write_csv(
+    run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = False, other_diag: bool = False
+) -> None:
     """A small Lightning-style CSV: sparse rows, lr rows, per-step train rows and per-epoch validation rows;
     ``other_diag``: ``diag/<family>/...`` keys of other families, every 5 steps in rows of their own."""
     rows: list[dict[str, float | int]] = []
@@ -36,13 +36,30 @@ def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = 
             row["diag/grad_cos/box__cls"] = -0.2 + 0.01 * step
         rows.append(row)
         if other_diag and step % 5 == 0:
-            rows.append({"epoch": epoch, "step": step, "diag/seconds": 0.01,
-                         "diag/assign/one2one/unmatched/small": step % 7, "diag/assign/one2one/unmatched/large": 1.0,
-                         "diag/assign/one2many/matched": 10.0 + step, "diag/layer/grad_norm/box": 0.1 * step})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "diag/seconds": 0.01,
+                    "diag/assign/one2one/unmatched/small": step % 7,
+                    "diag/assign/one2one/unmatched/large": 1.0,
+                    "diag/assign/one2many/matched": 10.0 + step,
+                    "diag/layer/grad_norm/box": 0.1 * step,
+                }
+            )
         if (step + 1) % val_every == 0:
             val = {f"val/loss/{t}": (i + 1) * 2.5 / (1 + 0.1 * step) for i, t in enumerate(TERMS)}
-            rows.append({"epoch": epoch, "step": step, **val, "val/loss": sum(val.values()),
-                         "val/map_50": step / steps, "val/map": step / steps / 2, "val/map_large": -1.0})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    **val,
+                    "val/loss": sum(val.values()),
+                    "val/map_50": step / steps,
+                    "val/map": step / steps / 2,
+                    "val/map_large": -1.0,
+                }
+            )
     columns = sorted({k for r in rows for k in r})
     (run_dir / "csv").mkdir(parents=True, exist_ok=True)
     with (run_dir / "csv" / "metrics.csv").open("w", newline="") as f:
@@ -51,15 +68,40 @@ def write_csv(run_dir: Path, steps: int = 40, val_every: int = 10, diag: bool = 
         writer.writerows(rows)
 
 
-def make_run(run_dir: Path, value: float | None, overrides: list[str], seed: int, *, status: str = "ok",
-             error: str | None = None, with_csv: bool = True, **extra) -> Path:
+def make_run(
+    run_dir: Path,
+    value: float | None,
+    overrides: list[str],
+    seed: int,
+    *,
+    status: str = "ok",
+    error: str | None = None,
+    with_csv: bool = True,
+    **extra,
+) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"status": status, "task": "detection", "optimized_metric": "val/map_50", "mode": "max", "value": value,
-              "overrides": overrides, "seed": seed, "epochs": 4, "steps": 40, "seconds": 10.0 + seed,
-              "best_checkpoint": None}
+    record = {
+        "status": status,
+        "task": "detection",
+        "optimized_metric": "val/map_50",
+        "mode": "max",
+        "value": value,
+        "overrides": overrides,
+        "seed": seed,
+        "epochs": 4,
+        "steps": 40,
+        "seconds": 10.0 + seed,
+        "best_checkpoint": None,
+    }
     if status == "ok":
-        record["metrics"] = {"val/map_50": value, "val/map": value / 2, "val/loss": 3.0, "val/loss/box": 1.0,
-                             "val/loss/cls": 2.0, "val/map/circle": value}
+        record["metrics"] = {
+            "val/map_50": value,
+            "val/map": value / 2,
+            "val/loss": 3.0,
+            "val/loss/box": 1.0,
+            "val/loss/cls": 2.0,
+            "val/map/circle": value,
+        }
         record["train"] = {"train/loss": 2.0, "train/loss/box": 0.5 + seed, "train/loss/cls": 1.5}
     else:
         record = {"status": status, "error": error, "overrides": overrides, "seed": seed}
@@ -79,8 +121,15 @@ def make_sweep(root: Path, failed: bool = False) -> Path:
             overrides.reverse()
         make_run(root / str(job), value, overrides, seed)
     if failed:
-        make_run(root / "4", None, ["loss.terms.box.weight=2.5", "seed=2", "trainer.max_epochs=4"], 2,
-                 status="failed", error="ValueError: boom", with_csv=False)
+        make_run(
+            root / "4",
+            None,
+            ["loss.terms.box.weight=2.5", "seed=2", "trainer.max_epochs=4"],
+            2,
+            status="failed",
+            error="ValueError: boom",
+            with_csv=False,
+        )
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
 
@@ -170,9 +219,12 @@ def test_other_diag_families_are_plotted_one_figure_per_family(tmp_path):
     families = plots.diag_families(read_series(extra / "csv" / "metrics.csv"))
     assert {f: sorted(c) for f, c in families.items()} == {
         "assign": ["one2many/matched", "one2one/unmatched/large", "one2one/unmatched/small"],
-        "layer": ["grad_norm/box"]}
-    assert families["assign"]["one2many/matched"] == ([0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0],
-                                                      [10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0])
+        "layer": ["grad_norm/box"],
+    }
+    assert families["assign"]["one2many/matched"] == (
+        [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0],
+        [10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0],
+    )
     text = report(extra).read_text()
     report(plain)
     for name in ("diag_assign", "diag_layer"):
@@ -193,8 +245,7 @@ def test_single_run_without_diagnostics_skips_their_plots(tmp_path):
 
 
 def test_run_without_csv_has_numbers_and_no_plots(tmp_path):
-    run = make_run(tmp_path / "run", None, [], 0, status="failed", error="RuntimeError: out of memory",
-                   with_csv=False)
+    run = make_run(tmp_path / "run", None, [], 0, status="failed", error="RuntimeError: out of memory", with_csv=False)
     text = report(run).read_text()
     assert "RuntimeError: out of memory" in text and "No curves" in text
     assert not list((run / "report").glob("*.png"))
@@ -218,8 +269,9 @@ def test_categorical_sweep_draws_bars(tmp_path, monkeypatch):
     calls = []
     bars = plots.plot_sweep_categorical
     monkeypatch.setattr(plots, "plot_sweep_categorical", lambda *a: calls.append(a[1]) or bars(*a))
-    for job, (loss, seed, value) in enumerate([("yolo", 0, 0.4), ("yolo", 1, 0.5), ("yolo_vfl", 0, 0.6),
-                                               ("yolo_vfl", 1, 0.7)]):
+    for job, (loss, seed, value) in enumerate(
+        [("yolo", 0, 0.4), ("yolo", 1, 0.5), ("yolo_vfl", 0, 0.6), ("yolo_vfl", 1, 0.7)]
+    ):
         make_run(tmp_path / "sweep" / str(job), value, [f"loss={loss}", f"seed={seed}"], seed, with_csv=False)
     text = report(tmp_path / "sweep").read_text()
     assert calls == ["loss"]

@@ -15,7 +15,7 @@ def test_gamma_zero_is_cross_entropy_and_hand_computed_focal():
     torch.testing.assert_close(cross_entropy(logits, target, gamma=0.0), F.cross_entropy(logits, target))
     p = torch.softmax(logits, 1)
     p0, p1 = p[0, 0].item(), p[1, 2].item()  # p1 = 1/3
-    expected = [-(1 - p0) ** 2 * math.log(p0), -(1 - p1) ** 2 * math.log(p1)]
+    expected = [-((1 - p0) ** 2) * math.log(p0), -((1 - p1) ** 2) * math.log(p1)]
     got = cross_entropy(logits, target, gamma=2.0, reduction="none")
     assert got.tolist() == pytest.approx(expected, rel=1e-6)
 

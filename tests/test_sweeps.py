@@ -74,7 +74,9 @@ def test_a_plain_run_writes_into_the_default_run_directory(tmp_path):
 def test_a_single_failing_run_exits_with_the_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "detloss.train", "optimizer.lr=-1", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0 and "learning rate" in proc.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
@@ -94,8 +96,13 @@ def test_optuna_search_runs_two_trials(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
     run_cli(
-        "task=segmentation", "hparams_search=segmentation_loss_weights", "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.n_startup_trials=2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        "task=segmentation",
+        "hparams_search=segmentation_loss_weights",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
     )
     jobs = records(sweep)
     assert len(jobs) == 2 and all(r["status"] == "ok" for r in jobs.values())
@@ -118,8 +125,14 @@ def test_a_failing_optuna_trial_is_told_as_failed_and_the_search_goes_on(tmp_pat
         "    params:\n      optimizer.lr: choice(-1, 0.002)\n"
     )
     sweep = tmp_path / "optuna"
-    run_cli(f"--config-dir={tmp_path / 'configs'}", "task=segmentation", "hparams_search=failing_lr", *TINY,
-            f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    run_cli(
+        f"--config-dir={tmp_path / 'configs'}",
+        "task=segmentation",
+        "hparams_search=failing_lr",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     jobs = records(sweep)
     assert [jobs[k]["status"] for k in sorted(jobs)] == ["ok", "failed", "ok"]
     assert "optimizer.lr: 0.002" in (sweep / "optimization_results.yaml").read_text()
@@ -130,7 +143,9 @@ def test_evaluate_a_checkpoint(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = subprocess.run(
         [sys.executable, "-m", "detloss.eval", f"ckpt_path={ckpt}", *TINY, f"hydra.run.dir={tmp_path / 'eval'}"],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -156,8 +171,9 @@ def test_optuna_configs_compose(search):
 
 def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = compose_config("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
-                         return_hydra_config=True)
+    cfg = compose_config(
+        "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", return_hydra_config=True
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
@@ -179,6 +195,8 @@ def test_resume_continues_the_same_run(tmp_path):
 def test_resume_from_a_run_without_checkpoint_names_it(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "detloss.train", f"resume={tmp_path / 'nothing'}", *TINY],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0 and "checkpoint to resume from not found" in proc.stderr

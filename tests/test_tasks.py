@@ -27,8 +27,10 @@ class TwoTerms(Criterion):
     views = frozenset({"pair"})
 
     def __init__(self):
-        terms = {"box": {"loss": MSELoss(), "weight": 1.0, "view": "pair"},
-                 "cls": {"loss": NaNWhenMarked(), "weight": 1.0, "view": "pair"}}
+        terms = {
+            "box": {"loss": MSELoss(), "weight": 1.0, "view": "pair"},
+            "cls": {"loss": NaNWhenMarked(), "weight": 1.0, "view": "pair"},
+        }
         super().__init__(2, CompositeLoss(terms))
 
     def build_views(self, pred, target):
@@ -42,7 +44,11 @@ def fit(nan_guard: str, bad_batch: int = 2, batches: int = 4):
     optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1)
     task = LossTask(nn.Linear(3, 2), TwoTerms(), optimizer, nan_guard=nan_guard)
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
     )
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
@@ -110,7 +116,8 @@ def test_segmentation_metrics_score_empty_images_as_correct():
     masks[0, 1:4, 1:4], masks[1, 4:7, 2:5] = 1, 2  # images 2 and 3 hold no lesion
     task = SegmentationTask(MaskEcho(3), SegmentationCriterion(3), torch.optim.SGD, num_previews=0)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    (result,) = trainer.validate(task, DataLoader(TensorDataset(masks[:, None].float(), masks), batch_size=2),
-                                 verbose=False)
+    (result,) = trainer.validate(
+        task, DataLoader(TensorDataset(masks[:, None].float(), masks), batch_size=2), verbose=False
+    )
     assert result["val/dice"] == pytest.approx(1.0)
     assert result["val/generalized_dice"] == pytest.approx(1.0)  # torchmetrics alone would give 0.5

@@ -6,7 +6,6 @@ import pytest
 import torch
 from conftest import config_names
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 from detloss.composite import CompositeLoss
 from detloss.train import build, make_trainer, train
@@ -31,7 +30,15 @@ def test_a_short_run_logs_every_term_to_csv_and_checkpoints(tmp_path, compose):
     cfg = compose(*SMALL, "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "loss=yolo_l1_ciou")
     train(cfg)
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    for name in ("train/loss", "train/loss/box", "train/loss/cls", "train/loss/dfl", "train/loss/l1", "val/loss/l1", "val/map_50"):
+    for name in (
+        "train/loss",
+        "train/loss/box",
+        "train/loss/cls",
+        "train/loss/dfl",
+        "train/loss/l1",
+        "val/loss/l1",
+        "val/map_50",
+    ):
         assert name in header
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
 
@@ -103,15 +110,28 @@ def test_data_configs_compose_and_need_their_paths(tmp_path, compose):
 @pytest.mark.slow
 def test_short_detection_run_learns(tmp_path, compose):
     # 4 epochs of 1000 images (250 steps): the default run is at mAP@0.5 0.27 after as many steps; untrained, 0.00
-    cfg = compose("data.num_train=1000", "data.num_val=64", "data.num_workers=0", "trainer.max_epochs=4",
-                   "callbacks=none", "logger=none")
+    cfg = compose(
+        "data.num_train=1000",
+        "data.num_val=64",
+        "data.num_workers=0",
+        "trainer.max_epochs=4",
+        "callbacks=none",
+        "logger=none",
+    )
     metrics = train(cfg)
     assert metrics["val/map_50"] > 0.2, metrics
 
 
 @pytest.mark.slow
 def test_short_segmentation_run_learns(tmp_path, compose):
-    cfg = compose("task=segmentation", "data.num_train=320", "data.num_val=64", "data.num_workers=0",
-                   "trainer.max_epochs=3", "callbacks=none", "logger=none")
+    cfg = compose(
+        "task=segmentation",
+        "data.num_train=320",
+        "data.num_val=64",
+        "data.num_workers=0",
+        "trainer.max_epochs=3",
+        "callbacks=none",
+        "logger=none",
+    )
     metrics = train(cfg)
     assert metrics["val/dice"] > 0.5, metrics

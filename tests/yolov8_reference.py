@@ -22,7 +22,9 @@ def ciou_dense(box1, box2, eps=1e-7):
     b2_x1, b2_y1, b2_x2, b2_y2 = box2.chunk(4, -1)
     w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps
     w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps
-    inter = (b1_x2.minimum(b2_x2) - b1_x1.maximum(b2_x1)).clamp(0) * (b1_y2.minimum(b2_y2) - b1_y1.maximum(b2_y1)).clamp(0)
+    inter = (b1_x2.minimum(b2_x2) - b1_x1.maximum(b2_x1)).clamp(0) * (
+        b1_y2.minimum(b2_y2) - b1_y1.maximum(b2_y1)
+    ).clamp(0)
     union = w1 * h1 + w2 * h2 - inter + eps
     iou = inter / union
     cw = b1_x2.maximum(b2_x2) - b1_x1.minimum(b2_x1)
@@ -36,8 +38,20 @@ def ciou_dense(box1, box2, eps=1e-7):
 
 
 @torch.no_grad()
-def assign_dense(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, num_classes, topk=10, alpha=0.5,
-                 beta=6.0, eps=1e-9, min_box_side=0.0):
+def assign_dense(
+    pd_scores,
+    pd_bboxes,
+    anc_points,
+    gt_labels,
+    gt_bboxes,
+    mask_gt,
+    num_classes,
+    topk=10,
+    alpha=0.5,
+    beta=6.0,
+    eps=1e-9,
+    min_box_side=0.0,
+):
     """Dense task-aligned assignment. Shapes: (B,A,C), (B,A,4), (A,2), (B,G), (B,G,4), (B,G) bool."""
     bs, n_max = gt_bboxes.shape[:2]
     na = pd_bboxes.shape[1]
@@ -90,8 +104,9 @@ def assign_dense(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt
     return target_bboxes, target_scores * norm, fg > 0
 
 
-def yolov8_loss(feats, targets, num_classes, strides=(8, 16, 32), reg_max=16, min_box_side=0.0,
-                weights=(7.5, 0.5, 1.5)):
+def yolov8_loss(
+    feats, targets, num_classes, strides=(8, 16, 32), reg_max=16, min_box_side=0.0, weights=(7.5, 0.5, 1.5)
+):
     """Returns ``(box, cls, dfl)`` weighted terms, not multiplied by the batch size."""
     bs, no = feats[0].shape[:2]
     x = torch.cat([f.view(bs, no, -1) for f in feats], 2)
@@ -117,8 +132,14 @@ def yolov8_loss(feats, targets, num_classes, strides=(8, 16, 32), reg_max=16, mi
     pred_bboxes = torch.cat((anchors - lt, anchors + rb), -1)
 
     target_bboxes, target_scores, fg = assign_dense(
-        pred_scores.detach().sigmoid(), pred_bboxes.detach() * stride, anchors * stride, gt_labels, gt_bboxes,
-        mask_gt, num_classes, min_box_side=min_box_side,
+        pred_scores.detach().sigmoid(),
+        pred_bboxes.detach() * stride,
+        anchors * stride,
+        gt_labels,
+        gt_bboxes,
+        mask_gt,
+        num_classes,
+        min_box_side=min_box_side,
     )
     tss = max(target_scores.sum(), 1)
     cls = F.binary_cross_entropy_with_logits(pred_scores, target_scores, reduction="none").sum() / tss

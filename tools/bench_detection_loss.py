@@ -10,12 +10,11 @@ Input: batch 16 at 640 px (8,400 anchors at strides 8/16/32), 80 classes, reg_ma
 Implementations, interleaved in one loop so they see the same machine state:
 
 * ``detloss``: ``DetectionCriterion(80)`` with its default composite (CIoU 7.5, BCE 0.5, DFL 1.5);
-* ``reference``: ``tests/yolov8_reference.py``, a plain dense rendering of the same formulation;
 * ``ultralytics``: ``ultralytics.utils.loss.v8DetectionLoss`` when the package is installed
   (``pip install ultralytics``; not a dependency of detloss). Its timing includes concatenating the head maps
   into the layout it takes, which its head does in the same training step.
 
-The values of the three are printed side by side, and the largest relative difference of each term to detloss.
+The values are printed side by side, and the largest relative difference of each term to detloss.
 Peak memory is measured for each implementation in a fresh subprocess: on CPU the growth of the peak resident
 set (``ru_maxrss``) over the step, on a GPU ``torch.cuda.max_memory_allocated`` over the step.
 """
@@ -29,13 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 NUM_CLASSES, REG_MAX, STRIDES, IMAGE, BATCH = 80, 16, (8, 16, 32), 640, 16
 
@@ -75,14 +70,6 @@ def build(name: str, device: torch.device):
             return out.total, tuple(out.terms[k] for k in ("box", "cls", "dfl"))
 
         return run
-    if name == "reference":
-        from yolov8_reference import yolov8_loss
-
-        def run(feats, targets):
-            terms = yolov8_loss(feats, targets, NUM_CLASSES, min_box_side=16.0)
-            return sum(terms), terms
-
-        return run
     if name == "ultralytics":
         from ultralytics.utils.loss import v8DetectionLoss
 
@@ -100,7 +87,9 @@ def build(name: str, device: torch.device):
             boxes = torch.cat([t["boxes"] for t in targets])
             xywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1) / IMAGE
             batch = {
-                "batch_idx": torch.cat([torch.full((len(t["labels"]),), i, device=device) for i, t in enumerate(targets)]).float(),
+                "batch_idx": torch.cat(
+                    [torch.full((len(t["labels"]),), i, device=device) for i, t in enumerate(targets)]
+                ).float(),
                 "cls": torch.cat([t["labels"] for t in targets]).float(),
                 "bboxes": xywh,
             }
@@ -165,7 +154,18 @@ def _rss_now() -> int:
 
 
 def peak_memory(name: str, num_gt: int, device: str, threads: int) -> float:
-    cmd = [sys.executable, __file__, "--memory-worker", name, "--gts", str(num_gt), "--device", device, "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-worker",
+        name,
+        "--gts",
+        str(num_gt),
+        "--device",
+        device,
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return float("nan")
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gts", type=int, nargs="+", default=[20, 200])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--only", nargs="+", default=["detloss", "reference", "ultralytics"])
+    parser.add_argument("--only", nargs="+", default=["detloss", "ultralytics"])
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -192,10 +192,15 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     names = available(args.only)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
-    print(f"batch {BATCH}, {IMAGE} px, 8400 anchors, {NUM_CLASSES} classes; {where}; torch {torch.__version__}; "
-          f"median of {args.repeats}")
+    print(
+        f"batch {BATCH}, {IMAGE} px, 8400 anchors, {NUM_CLASSES} classes; {where}; torch {torch.__version__}; "
+        f"median of {args.repeats}"
+    )
     print()
-    print("| GTs / image | implementation | fwd + bwd (ms) | vs detloss | peak memory (MiB) | box | cls | dfl | max rel. diff |")
+    print(
+        "| GTs / image | implementation | fwd + bwd (ms) | vs detloss | peak memory (MiB) | box | cls | dfl "
+        "| max rel. diff |"
+    )
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for num_gt in args.gts:
         feats, targets = make_inputs(num_gt, device)

@@ -80,19 +80,55 @@ def cases(device: torch.device, validate: bool):
         return (ce(left) * wl + ce(left + 1) * (1 - wl)).mean(-1).sum()
 
     bce_ref = lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="sum")
-    yield "bce_with_logits", "F.binary_cross_entropy_with_logits", (lambda x, t: L.bce_with_logits(x, t, **s)), bce_ref, (logits, scores)
-    yield "focal_loss", "torchvision sigmoid_focal_loss", (lambda x, t: L.focal_loss(x, t, **s)), (
-        lambda x, t: tv.sigmoid_focal_loss(x, t, reduction="sum")
-    ), (logits, hard)
-    yield "focal_loss", "F.binary_cross_entropy_with_logits", (lambda x, t: L.focal_loss(x, t, **s)), bce_ref, (logits, hard)
-    yield "varifocal_loss", "F.binary_cross_entropy_with_logits", (lambda x, t: L.varifocal_loss(x, t, **s)), bce_ref, (logits, scores)
-    yield "quality_focal_loss", "F.binary_cross_entropy_with_logits", (lambda x, t: L.quality_focal_loss(x, t, **s)), bce_ref, (logits, scores)
-    yield "cross_entropy", "F.cross_entropy", (lambda x, t: L.cross_entropy(x, t, **v)), (
-        lambda x, t: F.cross_entropy(x, t)
-    ), (flat_logits, labels)
-    yield "hinge_loss (multi-class)", "nn.MultiMarginLoss", (lambda x, t: L.hinge_loss(x, t, **v)), (
-        lambda x, t: F.multi_margin_loss(x, t)
-    ), (flat_logits, labels)
+    yield (
+        "bce_with_logits",
+        "F.binary_cross_entropy_with_logits",
+        (lambda x, t: L.bce_with_logits(x, t, **s)),
+        bce_ref,
+        (logits, scores),
+    )
+    yield (
+        "focal_loss",
+        "torchvision sigmoid_focal_loss",
+        (lambda x, t: L.focal_loss(x, t, **s)),
+        (lambda x, t: tv.sigmoid_focal_loss(x, t, reduction="sum")),
+        (logits, hard),
+    )
+    yield (
+        "focal_loss",
+        "F.binary_cross_entropy_with_logits",
+        (lambda x, t: L.focal_loss(x, t, **s)),
+        bce_ref,
+        (logits, hard),
+    )
+    yield (
+        "varifocal_loss",
+        "F.binary_cross_entropy_with_logits",
+        (lambda x, t: L.varifocal_loss(x, t, **s)),
+        bce_ref,
+        (logits, scores),
+    )
+    yield (
+        "quality_focal_loss",
+        "F.binary_cross_entropy_with_logits",
+        (lambda x, t: L.quality_focal_loss(x, t, **s)),
+        bce_ref,
+        (logits, scores),
+    )
+    yield (
+        "cross_entropy",
+        "F.cross_entropy",
+        (lambda x, t: L.cross_entropy(x, t, **v)),
+        (lambda x, t: F.cross_entropy(x, t)),
+        (flat_logits, labels),
+    )
+    yield (
+        "hinge_loss (multi-class)",
+        "nn.MultiMarginLoss",
+        (lambda x, t: L.hinge_loss(x, t, **v)),
+        (lambda x, t: F.multi_margin_loss(x, t)),
+        (flat_logits, labels),
+    )
     for kind, ref in [
         ("iou", None),
         ("giou", tv.generalized_box_iou_loss),
@@ -103,18 +139,50 @@ def cases(device: torch.device, validate: bool):
     ]:
         name = f"torchvision {ref.__name__}" if ref else "—"
         theirs = (lambda x, t, ref=ref: ref(x, t, reduction="sum")) if ref else None
-        yield f"iou_loss({kind})", name, (lambda x, t, kind=kind: L.iou_loss(x, t, kind, **s)), theirs, (pred_boxes, target_boxes)
-    yield "dfl_loss", "2 × F.cross_entropy", (lambda x, t: L.dfl_loss(x, t, **s)), two_ce_dfl, (dist_logits, dist_target)
-    yield "mse_loss", "F.mse_loss", (lambda x, t: L.mse_loss(x, t, **v)), (lambda x, t: F.mse_loss(x, t)), (reg_pred, reg_target)
-    yield "l1_loss", "F.l1_loss", (lambda x, t: L.l1_loss(x, t, **v)), (lambda x, t: F.l1_loss(x, t)), (reg_pred, reg_target)
-    yield "smooth_l1_loss", "F.smooth_l1_loss", (lambda x, t: L.smooth_l1_loss(x, t, **v)), (
-        lambda x, t: F.smooth_l1_loss(x, t)
-    ), (reg_pred, reg_target)
+        yield (
+            f"iou_loss({kind})",
+            name,
+            (lambda x, t, kind=kind: L.iou_loss(x, t, kind, **s)),
+            theirs,
+            (pred_boxes, target_boxes),
+        )
+    yield (
+        "dfl_loss",
+        "2 × F.cross_entropy",
+        (lambda x, t: L.dfl_loss(x, t, **s)),
+        two_ce_dfl,
+        (dist_logits, dist_target),
+    )
+    yield (
+        "mse_loss",
+        "F.mse_loss",
+        (lambda x, t: L.mse_loss(x, t, **v)),
+        (lambda x, t: F.mse_loss(x, t)),
+        (reg_pred, reg_target),
+    )
+    yield (
+        "l1_loss",
+        "F.l1_loss",
+        (lambda x, t: L.l1_loss(x, t, **v)),
+        (lambda x, t: F.l1_loss(x, t)),
+        (reg_pred, reg_target),
+    )
+    yield (
+        "smooth_l1_loss",
+        "F.smooth_l1_loss",
+        (lambda x, t: L.smooth_l1_loss(x, t, **v)),
+        (lambda x, t: F.smooth_l1_loss(x, t)),
+        (reg_pred, reg_target),
+    )
     for name in ("dice_loss", "generalized_dice_loss", "tversky_loss", "focal_tversky_loss", "jaccard_loss"):
         fn = getattr(L, name)
-        yield name, "F.cross_entropy (yardstick)", (lambda x, t, fn=fn: fn(x, t, **v)), (
-            lambda x, t: F.cross_entropy(x, t)
-        ), (seg_logits, seg_target)
+        yield (
+            name,
+            "F.cross_entropy (yardstick)",
+            (lambda x, t, fn=fn: fn(x, t, **v)),
+            (lambda x, t: F.cross_entropy(x, t)),
+            (seg_logits, seg_target),
+        )
 
 
 def main(argv=None) -> int:
@@ -129,7 +197,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    header = f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{args.threads} CPU threads'}), torch {torch.__version__}, validate={not args.no_validate}, median of {args.repeats}"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} CPU threads"
+    header = (
+        f"device: {device} ({where}), torch {torch.__version__}, validate={not args.no_validate}, "
+        f"median of {args.repeats}"
+    )
     print(header)
     print()
     print("| loss | ours (ms) | counterpart | theirs (ms) | ours / theirs |")

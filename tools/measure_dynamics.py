@@ -48,8 +48,14 @@ def report(path: Path) -> Path:
 def sweep(out: Path, epochs: int) -> None:
     sweep_dir = out / "seg_sweep"
     shutil.rmtree(sweep_dir, ignore_errors=True)
-    seconds = train("-m", "task=segmentation", "loss=dice_ce,dice_ce_uncertainty", "seed=0,1,2",
-                    f"trainer.max_epochs={epochs}", f"hydra.sweep.dir={sweep_dir}")
+    seconds = train(
+        "-m",
+        "task=segmentation",
+        "loss=dice_ce,dice_ce_uncertainty",
+        "seed=0,1,2",
+        f"trainer.max_epochs={epochs}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     report_dir = report(sweep_dir)
     RESULTS.mkdir(exist_ok=True)
     for png in report_dir.glob("sweep_*.png"):
@@ -77,8 +83,10 @@ def diagnostics(out: Path, epochs: int) -> None:
     print(f"## diagnostics: detection, {epochs} epochs, every 50 steps")
     print(f"measured steps: {len(diag)}, total {sum(diag):.2f} s, mean {1e3 * sum(diag) / max(1, len(diag)):.1f} ms")
     print(f"run with diagnostics {fit['with']:.1f} s, without {fit['without']:.1f} s")
-    print(f"cost: {100 * sum(diag) / fit['with']:.2f} % of the run (logged diag/seconds); "
-          f"{100 * (fit['with'] / fit['without'] - 1):+.1f} % wall time against the run without")
+    print(
+        f"cost: {100 * sum(diag) / fit['with']:.2f} % of the run (logged diag/seconds); "
+        f"{100 * (fit['with'] / fit['without'] - 1):+.1f} % wall time against the run without"
+    )
 
 
 def main(argv=None) -> int:

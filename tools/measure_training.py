@@ -49,7 +49,10 @@ def main(argv=None) -> int:
         keys += sorted(k for k in m if k.startswith("val/dice/"))
         shown = ", ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
         minutes, seconds = divmod(int(round(r["seconds"])), 60)
-        print(f"| {task} | {minutes} min {seconds:02d} s | {r['record']['epochs']} | {r['record']['steps']} | {shown} |", flush=True)
+        print(
+            f"| {task} | {minutes} min {seconds:02d} s | {r['record']['epochs']} | {r['record']['steps']} | {shown} |",
+            flush=True,
+        )
     return 0
 
 

@@ -126,7 +126,8 @@ def _parse_term(name: str, spec) -> tuple[_Term, float]:
     loss, view, weight = spec["loss"], spec["view"], spec.get("weight", 1.0)
     if not isinstance(loss, nn.Module):
         raise ValueError(
-            f"term {name!r}: loss must be an nn.Module (e.g. {{_target_: detloss.losses.CIoULoss}}), got {type(loss).__name__}"
+            f"term {name!r}: loss must be an nn.Module (e.g. {{_target_: detloss.losses.CIoULoss}}), "
+            f"got {type(loss).__name__}"
         )
     if not isinstance(view, str):
         raise ValueError(f"term {name!r}: view must be a string, got {view!r}")
@@ -193,8 +194,10 @@ class CompositeLoss(nn.Module):
 
     def update(self, position: Position) -> None:
         """Set the scheduled weights, and tell the balancer, for the training position ``position``."""
-        weights = {n: w * (self.schedules[n].factor(position) if n in self.schedules else 1.0)
-                   for n, w in self.base_weights.items()}
+        weights = {
+            n: w * (self.schedules[n].factor(position) if n in self.schedules else 1.0)
+            for n, w in self.base_weights.items()
+        }
         for schedule in self.schedules.values():
             if isinstance(schedule, HandOver):
                 weights[schedule.to] *= schedule.share(position)

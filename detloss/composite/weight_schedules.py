@@ -8,7 +8,8 @@ restores it, with no state of its own. In a loss config a term names it under ``
     box: {loss: {_target_: detloss.losses.CIoULoss}, weight: 7.5, view: box,
           schedule: {_target_: detloss.composite.LinearWarmup, duration: 3, unit: epoch}}
 
-A term without a schedule keeps its configured weight (factor 1). The task (:class:`~detloss.tasks.LossTask`) sets every scheduled weight before each optimizer step and logs it
+A term without a schedule keeps its configured weight (factor 1). The task (:class:`~detloss.tasks.LossTask`)
+sets every scheduled weight before each optimizer step and logs it
 as ``train/weight/<term>``.
 
 ``HandOver`` moves a weight from one term to another: on term ``a`` with ``to: b`` it multiplies ``a``'s weight by

@@ -29,10 +29,17 @@ __all__ = [
     "SegmentationDataModule",
     "read_image",
     "list_images",
+    "to_uint8",
+    "clamp_boxes",
+    "GREY_MODES",
+    "SPLITS",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+DEEP_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16-bit or float single-channel images (scans)
+GREY_MODES = ("1", "L", "LA", *DEEP_GREY_MODES)
+SPLITS = {"train": 0, "val": 1, "test": 2}
+"""The splits of the generated datasets: independent random streams of one seed."""
 
 
 def list_images(directory: Path) -> list[Path]:
@@ -47,7 +54,7 @@ def read_image(path: Path, channels: int = 3) -> Tensor:
     """Read an image file as ``(channels, H, W)`` float32 in [0, 1] (``channels`` 3: RGB, 1: grey)."""
     try:
         with Image.open(path) as img:
-            if channels == 1 and img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            if channels == 1 and img.mode in DEEP_GREY_MODES:
                 array = np.asarray(img, dtype=np.float32)
                 array = array / (65535.0 if img.mode.startswith("I") else 1.0)  # 16-bit or float scans
                 return torch.from_numpy(np.clip(array, 0, 1)).unsqueeze(0)
@@ -57,6 +64,19 @@ def read_image(path: Path, channels: int = 3) -> Tensor:
     tensor = torch.from_numpy(array.copy())
     tensor = tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.unsqueeze(0)
     return tensor.float().div_(255.0)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Quantise a [0, 1] float image to 8 bits, as a stored picture would be (and cheap to cache)."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def clamp_boxes(boxes: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
+    """``xyxy`` boxes clamped to a ``width × height`` image, and which of them still have a positive area."""
+    boxes = boxes.clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 class DetectionDataset(Dataset):

@@ -21,7 +21,7 @@ import torch
 from pycocotools.coco import COCO
 from torch import Tensor
 
-from .base import DetectionDataModule, DetectionDataset, read_image
+from .base import DetectionDataModule, DetectionDataset, clamp_boxes, read_image
 from .transforms import detection_transforms
 
 __all__ = ["CocoDetection", "CocoDataModule", "load_coco"]
@@ -60,8 +60,11 @@ def load_coco(annotation_file: str | Path) -> COCO:
         if ann["image_id"] not in images:
             raise ValueError(f"{path}: annotation {ann_id} refers to image_id {ann['image_id']!r}, not in 'images'")
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+        ):
             raise ValueError(f"{path}: annotation {ann_id} has bbox {bbox!r}; expected 4 finite numbers [x, y, w, h]")
     for img in data["images"]:
         if not isinstance(img.get("file_name"), str):
@@ -134,10 +137,7 @@ class CocoDetection(DetectionDataset):
         image = read_image(self.paths[index], channels=3)
         boxes, labels = self.targets[index]
         height, width = image.shape[-2:]
-        boxes = torch.from_numpy(boxes).clone()
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # boxes that lay outside the image
+        boxes, keep = clamp_boxes(torch.from_numpy(boxes), width, height)  # drops boxes that lay outside the image
         return image, boxes[keep], torch.from_numpy(labels)[keep]
 
 
@@ -167,7 +167,9 @@ class CocoDataModule(DetectionDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory)
         self.image_size = int(image_size)
-        train_tf = detection_transforms(image_size, augment, hflip=hflip, jitter=jitter, scale=scale, translate=translate)
+        train_tf = detection_transforms(
+            image_size, augment, hflip=hflip, jitter=jitter, scale=scale, translate=translate
+        )
         self.train_dataset = CocoDetection(train_images, train_annotations, train_tf)
         self.val_dataset = CocoDetection(val_images, val_annotations, detection_transforms(image_size, False))
         train_ds, val_ds = self.train_dataset, self.val_dataset

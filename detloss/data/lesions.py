@@ -23,8 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .base import SegmentationDataModule, SegmentationDataset
-from .shapes import SPLITS
+from .base import SPLITS, SegmentationDataModule, SegmentationDataset, to_uint8
 from .transforms import segmentation_transforms
 
 __all__ = ["LESION_CLASSES", "LesionsDataset", "LesionsDataModule"]
@@ -87,7 +86,11 @@ class LesionsDataset(SegmentationDataset):
         if not 2 <= radius[0] <= radius[1] <= 24:
             raise ValueError(f"radius must satisfy 2 <= min <= max <= 24 (pixels at 128 px), got {radius}")
         self.num_images, self.image_size, self.seed, self.split = int(num_images), int(image_size), int(seed), split
-        self.num_lesion_classes, self.p_empty, self.max_lesions = int(num_lesion_classes), float(p_empty), int(max_lesions)
+        self.num_lesion_classes, self.p_empty, self.max_lesions = (
+            int(num_lesion_classes),
+            float(p_empty),
+            int(max_lesions),
+        )
         self.radius, self.noise = radius, float(noise)
         self.class_names = LESION_CLASSES[: num_lesion_classes + 1]
 
@@ -113,7 +116,7 @@ class LesionsDataset(SegmentationDataset):
         """The scan as an 8-bit image would hold it, and its mask (kept in memory if ``cache``)."""
         if index not in self._cache:
             sample = self.generate(index)
-            item = (torch.from_numpy(_to_uint8(sample["image"])).unsqueeze(0), torch.from_numpy(sample["mask"]))
+            item = (torch.from_numpy(to_uint8(sample["image"])).unsqueeze(0), torch.from_numpy(sample["mask"]))
             if not self.cache:
                 return item[0].float().div_(255), item[1]
             self._cache[index] = item
@@ -220,15 +223,15 @@ class LesionsDataModule(SegmentationDataModule):
         self.image_size = int(image_size)
         self.in_channels = 1
         self.class_names = LESION_CLASSES[: num_lesion_classes + 1]
-        options = dict(num_lesion_classes=num_lesion_classes, p_empty=p_empty, max_lesions=max_lesions,
-                        radius=tuple(radius), noise=noise)
+        options = dict(
+            num_lesion_classes=num_lesion_classes,
+            p_empty=p_empty,
+            max_lesions=max_lesions,
+            radius=tuple(radius),
+            noise=noise,
+        )
         common = dict(ignore_index=ignore_index)
         train_tf = segmentation_transforms(image_size, augment, hflip=hflip, vflip=vflip, rotate=rotate, **common)
         val_tf = segmentation_transforms(image_size, False, **common)
         self.train_dataset = LesionsDataset(num_train, image_size, seed, split="train", transforms=train_tf, **options)
         self.val_dataset = LesionsDataset(num_val, image_size, seed, split="val", transforms=val_tf, **options)
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """Quantise a [0, 1] float image to 8 bits, as a stored picture would be (and cheap to cache)."""
-    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)

@@ -21,7 +21,7 @@ from .transforms import segmentation_transforms
 
 __all__ = ["MaskFolderDataset", "MaskDataModule"]
 
-MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
+MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")  # single-channel modes of integer values
 VALIDATE_BELOW = 2000
 """``MaskDataModule(validate=None)`` scans all mask values at construction when the folders hold fewer files."""
 
@@ -57,8 +57,9 @@ class MaskFolderDataset(SegmentationDataset):
     ) -> None:
         super().__init__(transforms)
         if num_classes < 1 or 0 <= ignore_index < num_classes:
-            raise ValueError(f"need num_classes >= 1 and ignore_index outside [0, num_classes), got {num_classes}, "
-                             f"{ignore_index}")
+            raise ValueError(
+                f"need num_classes >= 1 and ignore_index outside [0, num_classes), got {num_classes}, {ignore_index}"
+            )
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         self.image_dir, self.mask_dir = Path(image_dir), Path(mask_dir)
@@ -163,8 +164,9 @@ class MaskDataModule(SegmentationDataModule):
             in_channels = _guess_channels(self.root / "images" / train_split)
         self.in_channels = int(in_channels)
         common = dict(mode=mode, ignore_index=ignore_index, fill=fill)
-        train_tf = segmentation_transforms(image_size, augment, hflip=hflip, vflip=vflip, rotate=rotate,
-                                           jitter=jitter, **common)
+        train_tf = segmentation_transforms(
+            image_size, augment, hflip=hflip, vflip=vflip, rotate=rotate, jitter=jitter, **common
+        )
         self.train_dataset = self._split(train_split, num_classes, train_tf)
         self.val_dataset = self._split(val_split, num_classes, segmentation_transforms(image_size, False, **common))
         if validate is None:
@@ -173,8 +175,14 @@ class MaskDataModule(SegmentationDataModule):
             self.validate()
 
     def _split(self, split: str, num_classes: int, transforms: Callable) -> MaskFolderDataset:
-        return MaskFolderDataset(self.root / "images" / split, self.root / "masks" / split, num_classes,
-                                 self.ignore_index, self.in_channels, transforms)
+        return MaskFolderDataset(
+            self.root / "images" / split,
+            self.root / "masks" / split,
+            num_classes,
+            self.ignore_index,
+            self.in_channels,
+            transforms,
+        )
 
     def validate(self) -> None:
         """Check the values of every training and validation mask."""

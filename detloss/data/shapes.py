@@ -22,13 +22,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch import Tensor
 
-from .base import DetectionDataModule, DetectionDataset
+from .base import SPLITS, DetectionDataModule, DetectionDataset, to_uint8
 from .transforms import detection_transforms
 
 __all__ = ["SHAPE_CLASSES", "ShapesDataset", "ShapesDataModule"]
 
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross"]
-SPLITS = {"train": 0, "val": 1, "test": 2}
 # circumradius of each shape as a fraction of its size: keeps a centred shape inside the image
 _EXTENT = {"circle": 0.5, "square": math.sqrt(0.5), "triangle": 1 / math.sqrt(3), "star": 0.5, "cross": 0.54}
 _MAX_COVERED = 0.3  # a new shape may hide at most this fraction of an earlier one
@@ -167,7 +166,7 @@ class ShapesDataset(DetectionDataset):
         """The drawn image as an 8-bit picture would hold it, its boxes and labels (kept in memory if ``cache``)."""
         if index not in self._cache:
             sample = self.generate(index)
-            image = torch.from_numpy(_to_uint8(sample["image"])).permute(2, 0, 1).contiguous()
+            image = torch.from_numpy(to_uint8(sample["image"])).permute(2, 0, 1).contiguous()
             item = (image, torch.from_numpy(sample["boxes"]), torch.from_numpy(sample["labels"]))
             if not self.cache:
                 return item[0].float().div_(255), item[1], item[2]
@@ -260,14 +259,10 @@ class ShapesDataModule(DetectionDataModule):
         super().__init__(batch_size, num_workers, pin_memory)
         self.image_size = int(image_size)
         self.class_names = list(SHAPE_CLASSES)
-        options = dict(max_objects=max_objects, p_empty=p_empty, min_size=min_size, max_size=max_size,
-                       noise=noise, clutter=clutter)
+        options = dict(
+            max_objects=max_objects, p_empty=p_empty, min_size=min_size, max_size=max_size, noise=noise, clutter=clutter
+        )
         train_tf = detection_transforms(image_size, train=augment, hflip=hflip, jitter=jitter, hue=0.0, scale=scale)
         val_tf = detection_transforms(image_size, train=False)
         self.train_dataset = ShapesDataset(num_train, image_size, seed, split="train", transforms=train_tf, **options)
         self.val_dataset = ShapesDataset(num_val, image_size, seed, split="val", transforms=val_tf, **options)
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """Quantise a [0, 1] float image to 8 bits, as a stored picture would be (and cheap to cache)."""
-    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)

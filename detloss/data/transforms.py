@@ -224,4 +224,3 @@ def apply_segmentation(transforms: Callable | None, image: Tensor, mask: Tensor)
         with one_thread():
             image, mask = transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
     return image.as_subclass(Tensor).float(), mask.as_subclass(Tensor).long()
-

@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from .base import DetectionDataModule, DetectionDataset, list_images, read_image
+from .base import DetectionDataModule, DetectionDataset, clamp_boxes, list_images, read_image
 from .transforms import detection_transforms
 
 __all__ = ["YoloDetection", "YoloDataModule", "read_yolo_names", "read_yolo_labels"]
@@ -97,8 +97,9 @@ class YoloDetection(DetectionDataset):
         transforms: v2 pipeline applied to each sample.
     """
 
-    def __init__(self, image_dir: str | Path, label_dir: str | Path, class_names: list[str],
-                 transforms: Callable | None = None) -> None:
+    def __init__(
+        self, image_dir: str | Path, label_dir: str | Path, class_names: list[str], transforms: Callable | None = None
+    ) -> None:
         super().__init__(transforms)
         self.image_dir, self.label_dir = Path(image_dir), Path(label_dir)
         self.class_names = list(class_names)
@@ -116,10 +117,11 @@ class YoloDetection(DetectionDataset):
         height, width = image.shape[-2:]
         cxcywh, labels = self.labels[index]
         cx, cy, w, h = torch.from_numpy(cxcywh).unbind(-1)
-        boxes = torch.stack(((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height), -1)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        return image, boxes, torch.from_numpy(labels)
+        boxes = torch.stack(
+            ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height), -1
+        )
+        boxes, keep = clamp_boxes(boxes, width, height)
+        return image, boxes[keep], torch.from_numpy(labels)[keep]
 
 
 class YoloDataModule(DetectionDataModule):
@@ -149,7 +151,9 @@ class YoloDataModule(DetectionDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"YOLO dataset root not found: {self.root}")
         self.class_names = read_yolo_names(self.root / "data.yaml")
-        train_tf = detection_transforms(image_size, augment, hflip=hflip, jitter=jitter, scale=scale, translate=translate)
+        train_tf = detection_transforms(
+            image_size, augment, hflip=hflip, jitter=jitter, scale=scale, translate=translate
+        )
         self.train_dataset = self._split(train_split, train_tf)
         self.val_dataset = self._split(val_split, detection_transforms(image_size, False))
 

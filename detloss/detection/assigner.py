@@ -27,8 +27,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..losses.iou import box_iou_pairwise
-
 __all__ = ["TaskAlignedAssigner", "Assignment"]
 
 
@@ -220,7 +218,7 @@ class _BoxTerms:
         self.cx, self.cy = (self.x1 + self.x2) * 0.5, (self.y1 + self.y2) * 0.5
         self.atan = torch.atan(w / (h + 1e-7))
 
-    def rows(self, *index) -> "_BoxTerms":
+    def rows(self, *index) -> _BoxTerms:
         view = object.__new__(_BoxTerms)
         for name in ("x1", "y1", "x2", "y2", "area", "cx", "cy", "atan"):
             setattr(view, name, getattr(self, name)[index])

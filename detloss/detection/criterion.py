@@ -160,8 +160,9 @@ class DetectionCriterion(Criterion):
             views = {
                 "box": View((decode_boxes(slot_bins, slot_points), target_boxes), weight, norm, checked=True),
                 "dist": View((slot_bins, bbox2dist(slot_points, target_boxes, r - 1)), weight, norm, checked=True),
-                "cls": View((cls_logits, assignment.target_scores(batch_size, self.num_classes, a)), None, norm,
-                            checked=True),
+                "cls": View(
+                    (cls_logits, assignment.target_scores(batch_size, self.num_classes, a)), None, norm, checked=True
+                ),
             }
         return views, assignment
 
@@ -183,7 +184,9 @@ class DetectionCriterion(Criterion):
     def _anchors(self, feats: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
         key = (tuple(f.shape[-2:] for f in feats), dtype, device)
         if getattr(self, "_anchor_key", None) != key:
-            self._anchor_cache = make_anchors([tuple(f.shape[-2:]) for f in feats], self.strides, dtype=dtype, device=device)
+            self._anchor_cache = make_anchors(
+                [tuple(f.shape[-2:]) for f in feats], self.strides, dtype=dtype, device=device
+            )
             self._anchor_key = key
         return self._anchor_cache
 
@@ -198,7 +201,8 @@ class DetectionCriterion(Criterion):
         for i, f in enumerate(feats):
             if f.ndim != 4 or f.shape[1] != channels:
                 raise ValueError(
-                    f"feats[{i}] must have shape [B, {channels}, H, W] (4·reg_max + num_classes channels), got {tuple(f.shape)}"
+                    f"feats[{i}] must have shape [B, {channels}, H, W] (4·reg_max + num_classes channels), "
+                    f"got {tuple(f.shape)}"
                 )
             if not f.is_floating_point():
                 raise ValueError(f"feats[{i}] must be floating point, got {f.dtype}")
@@ -220,10 +224,13 @@ class DetectionCriterion(Criterion):
                 raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
             boxes, labels = t["boxes"], t["labels"]
             if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point():
-                raise ValueError(f"targets[{i}]['boxes'] must be a float tensor of shape (n, 4), got {_describe(boxes)}")
+                raise ValueError(
+                    f"targets[{i}]['boxes'] must be a float tensor of shape (n, 4), got {_describe(boxes)}"
+                )
             if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1] or labels.is_floating_point():
                 raise ValueError(
-                    f"targets[{i}]['labels'] must be an integer tensor of shape ({boxes.shape[0]},), got {_describe(labels)}"
+                    f"targets[{i}]['labels'] must be an integer tensor of shape ({boxes.shape[0]},), "
+                    f"got {_describe(labels)}"
                 )
 
     def _check_target_values(self, targets, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> None:
@@ -236,7 +243,8 @@ class DetectionCriterion(Criterion):
         image, index = (int(v) for v in bad.nonzero()[0])
         if bool(bad_label[image, index]):
             raise ValueError(
-                f"targets[{image}]['labels'][{index}] = {int(gt_labels[image, index])} is outside [0, {self.num_classes})"
+                f"targets[{image}]['labels'][{index}] = {int(gt_labels[image, index])} "
+                f"is outside [0, {self.num_classes})"
             )
         box = targets[image]["boxes"][index].tolist()
         problem = "has NaN or inf" if not all(map(lambda v: abs(v) < float("inf"), box)) else "has x2 < x1 or y2 < y1"

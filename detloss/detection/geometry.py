@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = ["make_anchors", "expected_distance", "dist2bbox", "bbox2dist", "decode_boxes"]
 
+
 def make_anchors(
     feats: Sequence[Tensor] | Sequence[tuple[int, int]],
     strides: Sequence[float],

@@ -21,9 +21,22 @@ from .regression import *  # noqa: F403
 from .varifocal import *  # noqa: F403
 
 # the families in the order of the README's table (the star imports above bind `cross_entropy` to the function)
-_FAMILIES = [sys.modules[f"{__name__}.{name}"] for name in (
-    "iou", "dfl", "bce", "cross_entropy", "focal", "varifocal", "quality_focal", "hinge", "regression", "dice", "penalty"
-)]
+_FAMILIES = [
+    sys.modules[f"{__name__}.{name}"]
+    for name in (
+        "iou",
+        "dfl",
+        "bce",
+        "cross_entropy",
+        "focal",
+        "varifocal",
+        "quality_focal",
+        "hinge",
+        "regression",
+        "dice",
+        "penalty",
+    )
+]
 
 __all__ = [
     "available",

@@ -120,8 +120,9 @@ def loss_function(options_type: type[LossOptions] = NoOptions) -> Callable[[Call
         missing = set(_CALL_KEYWORDS) - {p.name for p in tail}
         if missing:
             raise TypeError(f"{core.__name__} must take the keywords {sorted(missing)}")
-        option_params = [p.replace(annotation=inspect.Parameter.empty) for p in
-                         inspect.signature(options_type).parameters.values()]
+        option_params = [
+            p.replace(annotation=inspect.Parameter.empty) for p in inspect.signature(options_type).parameters.values()
+        ]
         signature = inspect.Signature([*inputs, *option_params, *tail], return_annotation=Tensor)
         input_names = [p.name for p in inputs]
         option_names = [p.name for p in option_params]
@@ -131,10 +132,11 @@ def loss_function(options_type: type[LossOptions] = NoOptions) -> Callable[[Call
             try:
                 bound = signature.bind(*args, **kwargs)
             except TypeError as err:
-                raise ValueError(f"{core.__name__}: {err}") from None
+                raise ValueError(
+                    f"{core.__name__}: {err}; its options are: {', '.join(option_names) or 'none'}"
+                ) from None
             given = bound.arguments
-            options = _make_options(options_type, core.__name__, (),
-                                    {n: given[n] for n in option_names if n in given})
+            options = _make_options(options_type, core.__name__, (), {n: given[n] for n in option_names if n in given})
             call = {n: given[n] for n in _CALL_KEYWORDS if n in given}
             check_reduction(call.get("reduction", "mean"))
             return core(*(given[n] for n in input_names), options, **call)
@@ -213,8 +215,9 @@ class LossModule(nn.Module):
         self.options = _make_options(function.options_type, owner, (), options)
         self.reduction, self.validate = reduction, bool(validate)
 
-    def forward(self, *inputs, weight: Tensor | None = None, reduction: str | None = None,
-                validate: bool | None = None) -> Tensor:
+    def forward(
+        self, *inputs, weight: Tensor | None = None, reduction: str | None = None, validate: bool | None = None
+    ) -> Tensor:
         """``forward(*inputs, weight=None, reduction=None, validate=None)``; ``weight`` may follow the inputs."""
         n = type(self).function.num_inputs
         if len(inputs) == n + 1 and weight is None:

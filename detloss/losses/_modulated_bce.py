@@ -48,7 +48,6 @@ than that.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -309,7 +308,9 @@ def modulated_bce(x: Tensor, t: Tensor, kind: str, a: float, b: float, weight: T
         return reduce(apply_weight(loss, weight), reduction)
 
 
-def checked_inputs(logits: Tensor, target: Tensor, name: str, weight: Tensor | None, validate: bool) -> tuple[Tensor, Tensor]:
+def checked_inputs(
+    logits: Tensor, target: Tensor, name: str, weight: Tensor | None, validate: bool
+) -> tuple[Tensor, Tensor]:
     """The inputs of the modulated-BCE losses as float tensors of one shape, their values checked if asked."""
     logits = as_float("logits", logits)
     target = as_target(name, target, logits)

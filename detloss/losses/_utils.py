@@ -139,7 +139,10 @@ class Checks:
         """Values < 0 and NaN are refused."""
         if x.numel():
             bad = lambda: ~(x.detach() >= 0)  # noqa: E731
-            self.add(bad().any(), lambda: f"{name} must be >= 0, found {x.detach()[bad()][0].item()!r} at index {_first(bad())}")
+            self.add(
+                bad().any(),
+                lambda: f"{name} must be >= 0, found {x.detach()[bad()][0].item()!r} at index {_first(bad())}",
+            )
 
     def weight(self, weight: Tensor | None) -> None:
         """An elementwise ``weight`` must be >= 0 (a negative weight would turn a loss into a reward)."""
@@ -190,7 +193,8 @@ def apply_weight(loss: Tensor, weight: Tensor | None) -> Tensor:
         shape = torch.broadcast_shapes(weight.shape, loss.shape)
     except RuntimeError:
         raise ValueError(
-            f"weight of shape {tuple(weight.shape)} does not broadcast to the unreduced loss of shape {tuple(loss.shape)}"
+            f"weight of shape {tuple(weight.shape)} does not broadcast to the unreduced loss of shape "
+            f"{tuple(loss.shape)}"
         ) from None
     if shape != loss.shape:
         raise ValueError(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._api import LossModule, LossOptions, as_options_tensor, loss_function
-from ._utils import Checks, autocast_off, apply_weight, as_float, as_target, check_number, check_same_shape, reduce
+from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_number, check_same_shape, reduce
 
 __all__: list[str] = []
 

@@ -322,7 +322,7 @@ _ARGS = """
 """
 _PER_CLASS = (
     "``\"none\"``: the ``(B', C')`` values times ``class_weights`` and ``weight``, ``B' = B`` or 1 with\n"
-    "            ``batch_dice``; ``\"sum\"``: their sum; ``\"mean\"``: the sum over ``B' · Σ_c class_weights[c]``, the\n"
+    '            ``batch_dice``; ``"sum"``: their sum; ``"mean"``: the sum over ``B\' · Σ_c class_weights[c]``, the\n'
     "            plain mean without class weights."
 )
 
@@ -337,8 +337,15 @@ def _documented(options: str, reduction: str = _PER_CLASS):
 
 @loss_function(RegionOptions)
 @_documented(":class:`RegionOptions`")
-def dice_loss(logits: Tensor, target: Tensor, options: RegionOptions, *, weight: Tensor | None = None,
-              reduction: str = "mean", validate: bool = True) -> Tensor:
+def dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    options: RegionOptions,
+    *,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Tensor:
     """Soft Dice loss, ``1 − (2I + s) / (P + T + s)`` per sample and class (Milletari et al., V-Net, 2016).
 
     ``I = Σ p·t·m``, ``P = Σ p·m``, ``T = Σ t·m`` over the spatial dims (and the batch with ``batch_dice``);
@@ -352,9 +359,19 @@ def dice_loss(logits: Tensor, target: Tensor, options: RegionOptions, *, weight:
 
 
 @loss_function(GeneralizedDiceOptions)
-@_documented(":class:`GeneralizedDiceOptions`", "``\"none\"`` returns ``(B,)``, or ``(1,)`` with ``batch_dice``; ``\"mean\"`` / ``\"sum\"`` over it.")
-def generalized_dice_loss(logits: Tensor, target: Tensor, options: GeneralizedDiceOptions, *,
-                          weight: Tensor | None = None, reduction: str = "mean", validate: bool = True) -> Tensor:
+@_documented(
+    ":class:`GeneralizedDiceOptions`",
+    '``"none"`` returns ``(B,)``, or ``(1,)`` with ``batch_dice``; ``"mean"`` / ``"sum"`` over it.',
+)
+def generalized_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    options: GeneralizedDiceOptions,
+    *,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Tensor:
     """Generalized Dice loss (Sudre et al., 2017): one value per sample, the classes pooled with weights.
 
     ``GDL = 1 − (2 Σ_c w_c I_c + s) / (Σ_c w_c (P_c + T_c) + s)`` with ``w_c = 1 / T_c²`` (``weight_type=
@@ -378,8 +395,15 @@ def generalized_dice_loss(logits: Tensor, target: Tensor, options: GeneralizedDi
 
 @loss_function(TverskyOptions)
 @_documented(":class:`TverskyOptions`")
-def tversky_loss(logits: Tensor, target: Tensor, options: TverskyOptions, *, weight: Tensor | None = None,
-                 reduction: str = "mean", validate: bool = True) -> Tensor:
+def tversky_loss(
+    logits: Tensor,
+    target: Tensor,
+    options: TverskyOptions,
+    *,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Tensor:
     """Tversky loss (Salehi et al., 2017), ``1 − TI`` per sample and class.
 
     ``TI = (I + s) / (I + α·FP + β·FN + s)``, ``FP = P − I``, ``FN = T − I``. ``α = β = 0.5`` gives Dice (up to
@@ -393,8 +417,15 @@ def tversky_loss(logits: Tensor, target: Tensor, options: TverskyOptions, *, wei
 
 @loss_function(FocalTverskyOptions)
 @_documented(":class:`FocalTverskyOptions`")
-def focal_tversky_loss(logits: Tensor, target: Tensor, options: FocalTverskyOptions, *,
-                       weight: Tensor | None = None, reduction: str = "mean", validate: bool = True) -> Tensor:
+def focal_tversky_loss(
+    logits: Tensor,
+    target: Tensor,
+    options: FocalTverskyOptions,
+    *,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Tensor:
     """Focal Tversky loss (Abraham & Khan, 2019), ``(1 − TI)^γ`` per sample and class.
 
     ``TI`` as in :func:`tversky_loss`; ``γ > 0`` (``γ = 1`` is the Tversky loss, ``γ < 1`` the paper's choice that
@@ -412,8 +443,15 @@ def focal_tversky_loss(logits: Tensor, target: Tensor, options: FocalTverskyOpti
 
 @loss_function(RegionOptions)
 @_documented(":class:`RegionOptions`")
-def jaccard_loss(logits: Tensor, target: Tensor, options: RegionOptions, *, weight: Tensor | None = None,
-                 reduction: str = "mean", validate: bool = True) -> Tensor:
+def jaccard_loss(
+    logits: Tensor,
+    target: Tensor,
+    options: RegionOptions,
+    *,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Tensor:
     """Soft Jaccard (IoU) loss, ``1 − (I + s) / (P + T − I + s)`` per sample and class.
 
     With ``squared=True`` the union is ``Σ p²·m + Σ t²·m − I``, still ``>= I``. A sample/class with every pixel

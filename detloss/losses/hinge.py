@@ -66,10 +66,13 @@ def hinge_loss(
             raise ValueError("class_weights applies to the multi-class hinge only (target of shape (N,))")
         if validate:
             is_neg, is_zero = target == -1, target == 0
-            checks.add(~(is_neg | is_zero | (target == 1)).all(),
-                       lambda: "target of a binary hinge must hold labels in {0, 1} or {-1, 1}")
-            checks.add(is_neg.any() & is_zero.any(),
-                       lambda: "target mixes 0 and -1 as negative labels; use {0, 1} or {-1, 1}")
+            checks.add(
+                ~(is_neg | is_zero | (target == 1)).all(),
+                lambda: "target of a binary hinge must hold labels in {0, 1} or {-1, 1}",
+            )
+            checks.add(
+                is_neg.any() & is_zero.any(), lambda: "target mixes 0 and -1 as negative labels; use {0, 1} or {-1, 1}"
+            )
         checks.run()
         y = torch.where(target > 0, 1.0, -1.0).to(logits.dtype)
         loss = (margin - y * logits).clamp(min=0)

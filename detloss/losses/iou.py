@@ -142,7 +142,8 @@ def iou_loss(
     target = as_target("target", target, pred)
     if pred.shape != target.shape or pred.shape[-1:] != (4,):
         raise ValueError(
-            f"pred and target must both have shape (..., 4) of xyxy boxes, got {tuple(pred.shape)} and {tuple(target.shape)}"
+            f"pred and target must both have shape (..., 4) of xyxy boxes, got {tuple(pred.shape)} "
+            f"and {tuple(target.shape)}"
         )
     if validate:
         _check_box_values(pred, target, weight)
@@ -159,8 +160,10 @@ def _check_box_values(pred: Tensor, target: Tensor, weight: Tensor | None) -> No
     if flat.numel():
         checks.add(
             inverted().any(),
-            lambda: f"target box {int(inverted().nonzero()[0])} has x2 < x1 or y2 < y1: "
-            f"{flat[inverted().nonzero()[0, 0]].tolist()}",
+            lambda: (
+                f"target box {int(inverted().nonzero()[0])} has x2 < x1 or y2 < y1: "
+                f"{flat[inverted().nonzero()[0, 0]].tolist()}"
+            ),
         )
     checks.weight(weight)
     checks.run()

@@ -36,7 +36,9 @@ def penalised_parameters(module: nn.Module, exclude_norm_and_bias: bool = True) 
         return list(module.named_parameters())
     skip = {id(p) for m in module.modules() if isinstance(m, _NORM_LAYERS) for p in m.parameters(recurse=False)}
     return [
-        (name, p) for name, p in module.named_parameters() if id(p) not in skip and not name.rsplit(".", 1)[-1] == "bias"
+        (name, p)
+        for name, p in module.named_parameters()
+        if id(p) not in skip and not name.rsplit(".", 1)[-1] == "bias"
     ]
 
 
@@ -79,7 +81,9 @@ class WeightPenalty(nn.Module):
 
     def forward(self, module: nn.Module, reduction: str | None = None) -> Tensor:
         return weight_penalty(
-            module, p=self.p, exclude_norm_and_bias=self.exclude_norm_and_bias,
+            module,
+            p=self.p,
+            exclude_norm_and_bias=self.exclude_norm_and_bias,
             reduction=self.reduction if reduction is None else reduction,
         )
 

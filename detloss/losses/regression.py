@@ -39,25 +39,37 @@ def _elementwise(fn, pred: Tensor, target: Tensor, weight, reduction: str, valid
         checks.weight(weight)
         checks.run()
     if weight is None and pred.numel():
-        return fn(pred, target, reduction=reduction, **kw)  # the built-in reduces in one kernel (its mean of nothing is NaN)
+        return fn(
+            pred, target, reduction=reduction, **kw
+        )  # the built-in reduces in one kernel (its mean of nothing is NaN)
     return reduce(apply_weight(fn(pred, target, reduction="none", **kw), weight), reduction)
 
 
 @loss_function()
-def mse_loss(pred: Tensor, target: Tensor, options, *, weight=None, reduction: str = "mean", validate: bool = True) -> Tensor:
+def mse_loss(
+    pred: Tensor, target: Tensor, options, *, weight=None, reduction: str = "mean", validate: bool = True
+) -> Tensor:
     """``(pred − target)²`` elementwise; ``"none"`` keeps the input's shape."""
     return _elementwise(F.mse_loss, pred, target, weight, reduction, validate)
 
 
 @loss_function()
-def l1_loss(pred: Tensor, target: Tensor, options, *, weight=None, reduction: str = "mean", validate: bool = True) -> Tensor:
+def l1_loss(
+    pred: Tensor, target: Tensor, options, *, weight=None, reduction: str = "mean", validate: bool = True
+) -> Tensor:
     """``|pred − target|`` elementwise; ``"none"`` keeps the input's shape."""
     return _elementwise(F.l1_loss, pred, target, weight, reduction, validate)
 
 
 @loss_function(SmoothL1Options)
 def smooth_l1_loss(
-    pred: Tensor, target: Tensor, options: SmoothL1Options, *, weight=None, reduction: str = "mean", validate: bool = True
+    pred: Tensor,
+    target: Tensor,
+    options: SmoothL1Options,
+    *,
+    weight=None,
+    reduction: str = "mean",
+    validate: bool = True,
 ) -> Tensor:
     """``0.5·d²/β`` where ``|d| < β``, else ``|d| − 0.5·β``, with ``d = pred − target``; ``"none"`` keeps the shape."""
     return _elementwise(F.smooth_l1_loss, pred, target, weight, reduction, validate, beta=options.beta)

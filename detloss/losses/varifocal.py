@@ -57,7 +57,9 @@ def varifocal_loss(
         validate: check that the scores lie in [0, 1] and the weight is >= 0 (one host sync).
     """
     logits, target_scores = checked_inputs(logits, target_scores, "target_scores", weight, validate)
-    return modulated_bce(logits, target_scores, VARIFOCAL, float(options.alpha), float(options.gamma), weight, reduction)
+    return modulated_bce(
+        logits, target_scores, VARIFOCAL, float(options.alpha), float(options.gamma), weight, reduction
+    )
 
 
 class VarifocalLoss(LossModule, function=varifocal_loss, name="varifocal"):

@@ -29,7 +29,6 @@ __all__ = ["YOLODetector"]
 STRIDES = (8, 16, 32)  # of the neck outputs N3, N4, N5
 
 
-
 def scale_channels(channels: int, width: float, max_channels: int) -> int:
     """``min(channels, max_channels) · width`` rounded up to a multiple of 8 (the YOLOv8 rule)."""
     return int(math.ceil(min(channels, max_channels) * width / 8) * 8)
@@ -200,9 +199,7 @@ class YOLODetector(nn.Module):
         n4 = self.bottom_up4(torch.cat((self.down3(n3), t4), 1))
         n5 = self.bottom_up5(torch.cat((self.down4(n4), p5), 1))
 
-        return [
-            torch.cat((box(x), cls(x)), 1) for x, box, cls in zip((n3, n4, n5), self.box_heads, self.cls_heads)
-        ]
+        return [torch.cat((box(x), cls(x)), 1) for x, box, cls in zip((n3, n4, n5), self.box_heads, self.cls_heads)]
 
     def postprocess(
         self,

@@ -43,5 +43,15 @@ from detloss.report.cli import main
 from detloss.report.load import Run, find_runs, load_run, read_series
 from detloss.report.write import report, write_run_report, write_sweep_report
 
-__all__ = ["Run", "Point", "load_run", "find_runs", "group_points", "read_series", "write_run_report",
-           "write_sweep_report", "report", "main"]
+__all__ = [
+    "Run",
+    "Point",
+    "load_run",
+    "find_runs",
+    "group_points",
+    "read_series",
+    "write_run_report",
+    "write_sweep_report",
+    "report",
+    "main",
+]

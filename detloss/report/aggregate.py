@@ -50,8 +50,13 @@ class Point:
 
 def point_key(run: Run) -> tuple[str, ...]:
     """A run's overrides without ``seed=`` and ``hydra.*``, sorted: what identifies its sweep point."""
-    return tuple(sorted(o for o in run.overrides if split_override(o)[0] not in ("seed", "") and
-                        not split_override(o)[0].startswith("hydra.")))
+    return tuple(
+        sorted(
+            o
+            for o in run.overrides
+            if split_override(o)[0] not in ("seed", "") and not split_override(o)[0].startswith("hydra.")
+        )
+    )
 
 
 def group_points(runs: Sequence[Run]) -> list[Point]:
@@ -99,8 +104,10 @@ def by_others(points: Sequence[Point], key: str, keys: Sequence[str]) -> list[tu
     groups: dict[tuple[str, ...], list[Point]] = {}
     for point in points:
         groups.setdefault(tuple(point.settings.get(k, "") for k in others), []).append(point)
-    return [(", ".join(f"{k}={v}" for k, v in zip(others, values)), groups[values])
-            for values in sorted(groups, key=value_order)]
+    return [
+        (", ".join(f"{k}={v}" for k, v in zip(others, values)), groups[values])
+        for values in sorted(groups, key=value_order)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- which columns

@@ -14,8 +14,9 @@ from detloss.report.write import report
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report of ``argv``'s PATH, print the path of its ``report.md``; the exit status."""
-    parser = argparse.ArgumentParser(prog="detloss-report", description=detloss.report.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="detloss-report", description=detloss.report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", type=Path, help="a run directory (with metrics.json) or a Hydra sweep directory")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: PATH/report)")
     args = parser.parse_args(argv)

@@ -93,8 +93,9 @@ def load_run(run_dir: Path) -> Run:
         config = _read_yaml(run_dir / "config.yaml")
         seed = config.get("seed") if isinstance(config, dict) else None
     if seed is None:
-        seed = next((int(v) for k, v in map(split_override, overrides) if k == "seed" and v.lstrip("-").isdigit()),
-                     None)
+        seed = next(
+            (int(v) for k, v in map(split_override, overrides) if k == "seed" and v.lstrip("-").isdigit()), None
+        )
     return Run(run_dir, record, [str(o) for o in overrides], seed)
 
 
@@ -112,8 +113,9 @@ def find_runs(sweep_dir: Path, skip: Sequence[Path] = ()) -> list[Run]:
         if (child / "metrics.json").is_file() or (child.name.isdigit() and (child / ".hydra").is_dir()):
             found.add(child)
             continue
-        found.update(g for g in child.iterdir() if g.is_dir() and (g / "metrics.json").is_file()
-                     and g.resolve() not in skipped)
+        found.update(
+            g for g in child.iterdir() if g.is_dir() and (g / "metrics.json").is_file() and g.resolve() not in skipped
+        )
     return [load_run(d) for d in sorted(found, key=lambda d: _natural_key(d.relative_to(sweep_dir)))]
 
 

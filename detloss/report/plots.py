@@ -24,7 +24,7 @@ _DIAG_PLOTTED = ("grad_norm", "grad_share", "grad_cos")
 
 def _with_prefix(series: Series, prefix: str) -> dict[str, tuple[list[float], list[float]]]:
     """The series under ``prefix`` keyed by the rest of their name, sorted."""
-    return {k[len(prefix):]: series[k] for k in sorted(series) if k.startswith(prefix) and len(k) > len(prefix)}
+    return {k[len(prefix) :]: series[k] for k in sorted(series) if k.startswith(prefix) and len(k) > len(prefix)}
 
 
 def _ema(values: Sequence[float], fraction: float = 0.05) -> list[float]:
@@ -80,7 +80,7 @@ def _plot_loss_terms(series: Series, path: Path) -> Path | None:
         ax.set(title=title, xlabel=STEP, ylabel=ylabel)
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle("Loss terms: train (light: raw, dark: smoothed) and validation")
     return _save(fig, path)
@@ -93,8 +93,9 @@ def _aligned(curves: dict[str, tuple[list[float], list[float]]]) -> tuple[list[f
     return steps, {name: [m[s] for s in steps] for name, m in maps.items()}
 
 
-def _plot_stacked_share(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str,
-                        ylabel: str, smooth: bool) -> Path | None:
+def _plot_stacked_share(
+    curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str, ylabel: str, smooth: bool
+) -> Path | None:
     """Each curve's share of their sum at each step, stacked to 100 %."""
     steps, values = _aligned(curves)
     if len(curves) < 2 or len(steps) < 2:
@@ -112,8 +113,9 @@ def _plot_stacked_share(curves: dict[str, tuple[list[float], list[float]]], path
 
 def _plot_metrics(series: Series, path: Path, metric: str | None) -> Path | None:
     """Validation metrics per epoch; per-class metrics (``val/<m>/<class>``) in a second panel."""
-    curves = {k: v for k, v in series.items() if k.startswith("val/") and not is_loss(k)
-              and any(x != -1.0 for x in v[1])}
+    curves = {
+        k: v for k, v in series.items() if k.startswith("val/") and not is_loss(k) and any(x != -1.0 for x in v[1])
+    }
     groups = [{k: v for k, v in curves.items() if headline(k)}, {k: v for k, v in curves.items() if not headline(k)}]
     groups = [g for g in groups if g]
     if not groups:
@@ -122,16 +124,30 @@ def _plot_metrics(series: Series, path: Path, metric: str | None) -> Path | None
     for ax, group, title in zip(axes, groups, ["Validation metrics", "Validation metrics per class"]):
         for i, (key, (steps, values)) in enumerate(sorted(group.items())):
             bold = key == metric
-            ax.plot(steps, values, "o-", color=f"C{i % 10}", markersize=3, linewidth=2.5 if bold else 1.2,
-                    label=f"{key} (optimised)" if bold else key)
+            ax.plot(
+                steps,
+                values,
+                "o-",
+                color=f"C{i % 10}",
+                markersize=3,
+                linewidth=2.5 if bold else 1.2,
+                label=f"{key} (optimised)" if bold else key,
+            )
         ax.set(title=title, xlabel=STEP, ylabel="metric value")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def _plot_lines(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str, ylabel: str,
-                smooth: bool = True, zero_line: bool = False, log_y: bool = False) -> Path | None:
+def _plot_lines(
+    curves: dict[str, tuple[list[float], list[float]]],
+    path: Path,
+    title: str,
+    ylabel: str,
+    smooth: bool = True,
+    zero_line: bool = False,
+    log_y: bool = False,
+) -> Path | None:
     """One line per curve over steps (raw and smoothed when ``smooth``)."""
     if not curves:
         return None
@@ -157,20 +173,37 @@ def run_plots(series: Series, out: Path, metric: str | None) -> dict[str, Path]:
     plots = {
         "Loss terms over training (train and validation)": _plot_loss_terms(series, out / "loss_terms.png"),
         "Share of each term in the summed train loss": _plot_stacked_share(
-            _with_prefix(series, "train/loss/"), out / "loss_share.png",
-            "Share of each loss term in the summed train loss (smoothed)", "share of train loss (%)", smooth=True),
+            _with_prefix(series, "train/loss/"),
+            out / "loss_share.png",
+            "Share of each loss term in the summed train loss (smoothed)",
+            "share of train loss (%)",
+            smooth=True,
+        ),
         "Validation metrics": _plot_metrics(series, out / "metrics.png", metric),
-        "Loss term weights": _plot_lines(_with_prefix(series, "train/weight/"), out / "weights.png",
-                                         "Loss term weights", "term weight", smooth=False),
+        "Loss term weights": _plot_lines(
+            _with_prefix(series, "train/weight/"), out / "weights.png", "Loss term weights", "term weight", smooth=False
+        ),
         "Gradient norm of each term": _plot_lines(
-            _with_prefix(series, "diag/grad_norm/"), out / "grad_norm.png",
-            "Gradient norm of each loss term (light: raw, dark: smoothed)", "gradient L2 norm", log_y=True),
+            _with_prefix(series, "diag/grad_norm/"),
+            out / "grad_norm.png",
+            "Gradient norm of each loss term (light: raw, dark: smoothed)",
+            "gradient L2 norm",
+            log_y=True,
+        ),
         "Share of each term in the gradient": _plot_stacked_share(
-            _with_prefix(series, "diag/grad_share/"), out / "grad_share.png",
-            "Share of each loss term in the gradient norm (smoothed)", "share of gradient (%)", smooth=True),
+            _with_prefix(series, "diag/grad_share/"),
+            out / "grad_share.png",
+            "Share of each loss term in the gradient norm (smoothed)",
+            "share of gradient (%)",
+            smooth=True,
+        ),
         "Cosine between term gradients": _plot_lines(
-            cos, out / "grad_cos.png", "Cosine similarity between loss term gradients (below 0: conflict)",
-            "cosine similarity", zero_line=True),
+            cos,
+            out / "grad_cos.png",
+            "Cosine similarity between loss term gradients (below 0: conflict)",
+            "cosine similarity",
+            zero_line=True,
+        ),
     }
     stems: set[str] = set()
     for family, curves in diag_families(series).items():
@@ -180,7 +213,8 @@ def run_plots(series: Series, out: Path, metric: str | None) -> dict[str, Path]:
             stem = f"diag_{_safe_name(family)}_{n}"
         stems.add(stem)
         plots[f"Diagnostics diag/{family}/..."] = _plot_lines(
-            curves, out / f"{stem}.png", f"diag/{family}/... (light: raw, dark: smoothed)", "logged value")
+            curves, out / f"{stem}.png", f"diag/{family}/... (light: raw, dark: smoothed)", "logged value"
+        )
     return {title: path for title, path in plots.items() if path is not None}
 
 
@@ -214,8 +248,15 @@ def plot_sweep_numeric(points: Sequence[Point], key: str, keys: Sequence[str], m
     for i, (label, group) in enumerate(groups):
         rows = sorted((float(p.settings[key]), *p.stats(metric)) for p in group)
         xs_all += [x for x, _, _ in rows]
-        ax.errorbar([x for x, _, _ in rows], [m for _, m, _ in rows], yerr=[s or 0.0 for _, _, s in rows],
-                    fmt="o-", capsize=3, color=f"C{i % 10}", label=label or None)
+        ax.errorbar(
+            [x for x, _, _ in rows],
+            [m for _, m, _ in rows],
+            yerr=[s or 0.0 for _, _, s in rows],
+            fmt="o-",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=label or None,
+        )
     if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 100:
         ax.set_xscale("log")
     ax.set(title=f"{metric} against {key}", xlabel=key, ylabel=f"{metric} (mean ± std over seeds)")
@@ -236,9 +277,15 @@ def plot_sweep_categorical(points: Sequence[Point], key: str, keys: Sequence[str
         xs = [c + (i - (len(groups) - 1) / 2) * width for c in range(len(categories))]
         means = [stats.get(c, (None, None))[0] for c in categories]
         stds = [stats.get(c, (None, None))[1] or 0.0 for c in categories]
-        ax.bar([x for x, m in zip(xs, means) if m is not None], [m for m in means if m is not None], width,
-               yerr=[s for s, m in zip(stds, means) if m is not None], capsize=3, color=f"C{i % 10}",
-               label=label or None)
+        ax.bar(
+            [x for x, m in zip(xs, means) if m is not None],
+            [m for m in means if m is not None],
+            width,
+            yerr=[s for s, m in zip(stds, means) if m is not None],
+            capsize=3,
+            color=f"C{i % 10}",
+            label=label or None,
+        )
     ax.set_xticks(range(len(categories)), [c or "(unset)" for c in categories])
     ax.set(title=f"{metric} per {key}", xlabel=key, ylabel=f"{metric} (mean ± std over seeds)")
     if len(groups) > 1:

@@ -57,21 +57,32 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def run_summary(run: Run) -> list[str]:
     """The run's record as a Markdown list: directory, status, metric, seed, overrides, time, error."""
     rec = run.record
-    items = [("directory", f"`{run.dir}`"), ("status", rec.get("status", "?")), ("task", rec.get("task")),
-             ("optimised metric", f"`{run.metric}` ({run.mode}) = {fmt(run.final_values().get(run.metric or ''))}"
-              if run.metric else None),
-             ("seed", run.seed), ("overrides", " ".join(f"`{o}`" for o in run.overrides) or None),
-             ("epochs", rec.get("epochs")), ("steps", rec.get("steps")),
-             ("wall time", f"{fmt(rec['seconds'])} s" if isinstance(rec.get("seconds"), (int, float)) else None),
-             ("best checkpoint", f"`{rec['best_checkpoint']}`" if rec.get("best_checkpoint") else None),
-             ("error", f"`{run.error}`" if not run.ok else None)]
+    items = [
+        ("directory", f"`{run.dir}`"),
+        ("status", rec.get("status", "?")),
+        ("task", rec.get("task")),
+        (
+            "optimised metric",
+            f"`{run.metric}` ({run.mode}) = {fmt(run.final_values().get(run.metric or ''))}" if run.metric else None,
+        ),
+        ("seed", run.seed),
+        ("overrides", " ".join(f"`{o}`" for o in run.overrides) or None),
+        ("epochs", rec.get("epochs")),
+        ("steps", rec.get("steps")),
+        ("wall time", f"{fmt(rec['seconds'])} s" if isinstance(rec.get("seconds"), (int, float)) else None),
+        ("best checkpoint", f"`{rec['best_checkpoint']}`" if rec.get("best_checkpoint") else None),
+        ("error", f"`{run.error}`" if not run.ok else None),
+    ]
     return [f"- {name}: {value}" for name, value in items if value is not None]
 
 
 def metrics_table(values: dict[str, float], metric: str | None, mode: str) -> list[str]:
     """The final validation metrics, the optimised one in bold; no lines when there are none."""
-    rows = [(f"**{k}** (optimised, {mode})" if k == metric else k, fmt(v))
-            for k, v in sorted(values.items()) if k.startswith("val/") and not is_loss(k)]
+    rows = [
+        (f"**{k}** (optimised, {mode})" if k == metric else k, fmt(v))
+        for k, v in sorted(values.items())
+        if k.startswith("val/") and not is_loss(k)
+    ]
     return table(["metric", "value"], rows) if rows else []
 
 
@@ -95,15 +106,22 @@ def _seeds_cell(point: Point) -> str:
 def results_table(points: Sequence[Point], keys: Sequence[str], columns: Sequence[str], metric: str) -> list[str]:
     """One row per point: swept values, seeds, mean ± std of the headline columns (per-class metrics left out)."""
     shown = [c for c in columns if headline(c)]
-    rows = [[*(p.settings.get(k, "") for k in keys), _seeds_cell(p),
-             *(fmt_stats(*p.stats(c), always_std=c == metric) for c in shown)] for p in points]
+    rows = [
+        [
+            *(p.settings.get(k, "") for k in keys),
+            _seeds_cell(p),
+            *(fmt_stats(*p.stats(c), always_std=c == metric) for c in shown),
+        ]
+        for p in points
+    ]
     return table([*keys, "seeds", *shown], rows)
 
 
 def failed_table(failed: Sequence[Run], sweep_dir: Path) -> list[str]:
     """The failed jobs: directory, overrides, error."""
-    return table(["job", "overrides", "error"],
-                 [(f"`{link(r.dir, sweep_dir)}`", " ".join(r.overrides), r.error) for r in failed])
+    return table(
+        ["job", "overrides", "error"], [(f"`{link(r.dir, sweep_dir)}`", " ".join(r.overrides), r.error) for r in failed]
+    )
 
 
 def _csv_number(value: float | None) -> str:
@@ -114,10 +132,26 @@ def write_sweep_csv(points: Sequence[Point], keys: Sequence[str], columns: Seque
     """``report.csv``: per point the swept values, seeds, failures, full-precision mean and std of every column."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*keys, "seeds", "seed_list", "failed", *(f"{c}_{s}" for c in columns for s in ("mean", "std")),
-                         "overrides"])
+        writer.writerow(
+            [
+                *keys,
+                "seeds",
+                "seed_list",
+                "failed",
+                *(f"{c}_{s}" for c in columns for s in ("mean", "std")),
+                "overrides",
+            ]
+        )
         for point in points:
             stats = [_csv_number(x) for c in columns for x in point.stats(c)]
             seeds = ";".join("" if s is None else str(s) for s in point.seeds)
-            writer.writerow([*(point.settings.get(k, "") for k in keys), len(point.runs), seeds, point.failed,
-                             *stats, " ".join(point.overrides)])
+            writer.writerow(
+                [
+                    *(point.settings.get(k, "") for k in keys),
+                    len(point.runs),
+                    seeds,
+                    point.failed,
+                    *stats,
+                    " ".join(point.overrides),
+                ]
+            )

@@ -9,8 +9,17 @@ from pathlib import Path
 from detloss.report.aggregate import Point, group_points, sort_points, sweep_metric, swept_keys, value_columns
 from detloss.report.load import Run, find_runs, last_values, load_run, read_series
 from detloss.report.plots import run_plots, sweep_plots
-from detloss.report.tables import (NONE, failed_table, fmt, link, loss_table, metrics_table, results_table,
-                                   run_summary, write_sweep_csv)
+from detloss.report.tables import (
+    NONE,
+    failed_table,
+    fmt,
+    link,
+    loss_table,
+    metrics_table,
+    results_table,
+    run_summary,
+    write_sweep_csv,
+)
 
 
 def write_run_report(run: Run, out: Path, title: str | None = None) -> Path:
@@ -44,12 +53,21 @@ def write_sweep_report(runs: Sequence[Run], sweep_dir: Path, out: Path) -> Path:
     columns = value_columns(points, metric)
     write_sweep_csv(points, keys, columns, out / "report.csv")
     failed = [r for r in runs if not r.ok]
-    lines = [f"# Sweep report: `{sweep_dir.name}`", "",
-             f"`{sweep_dir}`: {len(runs)} jobs, {len(points)} sweep points, {len(failed)} failed. "
-             f"Optimised metric: `{metric}` ({mode}imised; best first).", "", "## Results", ""]
+    lines = [
+        f"# Sweep report: `{sweep_dir.name}`",
+        "",
+        f"`{sweep_dir}`: {len(runs)} jobs, {len(points)} sweep points, {len(failed)} failed. "
+        f"Optimised metric: `{metric}` ({mode}imised; best first).",
+        "",
+        "## Results",
+        "",
+    ]
     lines += results_table(points, keys, columns, metric)
-    lines += ["", f"Mean ± sample std (ddof=1) over seeds; {NONE}: missing, or a single seed. Full precision, "
-              "the std of every column and per-class metrics: [report.csv](report.csv)."]
+    lines += [
+        "",
+        f"Mean ± sample std (ddof=1) over seeds; {NONE}: missing, or a single seed. Full precision, "
+        "the std of every column and per-class metrics: [report.csv](report.csv).",
+    ]
     plots = sweep_plots(points, keys, metric, out)
     if plots:
         lines += ["", "## Plots"]
@@ -71,8 +89,12 @@ def _best_run_section(points: Sequence[Point], metric: str, mode: str, sweep_dir
         return ["", "## Best run", "", "No job finished."]
     best_report = write_run_report(best, out / "best_run", title="Best run of the sweep")
     value = fmt(best.final_values().get(metric))
-    return ["", "## Best run", "", f"`{link(best.dir, sweep_dir)}` (seed {best.seed}, `{metric}` = {value}): "
-            f"[report]({link(best_report, out)})"]
+    return [
+        "",
+        "## Best run",
+        "",
+        f"`{link(best.dir, sweep_dir)}` (seed {best.seed}, `{metric}` = {value}): [report]({link(best_report, out)})",
+    ]
 
 
 def report(path: Path | str, out: Path | str | None = None) -> Path:

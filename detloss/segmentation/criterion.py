@@ -20,7 +20,11 @@ def default_segmentation_loss(ignore_index: int = 255) -> CompositeLoss:
     """Dice over the foreground classes + cross-entropy, weight 1 each."""
     return CompositeLoss(
         {
-            "dice": {"loss": DiceLoss(include_background=False, ignore_index=ignore_index), "weight": 1.0, "view": "pixels"},
+            "dice": {
+                "loss": DiceLoss(include_background=False, ignore_index=ignore_index),
+                "weight": 1.0,
+                "view": "pixels",
+            },
             "ce": {"loss": CrossEntropyLoss(ignore_index=ignore_index), "weight": 1.0, "view": "pixels"},
         }
     )
@@ -43,7 +47,9 @@ class SegmentationCriterion(Criterion):
     views = frozenset({"pixels"})
     min_classes = 2  # background included
 
-    def __init__(self, num_classes: int, loss: CompositeLoss | None = None, ignore_index: int = 255, validate: bool = True):
+    def __init__(
+        self, num_classes: int, loss: CompositeLoss | None = None, ignore_index: int = 255, validate: bool = True
+    ):
         check_number("ignore_index", ignore_index, integer=True)
         super().__init__(num_classes, default_segmentation_loss(ignore_index) if loss is None else loss)
         self.ignore_index, self.validate = ignore_index, validate
@@ -52,7 +58,9 @@ class SegmentationCriterion(Criterion):
         if logits.ndim < 3 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must have shape (B, {self.num_classes}, H, W), got {tuple(logits.shape)}")
         if masks.shape != logits.shape[:1] + logits.shape[2:]:
-            raise ValueError(f"masks must have shape {tuple(logits.shape[:1] + logits.shape[2:])}, got {tuple(masks.shape)}")
+            raise ValueError(
+                f"masks must have shape {tuple(logits.shape[:1] + logits.shape[2:])}, got {tuple(masks.shape)}"
+            )
         if self.validate:
             checks = Checks()
             checks.labels("masks", masks, self.num_classes, self.ignore_index)

@@ -86,7 +86,9 @@ class LossTask(L.LightningModule):
         num_classes = criterion.num_classes
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but the criterion has {num_classes} classes")
-        self.class_names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(num_classes)]
+        self.class_names = (
+            [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(num_classes)]
+        )
         self.num_previews = num_previews
         self.nan_guard = nan_guard
         self.channels_last = channels_last
@@ -186,7 +188,9 @@ class LossTask(L.LightningModule):
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        scheduler = self.scheduler_factory(optimizer, total_steps=max(1, total), steps_per_epoch=max(1, total // epochs))
+        scheduler = self.scheduler_factory(
+            optimizer, total_steps=max(1, total), steps_per_epoch=max(1, total // epochs)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------------------------------------- logging
@@ -224,7 +228,7 @@ class LossTask(L.LightningModule):
                 experiment.add_image("val/preview", grid, self.global_step)
 
 
-def to_uint8(image: Tensor) -> Tensor:
+def rgb_uint8(image: Tensor) -> Tensor:
     """A ``(C, H, W)`` float image in [0, 1] as ``(3, H, W)`` uint8."""
     image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]

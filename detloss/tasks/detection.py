@@ -12,7 +12,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from ..composite import Criterion
 from ..models import ModelEMA
-from .base import LossTask, to_uint8
+from .base import LossTask, rgb_uint8
 
 __all__ = ["DetectionTask", "pad_to_equal_image_counts"]
 
@@ -135,7 +135,7 @@ class DetectionTask(LossTask):
 
     def _draw(self, image, pred, target):
         """Targets in green, predictions scoring at least 0.25 in red with their score."""
-        image = to_uint8(image)
+        image = rgb_uint8(image)
         if len(target["boxes"]):
             true = [self._name(int(c)) for c in target["labels"]]
             image = draw_bounding_boxes(image, target["boxes"].cpu(), labels=true, colors="lime", width=1)

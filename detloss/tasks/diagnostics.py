@@ -47,9 +47,9 @@ def term_gradients(values: dict[str, Tensor], inputs: list[Tensor]) -> dict[str,
     grads = {}
     for name, value in values.items():
         parts = torch.autograd.grad(value, inputs, retain_graph=True, allow_unused=True)
-        grads[name] = torch.cat([
-            (g if g is not None else torch.zeros_like(x)).detach().float().flatten() for g, x in zip(parts, inputs)
-        ])
+        grads[name] = torch.cat(
+            [(g if g is not None else torch.zeros_like(x)).detach().float().flatten() for g, x in zip(parts, inputs)]
+        )
     return grads
 
 

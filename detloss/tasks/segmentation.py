@@ -10,7 +10,7 @@ from torchmetrics.segmentation import DiceScore, GeneralizedDiceScore
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from ..composite import Criterion
-from .base import LossTask, to_uint8
+from .base import LossTask, rgb_uint8
 
 __all__ = ["SegmentationTask"]
 
@@ -83,7 +83,7 @@ class SegmentationTask(LossTask):
         self.save_previews(self._draw)
 
     def _draw(self, image, pred, target):
-        image = to_uint8(image)
+        image = rgb_uint8(image)
         classes = torch.arange(1, self.num_classes)
         colours = _PALETTE[: self.num_classes - 1]
         true = draw_segmentation_masks(image, target.cpu()[None] == classes[:, None, None], alpha=0.5, colors=colours)
