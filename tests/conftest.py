@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -43,3 +44,9 @@ def compose(tmp_path):
         return compose_config(f"paths.output_dir={tmp_path}", *overrides, **kwargs)
 
     return _compose
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A CPU ``Trainer`` without logger, progress bar or model summary (``kwargs`` add to or override that)."""
+    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(**{**defaults, **kwargs})

@@ -9,7 +9,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, quiet_trainer
 from test_tasks import TwoTerms  # cls turns NaN on the batch that holds a target marked -1 (sample 5 here)
 from torch import nn
 
@@ -203,16 +203,8 @@ def _nan_fit(nan_guard: str, out_dir: str):
     y[5, 0] = -1
     optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1)
     task = LossTask(nn.Linear(3, 2), TwoTerms(), optimizer, nan_guard=nan_guard)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out_dir,
+    trainer = quiet_trainer(
+        max_epochs=1, devices=2, strategy="ddp_spawn", enable_checkpointing=False, default_root_dir=out_dir
     )
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
     trainer.fit(task, loader)

@@ -7,6 +7,7 @@ import functools
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -177,14 +178,7 @@ def test_dynamic_weight_average_follows_the_loss_ratios():
 def test_learned_weights_are_in_the_optimizer_and_checkpoint(tmp_path):
     criterion = PairCriterion(CompositeLoss(pair_terms(), balancing=UncertaintyWeighting()))
     task = LossTask(nn.Linear(3, 2), criterion, functools.partial(torch.optim.SGD, lr=0.1))
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
     trainer.fit(task, DataLoader(TensorDataset(torch.randn(8, 3), torch.randn(8, 2)), batch_size=4))
     log_vars = criterion.loss.balancing.log_vars
     assert all(float(p) != 0.0 for p in log_vars.values())  # they moved
@@ -207,15 +201,7 @@ def test_diagnostics_equal_hand_computed_gradients():
     task = LossTask(nn.Linear(3, 2), PairCriterion(CompositeLoss(terms)), functools.partial(torch.optim.SGD, lr=0.1))
     before = copy.deepcopy(task.model)
     diagnostics = GradientDiagnostics(every_n_steps=1, layer="model")
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[diagnostics],
-    )
+    trainer = quiet_trainer(max_steps=1, enable_checkpointing=False, callbacks=[diagnostics])
     trainer.fit(task, DataLoader(TensorDataset(x, y), batch_size=8))
     metrics = {k: torch.tensor(v) for k, v in diagnostics.last.items()}
 

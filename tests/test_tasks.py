@@ -2,9 +2,9 @@
 
 import functools
 
-import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -43,14 +43,7 @@ def fit(nan_guard: str, bad_batch: int = 2, batches: int = 4):
     y[bad_batch * 4, 0] = -1
     optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1)
     task = LossTask(nn.Linear(3, 2), TwoTerms(), optimizer, nan_guard=nan_guard)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=False)
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
     trainer.fit(task, loader)
     return trainer, task
@@ -115,7 +108,7 @@ def test_segmentation_metrics_score_empty_images_as_correct():
     masks = torch.zeros(4, 8, 8, dtype=torch.long)
     masks[0, 1:4, 1:4], masks[1, 4:7, 2:5] = 1, 2  # images 2 and 3 hold no lesion
     task = SegmentationTask(MaskEcho(3), SegmentationCriterion(3), torch.optim.SGD, num_previews=0)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer()
     (result,) = trainer.validate(
         task, DataLoader(TensorDataset(masks[:, None].float(), masks), batch_size=2), verbose=False
     )

@@ -23,10 +23,9 @@ full-size memory traffic is reading ``x`` and ``t`` and writing the derivative),
 backward, and the backward scales that buffer in place and hands it over as the gradient.
 
 The blocks are small enough that ATen runs each op on the calling thread, on purpose. Blocks large enough to be
-split over OpenMP threads make the kernel about 1.5× faster on 2 idle cores, but every op then ends in a
-fork/join, and while another process keeps the cores busy (data-loader workers during training) each join can
-wait for a scheduler tick: forward + backward of a 16 × 8400 × 80 focal loss took 2.7 s that way instead of
-0.07–0.09 s.
+split over OpenMP threads are faster on idle cores, but every op then ends in a fork/join, and while another
+process keeps the cores busy (data-loader workers during training) each join can wait for a scheduler tick,
+which costs far more than the threads save (README, "Speed of the losses").
 
 Two more things keep it fast on detection-sized inputs, where almost every target is 0:
 
@@ -190,8 +189,8 @@ def _nonzero(t: Tensor) -> Tensor:
     """Indices of the non-zeros of a mostly-zero 1-D ``t``, as ``torch.nonzero(t).squeeze(1)``.
 
     Finds the rows of 64 that hold a non-zero first (their max and min, block by block on the calling thread, see
-    :data:`BLOCK`), then the non-zeros within those rows: about 3× faster than ``torch.nonzero`` on a detection-sized
-    score map on 2 idle cores, and no OpenMP fork/join per block.
+    :data:`BLOCK`), then the non-zeros within those rows: cheaper than ``torch.nonzero`` on a mostly-zero
+    detection-sized score map, and no OpenMP fork/join per block.
     """
     n = t.numel()
     head = n - n % 64

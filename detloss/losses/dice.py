@@ -60,7 +60,8 @@ import torch
 from torch import Tensor
 
 from ._api import LossModule, LossOptions, as_options_tensor, loss_function
-from ._utils import Checks, apply_weight, as_float, check_choice, check_number, reduce
+from ._region import check_dense_ignore_index, class_weights_for, reduce_classes, region_stats, sudre_weights
+from ._utils import apply_weight, check_choice, check_number, reduce
 
 __all__: list[str] = []
 
@@ -103,7 +104,7 @@ class RegionOptions(LossOptions):
         if self.ignore_index is not None:
             check_number("ignore_index", self.ignore_index, integer=True)
         if self.mode != "multiclass":
-            _check_dense_ignore_index(self.ignore_index)
+            check_dense_ignore_index(self.ignore_index)
         weights = as_options_tensor("class_weights", self.class_weights, ndim=1)
         if weights is not None and (weights.numel() == 0 or not float(weights.sum()) > 0):
             raise ValueError(f"class_weights must be non-empty with a positive sum, got {weights.tolist()}")
@@ -153,154 +154,8 @@ class FocalTverskyOptions(TverskyOptions):
         check_number("gamma", self.gamma, gt=0)
 
 
-def _check_dense_ignore_index(ignore_index: int | None) -> None:
-    if ignore_index is not None and 0 <= ignore_index <= 1:
-        raise ValueError(
-            f"ignore_index={ignore_index} collides with target values in [0, 1] of a dense (binary, multilabel, "
-            "one-hot or soft) target; use a value outside [0, 1], e.g. 255, or None"
-        )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# the soft counts
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _index_labels(logits: Tensor, target: Tensor, mode: str) -> Tensor | None:
-    """``target`` as class indices ``(B, *spatial)`` if it is one (multiclass only), else ``None``."""
-    if mode != "multiclass" or target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        return None
-    batch, _, *spatial = logits.shape
-    if target.shape == (batch, *spatial):
-        return target
-    if target.shape == (batch, 1, *spatial):
-        return target.squeeze(1)
-    return None  # maybe an integer one-hot of the logits' shape
-
-
-def _region_stats(
-    logits: Tensor, target: Tensor, o: RegionOptions, weight: Tensor | None, validate: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The soft counts ``(I, P, T)``, each ``(B', C')``, in the (float32 or float64) dtype of the maths; with
-    ``validate`` the target values and the weight are checked (one host sync)."""
-    logits = as_float("logits", logits)
-    if not isinstance(target, Tensor):
-        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if logits.ndim < 3:
-        raise ValueError(f"logits must have shape (B, C, *spatial), got {tuple(logits.shape)}")
-    num_classes = logits.shape[1]
-    if o.mode == "binary" and num_classes != 1:
-        raise ValueError(f"logits of mode='binary' must have shape (B, 1, *spatial), got {tuple(logits.shape)}")
-    if not o.include_background and num_classes == 1:
-        raise ValueError("include_background=False needs logits with at least 2 channels, got 1")
-
-    checks = Checks()
-    if validate:
-        checks.weight(weight)
-    first = 0 if o.include_background else 1
-    probs = logits.softmax(1) if o.mode == "multiclass" else logits.sigmoid()
-    probs = probs[:, first:]
-    dims = tuple(range(2, logits.ndim))
-    if o.batch_dice:
-        dims = (0, *dims)
-
-    def total(x: Tensor) -> Tensor:  # (B', C')
-        return x.sum(dims, keepdim=True).flatten(1)
-
-    pred_p = probs * probs if o.squared else probs
-    labels = _index_labels(logits, target, o.mode)
-    if labels is not None:
-        if validate:
-            checks.labels("target", labels, num_classes, o.ignore_index)
-            checks.run()
-        labels = labels.unsqueeze(1)  # (B, 1, *spatial)
-        classes = torch.arange(first, num_classes, device=labels.device).view(1, -1, *([1] * (logits.ndim - 2)))
-        # A float one-hot costs one (B, C', ...) buffer, but float * bool products measured ~30% slower on CPU.
-        onehot = (labels == classes).to(probs.dtype)  # a label equal to ignore_index matches no class kept ...
-        valid = None
-        if o.ignore_index is not None:
-            valid = (labels != o.ignore_index).to(probs.dtype)
-            if first <= o.ignore_index < num_classes:  # ... unless ignore_index is itself a class index
-                onehot = onehot * valid
-        inter = total(probs * onehot)
-        pred = total(pred_p if valid is None else pred_p * valid)
-        true = total(onehot)  # t² = t for a one-hot
-        return inter, pred, true
-
-    # dense target: one-hot, soft, multilabel or binary
-    if o.mode == "multiclass" and target.shape != logits.shape:
-        raise ValueError(
-            f"target of mode='multiclass' must hold integer class indices of shape (B, *spatial) or (B, 1, *spatial), "
-            f"or have the logits' shape {tuple(logits.shape)}; got shape {tuple(target.shape)} and dtype {target.dtype}"
-        )
-    if o.mode == "binary" and target.shape == logits.shape[:1] + logits.shape[2:]:
-        target = target.unsqueeze(1)
-    if target.shape != logits.shape:
-        raise ValueError(
-            f"target of mode={o.mode!r} must have the logits' shape {tuple(logits.shape)}"
-            + (" or (B, *spatial)" if o.mode == "binary" else "")
-            + f", got {tuple(target.shape)}"
-        )
-    _check_dense_ignore_index(o.ignore_index)
-    valid = None if o.ignore_index is None else target != o.ignore_index
-    t = target.to(probs.dtype)
-    if valid is not None:
-        t = torch.where(valid, t, 0.0)
-    if validate:
-        if o.mode == "binary" and not (target.is_floating_point() or target.dtype == torch.bool):
-            checks.labels("target", target, 2, o.ignore_index)
-        else:
-            checks.unit_interval("target", t)
-        checks.run()
-    t = t[:, first:]
-    inter = total(probs * t)  # t is already 0 where ignored
-    if valid is not None:
-        pred_p = pred_p * valid[:, first:]
-    true = total(t * t if o.squared else t)
-    return inter, total(pred_p), true
-
-
-# --------------------------------------------------------------------------------------------------------------
-# reductions and the losses proper (options already checked)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _class_weights_for(loss: Tensor, o: RegionOptions) -> Tensor | None:
-    cw = o.on("class_weights", loss)
-    if cw is not None and cw.numel() != loss.shape[1]:
-        raise ValueError(
-            f"class_weights has {cw.numel()} values but the loss has {loss.shape[1]} classes "
-            "(one weight per class kept, i.e. after include_background=False drops channel 0)"
-        )
-    return cw
-
-
-def _reduce_classes(loss: Tensor, o: RegionOptions, weight: Tensor | None, reduction: str) -> Tensor:
-    """Per-class losses ``(B', C')`` -> times class weights and ``weight``, then reduced (see module doc)."""
-    cw = _class_weights_for(loss, o)
-    if cw is not None:
-        loss = loss * cw
-    loss = apply_weight(loss, weight)
-    if reduction != "mean" or cw is None or loss.numel() == 0:
-        return reduce(loss, reduction)
-    return loss.sum() / (loss.shape[0] * cw.sum())
-
-
 def _tversky_index(inter: Tensor, pred: Tensor, true: Tensor, o: TverskyOptions) -> Tensor:
     return (inter + o.smooth) / (inter + o.alpha * (pred - inter) + o.beta * (true - inter) + o.smooth)
-
-
-def _sudre_weights(volume: Tensor, weight_type: str) -> Tensor:
-    """Class weights ``(B', C')`` from the target volumes ``T``; constants, no gradient."""
-    volume = volume.detach()
-    if weight_type == "uniform":
-        return torch.ones_like(volume)
-    w = volume.reciprocal() if weight_type == "simple" else volume.square().reciprocal()
-    finite = torch.isfinite(w)  # an absent class (T = 0) has an infinite weight
-    w = torch.where(finite, w, 0.0)
-    fallback = w.amax(1, keepdim=True)  # the largest finite weight of the sample ...
-    fallback = torch.where(fallback > 0, fallback, 1.0)  # ... or 1 when every class is absent
-    return torch.where(finite, w, fallback)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -353,9 +208,9 @@ def dice_loss(
     in value and gradient: a sample/class with every pixel ignored, or empty in both target and prediction, gives
     ``(0 + s) / (0 + s)``, i.e. loss 0; a class absent from the target but predicted gives a loss near 1.
     """
-    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    inter, pred, true = region_stats(logits, target, options, weight, validate)
     loss = 1.0 - (2.0 * inter + options.smooth) / (pred + true + options.smooth)
-    return _reduce_classes(loss, options, weight, reduction)
+    return reduce_classes(loss, options, weight, reduction)
 
 
 @loss_function(GeneralizedDiceOptions)
@@ -382,9 +237,9 @@ def generalized_dice_loss(
     weights and large images keep it small. A sample with every pixel ignored has ``I = P = T = 0`` and weights 1,
     so its loss is exactly 0.
     """
-    inter, pred, true = _region_stats(logits, target, options, weight, validate)
-    w = _sudre_weights(true, options.weight_type)
-    cw = _class_weights_for(w, options)
+    inter, pred, true = region_stats(logits, target, options, weight, validate)
+    w = sudre_weights(true, options.weight_type)
+    cw = class_weights_for(w, options)
     if cw is not None:
         w = w * cw
     numer = 2.0 * (w * inter).sum(1) + options.smooth
@@ -410,9 +265,9 @@ def tversky_loss(
     ``smooth``), ``α = β = 1`` Jaccard; ``β > α`` weighs missed foreground more. A sample/class with every pixel
     ignored (or empty in target and prediction) gives ``TI = 1``, loss 0; all finite.
     """
-    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    inter, pred, true = region_stats(logits, target, options, weight, validate)
     loss = 1.0 - _tversky_index(inter, pred, true, options)
-    return _reduce_classes(loss, options, weight, reduction)
+    return reduce_classes(loss, options, weight, reduction)
 
 
 @loss_function(FocalTverskyOptions)
@@ -432,13 +287,13 @@ def focal_tversky_loss(
     keeps the gradient large on well-segmented classes). Where ``1 − TI = 0`` the value is exactly 0 and the
     gradient 0, not NaN (``x^γ`` has an infinite slope at 0 for ``γ < 1``).
     """
-    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    inter, pred, true = region_stats(logits, target, options, weight, validate)
     base = 1.0 - _tversky_index(inter, pred, true, options)
     # base < 0 only from rounding, as TI <= 1; feed pow a safe base where it is not positive, and output exactly 0
     positive = base > 0
     safe = torch.where(positive, base, torch.ones_like(base))
     loss = torch.where(positive, safe.pow(options.gamma), torch.zeros_like(base))
-    return _reduce_classes(loss, options, weight, reduction)
+    return reduce_classes(loss, options, weight, reduction)
 
 
 @loss_function(RegionOptions)
@@ -458,9 +313,9 @@ def jaccard_loss(
     ignored (or empty in target and prediction) gives loss 0; a class absent from the target but predicted gives a
     loss near 1; all finite.
     """
-    inter, pred, true = _region_stats(logits, target, options, weight, validate)
+    inter, pred, true = region_stats(logits, target, options, weight, validate)
     loss = 1.0 - (inter + options.smooth) / (pred + true - inter + options.smooth)
-    return _reduce_classes(loss, options, weight, reduction)
+    return reduce_classes(loss, options, weight, reduction)
 
 
 class DiceLoss(LossModule, function=dice_loss, name="dice"):

@@ -26,6 +26,7 @@ import time
 import torch
 from torch import Tensor
 
+from ..losses._utils import check_number
 from .base import StepObserver
 
 __all__ = ["GradientDiagnostics", "term_gradients", "gradient_stats"]
@@ -75,9 +76,7 @@ class GradientDiagnostics(StepObserver):
     """
 
     def __init__(self, every_n_steps: int = 50, layer: str | None = None):
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
-        self.every_n_steps = every_n_steps
+        self.every_n_steps = check_number("every_n_steps", every_n_steps, integer=True, ge=1)
         self.layer = layer
         #: the values of the latest measurement
         self.last: dict[str, float] = {}
