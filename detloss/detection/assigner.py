@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..losses.iou import DEGENERATE
+
 __all__ = ["TaskAlignedAssigner", "Assignment"]
 
 
@@ -209,18 +211,24 @@ class TaskAlignedAssigner(nn.Module):
 
 
 class _BoxTerms:
-    """The per-box quantities of the CIoU, from planes ``x1, y1, x2, y2`` of any broadcastable shape."""
+    """The per-box quantities of the CIoU, from planes ``x1, y1, x2, y2`` of any broadcastable shape (an inverted
+    box has no area, and its corners in any order bound the enclosing box, as in the library's CIoU)."""
+
+    NAMES = ("x1", "y1", "x2", "y2", "lo_x", "hi_x", "lo_y", "hi_y", "area", "cx", "cy", "atan", "r2")
 
     def __init__(self, planes: Tensor):
         self.x1, self.y1, self.x2, self.y2 = planes
-        w, h = self.x2 - self.x1, self.y2 - self.y1
+        self.lo_x, self.hi_x = torch.minimum(self.x1, self.x2), torch.maximum(self.x1, self.x2)
+        self.lo_y, self.hi_y = torch.minimum(self.y1, self.y2), torch.maximum(self.y1, self.y2)
+        w, h = (self.x2 - self.x1).clamp(min=0), (self.y2 - self.y1).clamp(min=0)
         self.area = w * h
         self.cx, self.cy = (self.x1 + self.x2) * 0.5, (self.y1 + self.y2) * 0.5
         self.atan = torch.atan(w / (h + 1e-7))
+        self.r2 = w * w + h * h
 
     def rows(self, *index) -> _BoxTerms:
         view = object.__new__(_BoxTerms)
-        for name in ("x1", "y1", "x2", "y2", "area", "cx", "cy", "atan"):
+        for name in self.NAMES:
             setattr(view, name, getattr(self, name)[index])
         return view
 
@@ -238,8 +246,9 @@ class _Buffers:
 def _ciou_into(out: Tensor, p: _BoxTerms, g: _BoxTerms, tmp: Tensor, eps: float = 1e-7) -> Tensor:
     """The CIoU of every prediction with every ground truth, clamped at 0, written into ``out`` in place.
 
-    The same formula as :func:`~detloss.losses.iou.box_iou_pairwise` (torchvision's ``eps`` placement), written
-    with four scratch blocks so that the dozens of elementwise steps stay in cache.
+    The formula of :func:`~detloss.losses.iou.box_iou_pairwise` (torchvision's ``eps`` placement, inverted boxes
+    and the fade of the aspect term included), written with four scratch blocks so that the dozens of elementwise
+    steps stay in cache.
     """
     a, b, c, d = tmp
     torch.minimum(p.x2, g.x2, out=out)
@@ -248,12 +257,15 @@ def _ciou_into(out: Tensor, p: _BoxTerms, g: _BoxTerms, tmp: Tensor, eps: float 
     out.mul_(b.sub_(torch.maximum(p.y1, g.y1, out=a)).clamp_(min=0))  # intersection
     torch.add(p.area, g.area, out=a).sub_(out).add_(eps)
     iou = out.div_(a)
-    torch.maximum(p.x2, g.x2, out=a).sub_(torch.minimum(p.x1, g.x1, out=b)).square_()
-    torch.maximum(p.y2, g.y2, out=b).sub_(torch.minimum(p.y1, g.y1, out=c)).square_()
+    torch.maximum(p.hi_x, g.hi_x, out=a).sub_(torch.minimum(p.lo_x, g.lo_x, out=b)).square_()
+    torch.maximum(p.hi_y, g.hi_y, out=b).sub_(torch.minimum(p.lo_y, g.lo_y, out=c)).square_()
     diag = a.add_(b).add_(eps)  # c², the enclosing box's diagonal squared
     torch.sub(g.cx, p.cx, out=b).square_()
     rho = b.add_(torch.sub(g.cy, p.cy, out=c).square_()).div_(diag)  # ρ² / c²
     v = torch.sub(g.atan, p.atan, out=c).square_().mul_(4 / math.pi**2)
+    # the fade t⁴ / (t⁴ + 1), t² = r² / (κ² c²) capped at 10⁴, as 1 / (1 + 1 / t⁴)
+    fade = torch.div(p.r2, diag, out=d).mul_(1 / DEGENERATE**2).clamp_(max=1e4).square_()
+    v.mul_(fade.reciprocal_().add_(1).reciprocal_())
     alpha = torch.sub(v, iou, out=d).add_(1 + eps).reciprocal_().mul_(v)  # α = v / (1 − IoU + v), a constant
     return iou.sub_(rho.addcmul_(alpha, v)).clamp_(min=0)
 

@@ -16,8 +16,19 @@ C is the smallest box enclosing both, c its diagonal, ρ the distance between th
 ``giou``, ``diou`` and ``ciou`` equal ``torchvision.ops.{generalized_box_iou,distance_box_iou,complete_box_iou}_loss``
 (same ``eps``) on boxes of positive area.
 
-Degenerate boxes: a pair whose union is empty (two zero-area boxes) has IoU 0, so the loss is 1 plus its penalty
-(0 for identical boxes); a zero-height box has aspect term atan(w / eps). Values and gradients stay finite.
+Degenerate boxes, so that values stay finite and gradients bounded in every precision:
+
+* a pair whose union is empty (two zero-area boxes) has IoU 0, so the loss is 1 plus its penalty (0 for identical
+  boxes); a pair of identical boxes has a zero gradient;
+* an inverted predicted box (``x2 < x1`` or ``y2 < y1``, which a head that regresses raw distances can output) has
+  no area: its width and height count as 0, and the enclosing box ``C`` spans all corners of both boxes, so every
+  loss stays bounded and ``>= 0`` on it (inverted *target* boxes are refused when validating);
+* the terms whose slope grows without bound as a box shrinks to nothing are faded out smoothly there, by the
+  factor ``t⁴ / (t⁴ + 1)`` of a size ``t`` in units of ``κ·c`` (``κ =`` :data:`DEGENERATE`, ``c`` the pair's
+  enclosing diagonal): CIoU's aspect term ``v`` by the predicted box's diagonal, GIoU's enclosing-area penalty by
+  the enclosing box's shorter side. Gradients then stay below about ``2 / (κ·c)``, and a term whose size is ``t``
+  moves by less than ``1 / t⁴`` (relative): nothing in float32 once a box is 1 % of ``c`` (``t = 10``);
+* a zero-height box has aspect angle ``atan(w / eps)``.
 """
 
 from __future__ import annotations
@@ -31,9 +42,11 @@ from torch import Tensor
 from ._api import LossModule, LossOptions, loss_function
 from ._utils import Checks, apply_weight, as_float, as_target, check_choice, check_number, reduce
 
-__all__ = ["IOU_KINDS", "box_iou_pairwise"]
+__all__ = ["IOU_KINDS", "DEGENERATE", "box_iou_pairwise"]
 
 IOU_KINDS = ("iou", "giou", "diou", "ciou", "siou", "eiou")
+DEGENERATE = 1e-3
+"""κ: a box below this fraction of the enclosing diagonal fades out the terms that would explode (module doc)."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +70,8 @@ def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float
     """
     x1, y1, x2, y2 = pred.unbind(-1)
     x1g, y1g, x2g, y2g = target.unbind(-1)
-    w, h = x2 - x1, y2 - y1
-    wg, hg = x2g - x1g, y2g - y1g
+    w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)  # an inverted box has no area
+    wg, hg = (x2g - x1g).clamp(min=0), (y2g - y1g).clamp(min=0)
 
     inter = (torch.minimum(x2, x2g) - torch.maximum(x1, x1g)).clamp(min=0) * (
         torch.minimum(y2, y2g) - torch.maximum(y1, y1g)
@@ -68,12 +81,14 @@ def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float
     if kind == "iou":
         return iou
 
-    # smallest enclosing box
-    cw = torch.maximum(x2, x2g) - torch.minimum(x1, x1g)
-    ch = torch.maximum(y2, y2g) - torch.minimum(y1, y1g)
+    # smallest box enclosing every corner of both (the corners of a valid box are its x1 <= x2, y1 <= y2)
+    cw = _span(x1, x2, x1g, x2g)
+    ch = _span(y1, y2, y1g, y2g)
+    c2 = cw * cw + ch * ch + eps
     if kind == "giou":
         area_c = cw * ch
-        return iou - (area_c - union) / (area_c + eps)
+        side = torch.minimum(cw, ch)
+        return iou - (area_c - union) / (area_c + eps) * _fade(side * side, c2)
 
     # centre offsets (target minus prediction)
     dx = (x1g + x2g - x1 - x2) * 0.5
@@ -82,18 +97,33 @@ def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float
         return iou - 0.5 * (_siou_distance_cost(dx, dy, cw, ch, eps) + _siou_shape_cost(w, h, wg, hg, eps))
 
     rho2 = dx * dx + dy * dy
-    c2 = cw * cw + ch * ch + eps
     diou = iou - rho2 / c2
     if kind == "diou":
         return diou
     if kind == "ciou":
         v = (4 / math.pi**2) * (torch.atan(wg / (hg + eps)) - torch.atan(w / (h + eps))).pow(2)
+        v = v * _fade(w * w + h * h, c2)
         with torch.no_grad():
             alpha = v / (1 - iou + v + eps)
         return diou - alpha * v
     if kind == "eiou":
         return diou - (w - wg).pow(2) / (cw * cw + eps) - (h - hg).pow(2) / (ch * ch + eps)
     raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
+
+
+def _span(a1: Tensor, a2: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
+    """The extent along one axis of the box enclosing the intervals ``[a1, a2]`` and ``[b1, b2]``, either
+    possibly inverted."""
+    lo = torch.minimum(torch.minimum(a1, a2), torch.minimum(b1, b2))
+    return torch.maximum(torch.maximum(a1, a2), torch.maximum(b1, b2)) - lo
+
+
+def _fade(size2: Tensor, c2: Tensor) -> Tensor:
+    """``t⁴ / (t⁴ + 1)`` with ``t² = size² / (κ²·c²)``: 0 for a size of 0, 1 − 1/t⁴ above ``κ·c``; times a term
+    of slope ``~1/size`` it has a slope below ``~2 / (κ·c)``. (``t²`` is capped at 10⁴: the factor is 1 in float32.)"""
+    t2 = (size2 / (DEGENERATE**2 * c2).clamp(min=torch.finfo(c2.dtype).tiny)).clamp(max=1e4)
+    t4 = t2 * t2
+    return t4 / (t4 + 1)
 
 
 def _siou_distance_cost(dx: Tensor, dy: Tensor, cw: Tensor, ch: Tensor, eps: float) -> Tensor:
