@@ -125,3 +125,12 @@ def test_tensor_options_made_in_inference_mode_serve_training():
     loss(logits.double(), target).backward()  # another dtype: a new copy
     loss(logits, target).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_segmentation_criterion_names_a_non_finite_logit():
+    from detloss.segmentation import SegmentationCriterion
+
+    logits, masks = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    logits[1, 2, 0, 3] = float("-inf")
+    with pytest.raises(ValueError, match=r"logits contains NaN or inf at index \(1, 2, 0, 3\)"):
+        SegmentationCriterion(3)(logits, masks)

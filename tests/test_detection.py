@@ -335,3 +335,16 @@ def test_ddp_gradients_equal_one_process(tmp_path):
         half = [f[r * 2 : (r + 1) * 2] * p for f, p in zip(feats, local)]
         (DetectionCriterion(NUM_CLASSES)(half, targets[r * 2 : (r + 1) * 2]).total / 2).backward()
     assert not all(torch.allclose(p.grad, torch.from_numpy(g), rtol=1e-3) for p, g in zip(local, ddp))
+
+
+def test_a_non_finite_head_output_is_named_with_its_level_and_index():
+    feats, targets = random_batch(batch=2, num_gt=3)
+    feats[1][1, 7, 2, 3] = float("nan")
+    with pytest.raises(
+        ValueError, match=r"feats\[1\] \(the head output of stride 16\) contains NaN or inf at index \(1, 7, 2, 3\)"
+    ):
+        DetectionCriterion(NUM_CLASSES)(feats, targets)
+    feats[1][1, 7, 2, 3] = float("inf")
+    with pytest.raises(ValueError, match=r"feats\[1\].*index \(1, 7, 2, 3\)"):
+        DetectionCriterion(NUM_CLASSES)(feats, targets)
+    DetectionCriterion(NUM_CLASSES, validate=False)(feats, targets)  # not checked: the guard of the task sees it

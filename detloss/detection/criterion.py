@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..composite import CompositeLoss, Criterion, View
 from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss
-from ..losses._utils import check_number
+from ..losses._utils import Checks, check_number
 from .assigner import Assignment, TaskAlignedAssigner
 from .geometry import bbox2dist, decode_boxes, make_anchors
 
@@ -90,8 +90,8 @@ class DetectionCriterion(Criterion):
         reg_max: bins of the distance distribution of each box side.
         loss: the composite of terms over the views ``box``, ``dist``, ``cls``; ``None`` for the default.
         assigner: ``None`` for ``TaskAlignedAssigner()``; its ``min_box_side=None`` becomes the middle stride.
-        validate: check the target values (one host sync per call); the terms never check again (the views are
-            marked ``checked``).
+        validate: check that the head maps are finite and the targets valid (one host sync per call, naming the
+            level or target and the first bad index); the terms never check again (the views are marked ``checked``).
 
     Call as ``criterion(feats, targets)``: ``feats`` a list of per-level maps ``[B, 4·reg_max + C, H_l, W_l]``
     (distribution channels first), ``targets`` a list of ``B`` dicts ``{"boxes": (n, 4) xyxy pixels,
@@ -133,7 +133,7 @@ class DetectionCriterion(Criterion):
         with torch.autocast(device.type, enabled=False):
             gt_boxes, gt_labels, gt_mask = self._pack_targets(targets, device)
             if self.validate:
-                self._check_target_values(targets, gt_boxes, gt_labels, gt_mask)
+                self._check_values(feats, targets, gt_boxes, gt_labels, gt_mask)
 
             # one copy of the head output; no permutes
             feats = [f if f.dtype in (torch.float32, torch.float64) else f.float() for f in feats]
@@ -233,22 +233,26 @@ class DetectionCriterion(Criterion):
                     f"got {_describe(labels)}"
                 )
 
-    def _check_target_values(self, targets, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> None:
+    def _check_values(self, feats, targets, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> None:
+        """Finite head maps, finite and upright target boxes, labels in range: one host sync for all of it."""
+        checks = Checks()
+        for i, f in enumerate(feats):
+            checks.finite(f"feats[{i}] (the head output of stride {self.strides[i]:g})", f)
         x1, y1, x2, y2 = gt_boxes.unbind(-1)
         bad_box = ~torch.isfinite(gt_boxes).all(-1) | (x2 < x1) | (y2 < y1)
         bad_label = (gt_labels < 0) | (gt_labels >= self.num_classes)
         bad = (bad_box | bad_label) & gt_mask
-        if not bool(bad.any()):  # the one host sync of the check
-            return
+        checks.add(bad.any(), lambda: self._target_problem(targets, bad, bad_label, gt_labels))
+        checks.run()
+
+    def _target_problem(self, targets, bad: Tensor, bad_label: Tensor, gt_labels: Tensor) -> str:
         image, index = (int(v) for v in bad.nonzero()[0])
         if bool(bad_label[image, index]):
-            raise ValueError(
-                f"targets[{image}]['labels'][{index}] = {int(gt_labels[image, index])} "
-                f"is outside [0, {self.num_classes})"
-            )
+            label = int(gt_labels[image, index])
+            return f"targets[{image}]['labels'][{index}] = {label} is outside [0, {self.num_classes})"
         box = targets[image]["boxes"][index].tolist()
-        problem = "has NaN or inf" if not all(map(lambda v: abs(v) < float("inf"), box)) else "has x2 < x1 or y2 < y1"
-        raise ValueError(f"targets[{image}]['boxes'][{index}] = {box} {problem}")
+        problem = "has NaN or inf" if not all(abs(v) < float("inf") for v in box) else "has x2 < x1 or y2 < y1"
+        return f"targets[{image}]['boxes'][{index}] = {box} {problem}"
 
     @staticmethod
     def _pack_targets(targets, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

@@ -37,7 +37,8 @@ class SegmentationCriterion(Criterion):
         num_classes: classes of the head, background (0) included.
         loss: a composite whose terms take the ``pixels`` view; ``None`` for Dice + CE.
         ignore_index: mask value of pixels that count nowhere.
-        validate: check mask values (one host sync); the terms never check again (the view is marked ``checked``).
+        validate: check that the logits are finite and the mask values valid (one host sync, naming the first bad
+            index); the terms never check again (the view is marked ``checked``).
 
     Called as ``criterion(logits (B, C, H, W), masks (B, H, W) int64)``; returns
     :class:`~detloss.composite.LossOutput`. The one view, ``pixels``, is ``(logits, masks)``: each term reduces
@@ -63,6 +64,7 @@ class SegmentationCriterion(Criterion):
             )
         if self.validate:
             checks = Checks()
+            checks.finite("logits", logits)
             checks.labels("masks", masks, self.num_classes, self.ignore_index)
             checks.run()
         return {"pixels": View((logits.float(), masks.long()), checked=True)}
