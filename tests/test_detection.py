@@ -268,7 +268,7 @@ def test_half_precision_head():
     torch.testing.assert_close(out, ref, rtol=0.05, atol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in config_names("loss") if n.startswith("yolo")])
+@pytest.mark.parametrize("name", [n for n in config_names("loss") if n.startswith("yolo") and "26" not in n])
 def test_shipped_loss_configs_instantiate_and_run(name):
     cfg = compose_config(f"loss={name}", "loss.terms.box.weight=5").loss
     loss = instantiate(cfg)

@@ -37,14 +37,14 @@ def test_yolo_non_square_and_channels():
 
 
 def test_yolo_channel_order_and_bias_init(nano3):
-    """With the final 1×1 weights zeroed the outputs are the biases: 4·reg_max box channels (1.0), then C classes."""
+    """With the final 1×1 weights zeroed the outputs are the biases: 4·reg_max box channels (2.0), then C classes."""
     model = preset("model", "yolo_nano", num_classes=3).eval()
     with torch.no_grad():
         for head in (*model.box_heads, *model.cls_heads):
             head[-1].weight.zero_()
         feats = model(torch.randn(1, 3, 64, 64))
     for f, s in zip(feats, model.strides):
-        assert torch.equal(f[:, : 4 * R], torch.ones_like(f[:, : 4 * R]))
+        assert torch.equal(f[:, : 4 * R], torch.full_like(f[:, : 4 * R], 2.0))
         expected = math.log(5 / 3 / (640 / s) ** 2)
         torch.testing.assert_close(f[:, 4 * R :], torch.full_like(f[:, 4 * R :], expected))
 
@@ -56,7 +56,7 @@ def test_yolo_class_prior_at_init(nano3):
         prior = 5 / 3 / (640 / s) ** 2
         assert f[:, 4 * R :].sigmoid().mean().item() == pytest.approx(prior, rel=0.05)
     box_bias = torch.stack([h[-1].bias for h in nano3.box_heads])
-    assert torch.equal(box_bias, torch.ones_like(box_bias))
+    assert torch.equal(box_bias, torch.full_like(box_bias, 2.0))
 
 
 def test_yolo_parameter_counts():
@@ -82,7 +82,7 @@ def test_yolo_rejects_bad_input_and_options(nano3):
         nano3(torch.randn(1, 3, 48, 64))
     with pytest.raises(ValueError, match="images"):
         nano3(torch.randn(3, 64, 64))
-    for kwargs in ({"num_classes": 0}, {"num_classes": 2, "reg_max": 1}, {"num_classes": 2, "width": 0}):
+    for kwargs in ({"num_classes": 0}, {"num_classes": 2, "reg_max": 0}, {"num_classes": 2, "width": 0}):
         with pytest.raises(ValueError):
             YOLODetector(**kwargs)
     with pytest.raises(ValueError, match="strides"):

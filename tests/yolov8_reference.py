@@ -51,8 +51,12 @@ def assign_dense(
     beta=6.0,
     eps=1e-9,
     min_box_side=0.0,
+    topk2=None,
 ):
-    """Dense task-aligned assignment. Shapes: (B,A,C), (B,A,4), (A,2), (B,G), (B,G,4), (B,G) bool."""
+    """Dense task-aligned assignment. Shapes: (B,A,C), (B,A,4), (A,2), (B,G), (B,G,4), (B,G) bool.
+
+    ``topk2``: after the multiply-claimed anchors are resolved, each ground truth keeps only its ``topk2`` anchors
+    of highest alignment (YOLO26's one-to-one head)."""
     bs, n_max = gt_bboxes.shape[:2]
     na = pd_bboxes.shape[1]
     if n_max == 0:
@@ -89,6 +93,10 @@ def assign_dense(
         multi = (fg.unsqueeze(1) > 1).expand(-1, n_max, -1)
         is_max = torch.zeros_like(mask_pos).scatter_(1, overlaps.argmax(1).unsqueeze(1), 1)
         mask_pos = torch.where(multi, is_max, mask_pos)
+        fg = mask_pos.sum(-2)
+    if topk2 is not None and topk2 < topk:
+        kept = torch.zeros_like(mask_pos).scatter_(-1, torch.topk(align * mask_pos, topk2, dim=-1).indices, 1.0)
+        mask_pos = mask_pos * kept
         fg = mask_pos.sum(-2)
     gt_idx = mask_pos.argmax(-2)
 

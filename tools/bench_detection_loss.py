@@ -12,7 +12,10 @@ Implementations, interleaved in one loop so they see the same machine state:
 * ``detloss``: ``DetectionCriterion(80)`` with its default composite (CIoU 7.5, BCE 0.5, DFL 1.5);
 * ``ultralytics``: ``ultralytics.utils.loss.v8DetectionLoss`` when the package is installed
   (``pip install ultralytics``; not a dependency of detloss). Its timing includes concatenating the head maps
-  into the layout it takes, which its head does in the same training step.
+  into the layout it takes, which its head does in the same training step;
+* ``detloss-yolo26``: ``EndToEndCriterion(80)`` (YOLO26: two heads, reg_max 1, L1 instead of DFL, ProgLoss at
+  the first epoch), on two heads of the same size; ``ultralytics-yolo26``: ``E2ELoss`` on the same maps. Their
+  columns are box, cls and l1 summed over the two heads (with the heads' weights).
 
 The values are printed side by side, and the largest relative difference of each term to detloss.
 Peak memory is measured for each implementation in a fresh subprocess: on CPU the growth of the peak resident
@@ -35,16 +38,24 @@ import torch
 NUM_CLASSES, REG_MAX, STRIDES, IMAGE, BATCH = 80, 16, (8, 16, 32), 640, 16
 
 
-def make_inputs(num_gt: int, device: torch.device, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
+def make_maps(g: torch.Generator, device: torch.device, reg_max: int = REG_MAX) -> list[torch.Tensor]:
     feats = []
     for s in STRIDES:
         n = IMAGE // s
-        f = torch.randn(BATCH, 4 * REG_MAX + NUM_CLASSES, n, n, generator=g)
-        f[:, : 4 * REG_MAX] *= 0.5
-        f[:, : 4 * REG_MAX].view(BATCH, 4, REG_MAX, n, n)[:, :, 1:6] += 2.0
-        f[:, 4 * REG_MAX :] -= 4.0  # a trained head's background logits
+        f = torch.randn(BATCH, 4 * reg_max + NUM_CLASSES, n, n, generator=g)
+        if reg_max > 1:
+            f[:, : 4 * reg_max] *= 0.5
+            f[:, : 4 * reg_max].view(BATCH, 4, reg_max, n, n)[:, :, 1:6] += 2.0
+        else:  # distances of 1 to 5 grid units
+            f[:, :4] = f[:, :4].abs() + 1.0
+        f[:, 4 * reg_max :] -= 4.0  # a trained head's background logits
         feats.append(f.to(device))
+    return feats
+
+
+def make_inputs(num_gt: int, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    feats = {"v8": make_maps(g, device), "one2many": make_maps(g, device, 1), "one2one": make_maps(g, device, 1)}
     targets = []
     for _ in range(BATCH):
         wh = torch.rand(num_gt, 2, generator=g) * 144 + 16
@@ -58,43 +69,75 @@ def make_inputs(num_gt: int, device: torch.device, seed: int = 0):
     return feats, targets
 
 
+def _ultralytics_model(device: torch.device, reg_max: int):
+    head = SimpleNamespace(nc=NUM_CLASSES, reg_max=reg_max, stride=torch.tensor(STRIDES, dtype=torch.float32))
+    model = torch.nn.Module()
+    model.register_parameter("p", torch.nn.Parameter(torch.zeros(1, device=device)))
+    model.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5, epochs=100)
+    model.model = [head]
+    return model
+
+
+def _ultralytics_preds(feats, reg_max: int) -> dict:
+    x = torch.cat([f.flatten(2) for f in feats], 2)
+    return {"boxes": x[:, : 4 * reg_max], "scores": x[:, 4 * reg_max :], "feats": feats}
+
+
+def _ultralytics_batch(targets, device) -> dict:
+    boxes = torch.cat([t["boxes"] for t in targets])
+    xywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1) / IMAGE
+    index = torch.cat([torch.full((len(t["labels"]),), i, device=device) for i, t in enumerate(targets)])
+    return {"batch_idx": index.float(), "cls": torch.cat([t["labels"] for t in targets]).float(), "bboxes": xywh}
+
+
+def _head_sums(terms: dict) -> tuple:
+    """(box, cls, l1) summed over the two heads."""
+    return tuple(sum(v for k, v in terms.items() if k.endswith("/" + name)) for name in ("box", "cls", "l1"))
+
+
 def build(name: str, device: torch.device):
-    """A callable ``(feats, targets) -> (total, (box, cls, dfl))`` for the named implementation."""
+    """A callable ``(feats, targets) -> (total, (box, cls, dfl or l1))`` for the named implementation."""
     if name == "detloss":
         from detloss.detection import DetectionCriterion
 
         crit = DetectionCriterion(NUM_CLASSES).to(device)
 
         def run(feats, targets):
-            out = crit(feats, targets)
+            out = crit(feats["v8"], targets)
             return out.total, tuple(out.terms[k] for k in ("box", "cls", "dfl"))
+
+        return run
+    if name == "detloss-yolo26":
+        from detloss.detection import EndToEndCriterion
+
+        crit = EndToEndCriterion(NUM_CLASSES).to(device)
+
+        def run(feats, targets):
+            out = crit({"one2many": feats["one2many"], "one2one": feats["one2one"]}, targets)
+            return out.total, _head_sums(out.terms)
 
         return run
     if name == "ultralytics":
         from ultralytics.utils.loss import v8DetectionLoss
 
-        head = SimpleNamespace(nc=NUM_CLASSES, reg_max=REG_MAX, stride=torch.tensor(STRIDES, dtype=torch.float32))
-        model = torch.nn.Module()
-        model.register_parameter("p", torch.nn.Parameter(torch.zeros(1, device=device)))
-        model.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
-        model.model = [head]
-        crit = v8DetectionLoss(model, tal_topk=10)
+        crit = v8DetectionLoss(_ultralytics_model(device, REG_MAX), tal_topk=10)
 
         def run(feats, targets):
-            b = feats[0].shape[0]
-            x = torch.cat([f.flatten(2) for f in feats], 2)
-            preds = {"boxes": x[:, : 4 * REG_MAX], "scores": x[:, 4 * REG_MAX :], "feats": feats}
-            boxes = torch.cat([t["boxes"] for t in targets])
-            xywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1) / IMAGE
-            batch = {
-                "batch_idx": torch.cat(
-                    [torch.full((len(t["labels"]),), i, device=device) for i, t in enumerate(targets)]
-                ).float(),
-                "cls": torch.cat([t["labels"] for t in targets]).float(),
-                "bboxes": xywh,
-            }
-            total, items = crit(preds, batch)
-            return total.sum() / b, tuple(items.values())  # its (box, cls, dfl) vector is multiplied by the batch size
+            total, items = crit(_ultralytics_preds(feats["v8"], REG_MAX), _ultralytics_batch(targets, device))
+            return total.sum() / BATCH, tuple(items.values())  # its (box, cls, dfl) is multiplied by the batch size
+
+        return run
+    if name == "ultralytics-yolo26":
+        from ultralytics.utils.loss import E2ELoss
+
+        crit = E2ELoss(_ultralytics_model(device, 1))
+
+        def run(feats, targets):  # what E2ELoss.__call__ does, keeping each head's (box, cls, l1)
+            batch = _ultralytics_batch(targets, device)
+            many = crit.one2many.loss(_ultralytics_preds(feats["one2many"], 1), batch)[0] * crit.o2m
+            one = crit.one2one.loss(_ultralytics_preds(feats["one2one"], 1), batch)[0] * crit.o2o
+            terms = (many + one) / BATCH
+            return terms.sum(), tuple(terms.detach())
 
         return run
     raise ValueError(f"unknown implementation {name!r}")
@@ -103,7 +146,7 @@ def build(name: str, device: torch.device):
 def available(names):
     out = []
     for name in names:
-        if name == "ultralytics":
+        if name.startswith("ultralytics"):
             try:
                 import ultralytics.utils.loss  # noqa: F401
             except ImportError:
@@ -114,7 +157,7 @@ def available(names):
 
 
 def step(run, feats, targets, device):
-    leaves = [f.detach().requires_grad_() for f in feats]
+    leaves = {key: [f.detach().requires_grad_() for f in maps] for key, maps in feats.items()}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -179,7 +222,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gts", type=int, nargs="+", default=[20, 200])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--only", nargs="+", default=["detloss", "ultralytics"])
+    parser.add_argument("--only", nargs="+", default=["detloss", "ultralytics", "detloss-yolo26", "ultralytics-yolo26"])
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -198,7 +241,7 @@ def main(argv=None) -> int:
     )
     print()
     print(
-        "| GTs / image | implementation | fwd + bwd (ms) | vs detloss | peak memory (MiB) | box | cls | dfl "
+        "| GTs / image | implementation | fwd + bwd (ms) | vs detloss | peak memory (MiB) | box | cls | dfl / l1 "
         "| max rel. diff |"
     )
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -213,11 +256,12 @@ def main(argv=None) -> int:
                 if i >= args.warmup:
                     times[name].append(t)
         ours = statistics.median(times[names[0]])
+        same = {name: "detloss-yolo26" if name.endswith("yolo26") else "detloss" for name in names}
         for name in names:
             med = statistics.median(times[name])
             mem = float("nan") if args.no_memory else peak_memory(name, num_gt, args.device, args.threads)
             box, cls, dfl = values[name]
-            base = values[names[0]]
+            base = values.get(same[name], values[name])
             diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(values[name], base))
             print(
                 f"| {num_gt} | {name} | {med * 1e3:.1f} | {med / ours:.2f}× | {mem:.0f} | {box:.6f} | {cls:.6f} | "

@@ -14,7 +14,7 @@ voxel is.
 from .balancing import Balancer, DynamicWeightAverage, UncertaintyWeighting
 from .criterion import Criterion
 from .loss import CompositeLoss, LossOutput, View
-from .weight_schedules import Cosine, HandOver, LinearWarmup, Position, Step, WeightSchedule
+from .weight_schedules import Cosine, HandOver, LinearWarmup, Position, ProgLoss, Step, WeightSchedule
 
 __all__ = [
     "CompositeLoss",
@@ -27,6 +27,7 @@ __all__ = [
     "Step",
     "Cosine",
     "HandOver",
+    "ProgLoss",
     "Balancer",
     "UncertaintyWeighting",
     "DynamicWeightAverage",

@@ -132,11 +132,8 @@ def _parse_term(name: str, spec) -> tuple[_Term, float]:
     if not isinstance(view, str):
         raise ValueError(f"term {name!r}: view must be a string, got {view!r}")
     schedule = spec.get("schedule")
-    if schedule is not None and not isinstance(schedule, WeightSchedule):
-        raise ValueError(
-            f"term {name!r}: schedule must be a WeightSchedule (e.g. {{_target_: detloss.composite.LinearWarmup, "
-            f"duration: 3}}), got {type(schedule).__name__}"
-        )
+    if schedule is not None:
+        _check_schedule(f"term {name}", schedule)
     return _Term(loss, view, schedule), _check_weight(name, weight)
 
 
@@ -144,12 +141,61 @@ def _check_weight(name: str, weight) -> float:
     return check_number(f"term {name!r}: weight", float(weight) if isinstance(weight, Tensor) else weight, ge=0)
 
 
+def _flatten(terms: Mapping, prefix: str = "", factor: float = 1.0, schedules: dict | None = None):
+    """``{full name: (term, weight)}`` of a mapping of terms and groups, and the schedules by owner.
+
+    A group is a mapping without ``loss``: its keys ``weight`` (a factor on its terms' weights) and ``schedule`` are
+    its own, the others its terms (or groups); its terms are named ``<group>/<term>``.
+    """
+    flat: dict[str, tuple[_Term, float]] = {}
+    schedules = {} if schedules is None else schedules
+    for key, spec in terms.items():
+        if spec is None:
+            continue
+        name = f"{prefix}{key}"
+        if "/" in str(key):
+            raise ValueError(f"term or group name {key!r} must not contain '/' (it separates a group from its terms)")
+        if isinstance(spec, Mapping) and "loss" not in spec:  # a group
+            unknown = [k for k, v in spec.items() if k not in ("weight", "schedule") and not isinstance(v, Mapping)]
+            if unknown:
+                raise ValueError(
+                    f"group {name!r}: {sorted(unknown)} are neither terms ({{loss, weight, view}}) nor its own "
+                    "weight or schedule"
+                )
+            weight = _check_weight(name, spec.get("weight", 1.0))
+            schedule = spec.get("schedule")
+            if schedule is not None:
+                schedules[name] = _check_schedule(name, schedule)
+            members = {k: v for k, v in spec.items() if k not in ("weight", "schedule")}
+            if not any(v is not None for v in members.values()):
+                raise ValueError(f"group {name!r} holds no terms")
+            flat.update(_flatten(members, f"{name}/", factor * weight, schedules)[0])
+            continue
+        term, weight = _parse_term(name, spec)
+        if term.schedule is not None:
+            schedules[name] = term.schedule
+        flat[name] = (term, weight * factor)
+    return flat, schedules
+
+
+def _check_schedule(name: str, schedule) -> WeightSchedule:
+    if not isinstance(schedule, WeightSchedule):
+        raise ValueError(
+            f"{name!r}: schedule must be a WeightSchedule (e.g. {{_target_: detloss.composite.LinearWarmup, "
+            f"duration: 3}}), got {type(schedule).__name__}"
+        )
+    return schedule
+
+
 class CompositeLoss(nn.Module):
     """A weighted sum of named loss terms, each fed the view it names.
 
     Args:
         terms: ``{name: {"loss": nn.Module, "weight": float, "view": str, "schedule": WeightSchedule}}``
-            (``schedule`` optional); ``None`` drops a term.
+            (``weight`` 1 and ``schedule`` none by default); ``None`` drops a term. A value without ``loss`` is a
+            *group* of terms: ``{"weight": float, "schedule": WeightSchedule, <term>: {...}, ...}``, whose weight
+            and schedule apply to each of its terms, named ``<group>/<term>`` (the two heads of an end-to-end
+            detector, the scales of deep supervision).
         balancing: an optional :class:`~detloss.composite.Balancer` that learns the terms' factors.
     """
 
@@ -157,7 +203,7 @@ class CompositeLoss(nn.Module):
         super().__init__()
         if not isinstance(terms, Mapping):
             raise ValueError(f"terms must be a mapping of name to {{loss, weight, view}}, got {type(terms).__name__}")
-        parsed = {name: _parse_term(name, spec) for name, spec in terms.items() if spec is not None}
+        parsed, self.schedules = _flatten(terms)
         if not parsed:
             raise ValueError("terms is empty: a composite needs at least one term")
         self.losses = nn.ModuleDict({name: term.loss for name, (term, _) in parsed.items()})
@@ -165,17 +211,24 @@ class CompositeLoss(nn.Module):
         self.views: dict[str, str] = {name: term.view for name, (term, _) in parsed.items()}
         self.base_weights: dict[str, float] = {name: weight for name, (_, weight) in parsed.items()}
         self.weights: dict[str, float] = dict(self.base_weights)
-        self.schedules = {name: term.schedule for name, (term, _) in parsed.items() if term.schedule is not None}
-        for name, schedule in self.schedules.items():
-            if isinstance(schedule, HandOver) and (schedule.to not in self.views or schedule.to == name):
-                raise ValueError(f"term {name!r}: hands its weight over to {schedule.to!r}, which is not another term")
+        for owner, schedule in self.schedules.items():
+            if isinstance(schedule, HandOver):
+                taker = self.members(schedule.to)
+                if not taker or set(taker) & set(self.members(owner)):
+                    raise ValueError(
+                        f"{owner!r}: hands its weight over to {schedule.to!r}, which is not another term or group"
+                    )
         if balancing is not None and not isinstance(balancing, Balancer):
             raise ValueError(f"balancing must be a detloss.composite.Balancer, got {type(balancing).__name__}")
         if balancing is not None:
             balancing.bind(self.names)
         self.balancing = balancing
         if self.schedules:  # the weights of the start of training, until the task updates them
-            self.update(Position(step=0, epoch=0.0, total_steps=1))
+            self.update(Position(step=0, epoch=0.0, total_steps=1, epochs=1))
+
+    def members(self, owner: str) -> list[str]:
+        """The terms that ``owner`` names: the term itself, or every term of the group."""
+        return [n for n in self.views if n == owner or n.startswith(owner + "/")]
 
     @property
     def names(self) -> list[str]:
@@ -194,13 +247,15 @@ class CompositeLoss(nn.Module):
 
     def update(self, position: Position) -> None:
         """Set the scheduled weights, and tell the balancer, for the training position ``position``."""
-        weights = {
-            n: w * (self.schedules[n].factor(position) if n in self.schedules else 1.0)
-            for n, w in self.base_weights.items()
-        }
-        for schedule in self.schedules.values():
+        weights = dict(self.base_weights)
+        for owner, schedule in self.schedules.items():
+            factor = schedule.factor(position)
+            for name in self.members(owner):
+                weights[name] *= factor
             if isinstance(schedule, HandOver):
-                weights[schedule.to] *= schedule.share(position)
+                share = schedule.share(position)
+                for name in self.members(schedule.to):
+                    weights[name] *= share
         self.weights = weights
         if self.balancing is not None:
             self.balancing.update(position)

@@ -1,5 +1,6 @@
-"""Loss-weight schedules: factors on the weights of composite terms (linear warm-up, step, cosine, a two-term
-hand-over). Not to be confused with the learning-rate schedules of :mod:`detloss.tasks.lr_schedules`.
+"""Loss-weight schedules: factors on the weights of composite terms (linear warm-up, step, cosine, hand-overs
+between two terms or groups, YOLO26's ProgLoss). Not to be confused with the learning-rate schedules of
+:mod:`detloss.tasks.lr_schedules`.
 
 A schedule is a factor on the term's configured weight, a function of the training position alone (optimizer
 step, epoch, and the run's length), so that resuming a run from a checkpoint (which restores step and epoch)
@@ -8,13 +9,14 @@ restores it, with no state of its own. In a loss config a term names it under ``
     box: {loss: {_target_: detloss.losses.CIoULoss}, weight: 7.5, view: box,
           schedule: {_target_: detloss.composite.LinearWarmup, duration: 3, unit: epoch}}
 
-A term without a schedule keeps its configured weight (factor 1). The task (:class:`~detloss.tasks.LossTask`)
-sets every scheduled weight before each optimizer step and logs it
-as ``train/weight/<term>``.
+A term without a schedule keeps its configured weight (factor 1); a group of terms may carry one too, which then
+applies to each of its terms. The task (:class:`~detloss.tasks.LossTask`) sets every scheduled weight before each
+optimizer step and logs it as ``train/weight/<term>``.
 
-``HandOver`` moves a weight from one term to another: on term ``a`` with ``to: b`` it multiplies ``a``'s weight by
-``1 − s`` and ``b``'s by ``s``, ``s`` rising from 0 to 1 between ``begin`` and ``end`` (fractions of training) — the
-one-to-many → one-to-one hand-over of NMS-free YOLO training, or any curriculum between two terms.
+``HandOver`` moves a weight from one term (or group) to another: on ``a`` with ``to: b`` it multiplies ``a``'s
+weight by ``1 − s`` and ``b``'s by ``s``, ``s`` rising from 0 to 1 between ``begin`` and ``end`` (fractions of
+training), a curriculum between two terms. ``ProgLoss`` is YOLO26's hand-over from the one-to-many head to the
+one-to-one head, stepped once per epoch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 from ..losses._utils import check_number
 
-__all__ = ["Position", "WeightSchedule", "LinearWarmup", "Step", "Cosine", "HandOver"]
+__all__ = ["Position", "WeightSchedule", "LinearWarmup", "Step", "Cosine", "HandOver", "ProgLoss"]
 
 UNITS = ("step", "epoch")
 
@@ -34,11 +36,12 @@ UNITS = ("step", "epoch")
 @dataclass(frozen=True)
 class Position:
     """Where training is: ``step`` (optimizer steps done), ``epoch`` (fractional: 2.5 = half-way through the
-    third), and the run's length ``total_steps`` (for fractions of training)."""
+    third), and the run's length: ``total_steps`` (for fractions of training) and ``epochs``."""
 
     step: int
     epoch: float
     total_steps: int
+    epochs: int = 1
 
     @property
     def fraction(self) -> float:
@@ -56,6 +59,12 @@ def _check_unit(unit: str) -> str:
 
 def _check_nonneg(name: str, value: float) -> float:
     return check_number(name, value, ge=0)
+
+
+def _check_to(to: str) -> str:
+    if not isinstance(to, str) or not to:
+        raise ValueError(f"to must name the term (or group of terms) that takes the weight over, got {to!r}")
+    return to
 
 
 class WeightSchedule:
@@ -120,12 +129,10 @@ class HandOver(WeightSchedule):
     fractions ``begin`` and ``end`` of training."""
 
     def __init__(self, to: str, begin: float = 0.0, end: float = 1.0):
-        if not isinstance(to, str) or not to:
-            raise ValueError(f"to must name the term that takes the weight over, got {to!r}")
         begin, end = _check_nonneg("begin", begin), _check_nonneg("end", end)
         if not begin <= end <= 1:
             raise ValueError(f"need 0 <= begin <= end <= 1, got begin={begin}, end={end}")
-        self.to, self.begin, self.end = to, begin, end
+        self.to, self.begin, self.end = _check_to(to), begin, end
 
     def share(self, position: Position) -> float:
         """``s``: the part of the hand-over done."""
@@ -135,3 +142,20 @@ class HandOver(WeightSchedule):
 
     def factor(self, position: Position) -> float:
         return 1.0 - self.share(position)
+
+
+class ProgLoss(HandOver):
+    """YOLO26's ProgLoss (Ultralytics 8.4, ``E2ELoss``): this term or group (the one-to-many head) × ``w``, ``to``
+    (the one-to-one head) × ``1 − w``, with ``w = end + (start − end) · max(1 − e / (E − 1), 0)`` at epoch ``e``
+    (0-based, whole epochs: ``w`` changes once per epoch) of ``E``; ``start`` in the first epoch, ``end`` in the
+    last (``E = 1``: ``start``)."""
+
+    def __init__(self, to: str, start: float = 0.8, end: float = 0.1):
+        self.to = _check_to(to)
+        self.start = check_number("start", start, ge=0, le=1)
+        self.end = check_number("end", end, ge=0, le=1)
+
+    def share(self, position: Position) -> float:
+        epoch = math.floor(position.epoch + 1e-9)
+        w = self.end + (self.start - self.end) * max(1.0 - epoch / max(position.epochs - 1, 1), 0.0)
+        return 1.0 - w

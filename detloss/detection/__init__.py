@@ -1,7 +1,7 @@
-"""Detection: box geometry, task-aligned assignment, the YOLO criterion and post-processing."""
+"""Detection: box geometry, task-aligned assignment, the YOLOv8 and YOLO26 criteria and post-processing."""
 
 from .assigner import Assignment, TaskAlignedAssigner
-from .criterion import DetectionCriterion, default_detection_loss
+from .criterion import HEADS, DetectionCriterion, EndToEndCriterion, default_detection_loss, default_end_to_end_loss
 from .geometry import bbox2dist, decode_boxes, dist2bbox, expected_distance, make_anchors
 from .postprocess import decode, postprocess
 
@@ -14,7 +14,10 @@ __all__ = [
     "TaskAlignedAssigner",
     "Assignment",
     "DetectionCriterion",
+    "EndToEndCriterion",
+    "HEADS",
     "default_detection_loss",
+    "default_end_to_end_loss",
     "decode",
     "postprocess",
 ]

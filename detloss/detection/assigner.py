@@ -11,6 +11,8 @@ For every ground truth ``g`` and anchor ``a`` of the same image:
 3. each ground truth claims its top-``k`` anchors by ``t``; a claim counts if the anchor is a candidate;
 4. an anchor claimed by several ground truths goes to the one of highest CIoU (the maximum runs over every
    ground truth of the image, claimant or not, as in the reference implementation; ties go to the first);
+4b. with ``topk2 < topk`` (YOLO26's one-to-one head: ``topk=7, topk2=1``), each ground truth then keeps only its
+   ``topk2`` foreground anchors of highest alignment ``t`` (ties go to the lower anchor index);
 5. the target score of a foreground anchor is ``t · max_u / (max_t + eps)`` for the class of its ground truth,
    the maxima taken per ground truth over its foreground anchors.
 
@@ -27,6 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..losses._utils import check_number
 from ..losses.iou import DEGENERATE
 
 __all__ = ["TaskAlignedAssigner", "Assignment"]
@@ -70,7 +73,10 @@ class TaskAlignedAssigner(nn.Module):
         beta: exponent of the CIoU in the alignment.
         eps: strictness of "inside" and the guard of the score normalisation.
         min_box_side: ground truths narrower or lower than this (pixels) are enlarged to it for the candidate
-            test; ``None`` takes the middle stride of the criterion (16 at strides 8/16/32), 0 turns it off.
+            test (small-target-aware assignment, STAL); ``None`` takes the middle stride of the criterion (16 at
+            strides 8/16/32), 0 turns it off.
+        topk2: after an anchor claimed twice has gone to one ground truth, each ground truth keeps at most its
+            ``topk2`` best anchors by alignment; ``None`` (or ``>= topk``): no second selection.
         chunk_elements: at most this many ``B × g × A`` elements per chunk of ground truths (bounds memory).
     """
 
@@ -82,23 +88,19 @@ class TaskAlignedAssigner(nn.Module):
         eps: float = 1e-9,
         min_box_side: float | None = None,
         chunk_elements: int = 1 << 23,
+        topk2: int | None = None,
     ):
         super().__init__()
-        if not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk!r}")
-        for name, value in (("alpha", alpha), ("beta", beta), ("eps", eps)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if min_box_side is not None and not min_box_side >= 0:
-            raise ValueError(f"min_box_side must be >= 0 or None, got {min_box_side!r}")
-        if chunk_elements < 1:
-            raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements!r}")
-        self.topk, self.alpha, self.beta, self.eps = topk, float(alpha), float(beta), float(eps)
-        self.min_box_side = min_box_side
-        self.chunk_elements = chunk_elements
+        self.topk = check_number("topk", topk, integer=True, ge=1)
+        self.topk2 = None if topk2 is None else check_number("topk2", topk2, integer=True, ge=1)
+        self.alpha, self.beta = check_number("alpha", alpha, ge=0), check_number("beta", beta, ge=0)
+        self.eps = check_number("eps", eps, ge=0)
+        self.min_box_side = None if min_box_side is None else check_number("min_box_side", min_box_side, ge=0)
+        self.chunk_elements = check_number("chunk_elements", chunk_elements, integer=True, ge=1)
 
     def extra_repr(self) -> str:
-        return f"topk={self.topk}, alpha={self.alpha}, beta={self.beta}, min_box_side={self.min_box_side}"
+        topk2 = "" if self.topk2 is None else f", topk2={self.topk2}"
+        return f"topk={self.topk}{topk2}, alpha={self.alpha}, beta={self.beta}, min_box_side={self.min_box_side}"
 
     @torch.no_grad()
     def forward(
@@ -182,11 +184,15 @@ class TaskAlignedAssigner(nn.Module):
         first.scatter_reduce_(0, key, torch.where(valid, slots, key.numel()), reduce="amin")
         fg = valid & (first[key] == slots)
 
-        # target score: t · max_u / (max_t + eps), the maxima per ground truth over its foreground anchors
         pair = (batch * num_gt + gt) * num_anchors + anchor
         t = align.view(-1)[pair] * fg
-        u = ciou.view(-1)[pair] * fg
         owner = batch * num_gt + gt
+        if self.topk2 is not None and self.topk2 < k:
+            fg = fg & _top_per_owner(t, anchor, owner, fg, self.topk2, batch_size * num_gt, num_anchors)
+            t = t * fg
+
+        # target score: t · max_u / (max_t + eps), the maxima per ground truth over its foreground anchors
+        u = ciou.view(-1)[pair] * fg
         max_t = torch.zeros(batch_size * num_gt, device=device).scatter_reduce_(0, owner, t, reduce="amax")
         max_u = torch.zeros_like(max_t).scatter_reduce_(0, owner, u, reduce="amax")
         scores = t * max_u[owner] / (max_t[owner] + self.eps)
@@ -268,6 +274,28 @@ def _ciou_into(out: Tensor, p: _BoxTerms, g: _BoxTerms, tmp: Tensor, eps: float 
     v.mul_(fade.reciprocal_().add_(1).reciprocal_())
     alpha = torch.sub(v, iou, out=d).add_(1 + eps).reciprocal_().mul_(v)  # α = v / (1 − IoU + v), a constant
     return iou.sub_(rho.addcmul_(alpha, v)).clamp_(min=0)
+
+
+def _top_per_owner(
+    t: Tensor, anchor: Tensor, owner: Tensor, fg: Tensor, k: int, num_owners: int, num_anchors: int
+) -> Tensor:
+    """Which foreground slots are among the ``k`` of highest ``t`` of their owner (ties: lower anchor first)."""
+    if k == 1:  # the common case (YOLO26): the best slot of each owner, by one max and one min
+        best = torch.full((num_owners,), -1.0, dtype=t.dtype, device=t.device)
+        best.scatter_reduce_(0, owner, torch.where(fg, t, -1.0), reduce="amax")
+        tied = fg & (t == best[owner])
+        lowest = torch.full((num_owners,), num_anchors, dtype=anchor.dtype, device=anchor.device)
+        lowest.scatter_reduce_(0, owner, torch.where(tied, anchor, num_anchors), reduce="amin")
+        return tied & (anchor == lowest[owner])
+    # general k: order the slots by owner, then t descending, then anchor; rank within each owner
+    order = torch.argsort(anchor, stable=True)
+    order = order[torch.argsort(-torch.where(fg, t, -1.0)[order], stable=True)]
+    order = order[torch.argsort(torch.where(fg, owner, num_owners)[order], stable=True)]
+    sorted_owner = torch.where(fg, owner, num_owners)[order]
+    start = torch.searchsorted(sorted_owner, sorted_owner, right=False)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device) - start
+    return rank < k
 
 
 def _pow(x: Tensor, exponent: float) -> Tensor:

@@ -1,19 +1,24 @@
-"""The YOLO detection criterion: decode the head, assign, build the views, and let the composite weigh the terms.
+"""The YOLO detection criteria: decode the head, assign, build the views, and let the composite weigh the terms.
 
-Default composite (the YOLOv8 formulation): ``box`` = CIoU, weight 7.5; ``cls`` = BCE over all anchors and
-classes, weight 0.5; ``dfl`` = Distribution Focal Loss, weight 1.5; every term divided by the target-score sum
-clamped at 1. The total is not multiplied by the batch size.
+:class:`DetectionCriterion` is the YOLOv8 formulation: one head; default composite ``box`` = CIoU × 7.5, ``cls`` =
+BCE over all anchors and classes × 0.5, ``dfl`` = Distribution Focal Loss × 1.5; every term divided by the
+target-score sum clamped at 1. :class:`EndToEndCriterion` is YOLO26's: the same views for two heads (one-to-many and
+one-to-one), ``reg_max = 1`` and an L1 term on the box sides instead of DFL (see its docstring). Neither multiplies
+by the batch size.
 
-Views built for the composite's terms:
+Views of one head (prefixed ``<head>/`` by the end-to-end criterion):
 
 * ``box``: ``(pred_boxes (M, 4), target_boxes (M, 4))`` in grid units of each anchor's level, weight = the
   anchor's target score;
-* ``dist``: ``(bin_logits (M, 4, reg_max), target_dist (M, 4))`` in bins, same weight;
+* ``dist``: with ``reg_max > 1``, ``(bin_logits (M, 4, reg_max), target_dist (M, 4))`` in bins, the target clamped
+  to ``[0, reg_max − 1.01]`` (for DFL); with ``reg_max == 1``, ``(pred_dist (M, 4), target_dist (M, 4))``, the
+  left/top/right/bottom distances times the anchor's stride divided by the input's width (left, right) or height
+  (top, bottom), neither clamped (for an L1 term); same weight;
 * ``cls``: ``(class_logits (B, C, A), target_scores (B, C, A))``, no weight.
 
-``M = B · G · topk`` slots, one per claim of the assigner: exactly one slot stands for each foreground anchor
-and the rest carry weight 0 (the composite multiplies each term's unreduced values by it), so no host sync is
-needed to compact the foreground.
+``M = B · G · topk`` slots, one per claim of the assigner: exactly one slot stands for each foreground anchor and the
+rest carry weight 0 (the composite multiplies each term's unreduced values by it), so no host sync is needed to
+compact the foreground.
 """
 
 from __future__ import annotations
@@ -23,15 +28,24 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 
-from ..composite import CompositeLoss, Criterion, View
-from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss
-from ..losses._utils import Checks, check_number
+from ..composite import CompositeLoss, Criterion, ProgLoss, View
+from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss, DistanceL1Loss
+from ..losses._utils import check_number
 from .assigner import Assignment, TaskAlignedAssigner
 from .geometry import bbox2dist, decode_boxes, make_anchors
+from .targets import Targets, check_feats, check_values, pack_targets
 
-__all__ = ["DetectionCriterion", "default_detection_loss"]
+__all__ = [
+    "DetectionCriterion",
+    "EndToEndCriterion",
+    "HEADS",
+    "default_detection_loss",
+    "default_end_to_end_loss",
+]
+
+HEADS = ("one2many", "one2one")
+"""The heads of an end-to-end detector; a YOLOv8 head is a one-to-many head."""
 
 
 class _SplitHead(torch.autograd.Function):
@@ -71,7 +85,7 @@ class _SplitHead(torch.autograd.Function):
 
 
 def default_detection_loss() -> CompositeLoss:
-    """CIoU 7.5 + BCE 0.5 + DFL 1.5: the YOLOv8 composite."""
+    """CIoU 7.5 + BCE 0.5 + DFL 1.5: the YOLOv8 composite (``configs/loss/yolo.yaml``)."""
     return CompositeLoss(
         {
             "box": {"loss": CIoULoss(), "weight": 7.5, "view": "box"},
@@ -81,21 +95,117 @@ def default_detection_loss() -> CompositeLoss:
     )
 
 
+def default_end_to_end_loss() -> CompositeLoss:
+    """YOLO26's composite (``configs/loss/yolo26.yaml``): per head CIoU 7.5 + BCE 0.5 + L1 on the sides 1.5, the
+    one-to-many head weighted ``w`` and the one-to-one head ``1 − w`` by :class:`~detloss.composite.ProgLoss`."""
+
+    def head(name: str) -> dict:
+        return {
+            "box": {"loss": CIoULoss(), "weight": 7.5, "view": f"{name}/box"},
+            "cls": {"loss": BCEWithLogitsLoss(), "weight": 0.5, "view": f"{name}/cls"},
+            "l1": {"loss": DistanceL1Loss(), "weight": 1.5, "view": f"{name}/dist"},
+        }
+
+    return CompositeLoss(
+        {"one2many": {"schedule": ProgLoss(to="one2one"), **head("one2many")}, "one2one": head("one2one")}
+    )
+
+
+class _Head:
+    """What the two criteria share: the views of one head's maps, given the checked and packed targets."""
+
+    def __init__(self, num_classes: int, strides: Sequence[float], reg_max: int, assigner: TaskAlignedAssigner):
+        self.num_classes, self.strides, self.reg_max, self.assigner = num_classes, tuple(strides), reg_max, assigner
+        if assigner.min_box_side is None:
+            assigner.min_box_side = float(self.strides[len(self.strides) // 2])
+        self._anchor_key, self._anchor_cache = None, None
+
+    def views(self, feats: Sequence[Tensor], packed: Targets) -> tuple[dict[str, View], Assignment]:
+        batch_size, device = feats[0].shape[0], feats[0].device
+        feats = [f if f.dtype in (torch.float32, torch.float64) else f.float() for f in feats]
+        r = self.reg_max
+        bins, cls_logits = _SplitHead.apply(4 * r, *feats)  # (B, A, 4R), (B, C, A): one copy, no permutes
+        a = cls_logits.shape[2]
+        bin_logits = bins.view(batch_size, a, 4, r)
+
+        points, stride = self._anchors(feats, cls_logits.dtype, device)
+        with torch.no_grad():  # every anchor's box, for the assigner only
+            boxes = decode_boxes(bin_logits, points)  # (B, A, 4), grid units
+        assignment = self.assigner(
+            cls_logits.detach(), boxes.detach() * stride, points * stride, packed.boxes, packed.labels, packed.mask
+        )
+
+        # the slots' boxes are decoded again, in the graph: the gradient never touches the other anchors
+        b, anc = assignment.batch, assignment.anchor
+        slot_bins = bin_logits[b, anc]  # (M, 4, R)
+        slot_points, slot_stride = points[anc], stride[anc]
+        weight = assignment.scores
+        target_boxes = assignment.boxes / slot_stride  # grid units of each anchor's level
+        if r > 1:  # DFL: bin logits against distances in bins
+            dist_view = (slot_bins, bbox2dist(slot_points, target_boxes, r - 1))
+        else:  # L1: distances in fractions of the input's width and height, unclamped
+            size = (
+                torch.tensor([feats[0].shape[3], feats[0].shape[2]] * 2, dtype=bins.dtype, device=device)
+                * self.strides[0]
+            )
+            scale = slot_stride / size  # (M, 4)
+            dist_view = (slot_bins[..., 0] * scale, bbox2dist(slot_points, target_boxes) * scale)
+        norm = _normaliser(weight.sum())
+        views = {
+            "box": View((decode_boxes(slot_bins, slot_points), target_boxes), weight, norm, checked=True),
+            "dist": View(dist_view, weight, norm, checked=True),
+            "cls": View(
+                (cls_logits, assignment.target_scores(batch_size, self.num_classes, a)), None, norm, checked=True
+            ),
+        }
+        return views, assignment
+
+    def _anchors(self, feats: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (tuple(f.shape[-2:] for f in feats), dtype, device)
+        if self._anchor_key != key:
+            sizes = [tuple(f.shape[-2:]) for f in feats]
+            self._anchor_cache = make_anchors(sizes, self.strides, dtype=dtype, device=device)
+            self._anchor_key = key
+        return self._anchor_cache
+
+
+def _normaliser(score_sum: Tensor) -> Tensor:
+    """The target-score sum, global across ranks, clamped at 1 and divided by the world size.
+
+    DDP averages gradients over ``W`` ranks; dividing each rank's terms by ``max(Σ_ranks s, 1) / W`` makes the
+    averaged gradient that of one process on the whole batch. Only where gradients are recorded: in evaluation
+    (no grad) the ranks may run different numbers of batches, so a collective there could wait forever; the value is
+    then normalised per rank.
+    """
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        score_sum = score_sum.detach().clone()
+        dist.all_reduce(score_sum)
+        return score_sum.clamp(min=1.0) / dist.get_world_size()
+    return score_sum.detach().clamp(min=1.0)
+
+
+def _check_strides(strides) -> tuple[float, ...]:
+    if not strides or not isinstance(strides, Sequence):
+        raise ValueError(f"strides must be a non-empty sequence of positive numbers, got {strides!r}")
+    return tuple(check_number("strides", s, gt=0) for s in strides)
+
+
 class DetectionCriterion(Criterion):
-    """Loss of an anchor-free, DFL-regressing detection head (YOLOv8 style).
+    """Loss of an anchor-free detection head (YOLOv8 style).
 
     Args:
         num_classes: number of classes ``C``.
         strides: stride of each feature level, in pixels.
-        reg_max: bins of the distance distribution of each box side.
+        reg_max: bins of the distance distribution of each box side (DFL); 1: one channel per side, the distance
+            itself (the ``dist`` view then serves an L1 term).
         loss: the composite of terms over the views ``box``, ``dist``, ``cls``; ``None`` for the default.
         assigner: ``None`` for ``TaskAlignedAssigner()``; its ``min_box_side=None`` becomes the middle stride.
         validate: check that the head maps are finite and the targets valid (one host sync per call, naming the
             level or target and the first bad index); the terms never check again (the views are marked ``checked``).
 
     Call as ``criterion(feats, targets)``: ``feats`` a list of per-level maps ``[B, 4·reg_max + C, H_l, W_l]``
-    (distribution channels first), ``targets`` a list of ``B`` dicts ``{"boxes": (n, 4) xyxy pixels,
-    "labels": (n,) int64}``, ``n`` possibly 0. Returns :class:`~detloss.composite.LossOutput`.
+    (side channels first), ``targets`` a list of ``B`` dicts ``{"boxes": (n, 4) xyxy pixels, "labels": (n,)
+    int64}``, ``n`` possibly 0. Returns :class:`~detloss.composite.LossOutput`.
     """
 
     views = frozenset({"box", "dist", "cls"})
@@ -110,13 +220,10 @@ class DetectionCriterion(Criterion):
         validate: bool = True,
     ):
         super().__init__(num_classes, default_detection_loss() if loss is None else loss)
-        if not strides or not isinstance(strides, Sequence):
-            raise ValueError(f"strides must be a non-empty sequence of positive numbers, got {strides!r}")
-        self.strides = tuple(check_number("strides", s, gt=0) for s in strides)
-        self.reg_max = check_number("reg_max", reg_max, integer=True, ge=2)
+        self.strides = _check_strides(strides)
+        self.reg_max = check_number("reg_max", reg_max, integer=True, ge=1)
         self.assigner = TaskAlignedAssigner() if assigner is None else assigner
-        if self.assigner.min_box_side is None:
-            self.assigner.min_box_side = float(self.strides[len(self.strides) // 2])
+        self._head = _Head(self.num_classes, self.strides, self.reg_max, self.assigner)
         self.validate = validate
 
     def build_views(self, feats: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> dict[str, View]:
@@ -126,151 +233,100 @@ class DetectionCriterion(Criterion):
         self, feats: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]
     ) -> tuple[dict[str, View], Assignment]:
         """The views the composite's terms receive, and the assignment behind them."""
-        self._check_feats(feats)
-        batch_size = feats[0].shape[0]
-        self._check_targets_structure(targets, batch_size)
-        device = feats[0].device
-        with torch.autocast(device.type, enabled=False):
-            gt_boxes, gt_labels, gt_mask = self._pack_targets(targets, device)
+        if isinstance(feats, Mapping):
+            raise ValueError(
+                "feats is a dict of heads (an end-to-end model): train it with loss=yolo26 (EndToEndCriterion), "
+                "or use a model with end2end=false"
+            )
+        check_feats(feats, self.strides, 4 * self.reg_max + self.num_classes)
+        with torch.autocast(feats[0].device.type, enabled=False):
+            packed = pack_targets(targets, feats[0].shape[0], feats[0].device)
             if self.validate:
-                self._check_values(feats, targets, gt_boxes, gt_labels, gt_mask)
+                check_values({"feats": feats}, self.strides, targets, packed, self.num_classes)
+            return self._head.views(feats, packed)
 
-            # one copy of the head output; no permutes
-            feats = [f if f.dtype in (torch.float32, torch.float64) else f.float() for f in feats]
-            r = self.reg_max
-            bins, cls_logits = _SplitHead.apply(4 * r, *feats)  # (B, A, 4R), (B, C, A)
-            a = cls_logits.shape[2]
-            bin_logits = bins.view(batch_size, a, 4, r)
+    def assignments(self, feats, targets) -> dict[str, tuple[Assignment, Targets]]:
+        """``{"one2many": (assignment, packed targets)}`` of a batch, for diagnostics (no gradient)."""
+        with torch.no_grad():
+            _, assignment = self.match(feats, targets)
+            return {"one2many": (assignment, pack_targets(targets, feats[0].shape[0], feats[0].device))}
 
-            points, stride = self._anchors(feats, cls_logits.dtype, device)
-            with torch.no_grad():  # every anchor's box, for the assigner only
-                boxes = decode_boxes(bin_logits, points)  # (B, A, 4), grid units
 
-            assignment = self.assigner(
-                cls_logits.detach(), boxes.detach() * stride, points * stride, gt_boxes, gt_labels, gt_mask
+class EndToEndCriterion(Criterion):
+    """Loss of an end-to-end detector's two heads (YOLO26, Ultralytics 8.4: ``E2ELoss``).
+
+    The one-to-many head is assigned as YOLOv8's (task-aligned, top-k 10); the one-to-one head with top-k 7, then a
+    second top-k of 1 on the alignment (``topk2``), so that each ground truth keeps at most one anchor. Both enlarge
+    ground-truth sides smaller than the middle stride to it for the candidate test (STAL, ``min_box_side``). Each
+    head gets the views of :class:`DetectionCriterion`, named ``one2many/box``, ``one2one/cls``, …, each normalised
+    by that head's own target-score sum; the default composite (:func:`default_end_to_end_loss`) weighs the heads by
+    ProgLoss.
+
+    Args:
+        num_classes: number of classes ``C``.
+        strides: stride of each feature level, in pixels.
+        reg_max: 1 (YOLO26: each side's distance is one channel, no bins); > 1 trains DFL heads end to end.
+        loss: the composite over the views ``<head>/box``, ``<head>/dist``, ``<head>/cls``; ``None``: YOLO26's.
+        one2many_assigner, one2one_assigner: ``None`` for YOLO26's (``topk=10``; ``topk=7, topk2=1``).
+        validate: as :class:`DetectionCriterion`, for both heads in one host sync.
+
+    Call as ``criterion({"one2many": feats, "one2one": feats}, targets)``, ``targets`` as
+    :class:`DetectionCriterion` takes them.
+    """
+
+    views = frozenset(f"{head}/{view}" for head in HEADS for view in ("box", "dist", "cls"))
+
+    def __init__(
+        self,
+        num_classes: int,
+        strides: Sequence[int] = (8, 16, 32),
+        reg_max: int = 1,
+        loss: CompositeLoss | None = None,
+        one2many_assigner: TaskAlignedAssigner | None = None,
+        one2one_assigner: TaskAlignedAssigner | None = None,
+        validate: bool = True,
+    ):
+        super().__init__(num_classes, default_end_to_end_loss() if loss is None else loss)
+        self.strides = _check_strides(strides)
+        self.reg_max = check_number("reg_max", reg_max, integer=True, ge=1)
+        self.one2many_assigner = TaskAlignedAssigner(topk=10) if one2many_assigner is None else one2many_assigner
+        self.one2one_assigner = TaskAlignedAssigner(topk=7, topk2=1) if one2one_assigner is None else one2one_assigner
+        self._heads = {
+            "one2many": _Head(self.num_classes, self.strides, self.reg_max, self.one2many_assigner),
+            "one2one": _Head(self.num_classes, self.strides, self.reg_max, self.one2one_assigner),
+        }
+        self.validate = validate
+
+    def build_views(self, outputs: Mapping[str, Sequence[Tensor]], targets) -> dict[str, View]:
+        return self.match(outputs, targets)[0]
+
+    def match(self, outputs: Mapping[str, Sequence[Tensor]], targets) -> tuple[dict[str, View], dict[str, Assignment]]:
+        """The views of both heads, and the assignment of each."""
+        if not isinstance(outputs, Mapping) or set(outputs) != set(HEADS):
+            raise ValueError(
+                f"outputs must be a dict {{'one2many': feats, 'one2one': feats}} (an end-to-end model, "
+                f"model.end2end=true), got {type(outputs).__name__}"
+                + (f" with keys {sorted(outputs)}" if isinstance(outputs, Mapping) else "")
             )
-
-            # the slots' boxes are decoded again, in the graph: the gradient never touches the other anchors
-            b, anc = assignment.batch, assignment.anchor
-            slot_bins = bin_logits[b, anc]  # (M, 4, R)
-            slot_points = points[anc]
-            weight = assignment.scores
-            target_boxes = assignment.boxes / stride[anc]  # grid units of each anchor's level
-            norm = self._normaliser(weight.sum())
-            views = {
-                "box": View((decode_boxes(slot_bins, slot_points), target_boxes), weight, norm, checked=True),
-                "dist": View((slot_bins, bbox2dist(slot_points, target_boxes, r - 1)), weight, norm, checked=True),
-                "cls": View(
-                    (cls_logits, assignment.target_scores(batch_size, self.num_classes, a)), None, norm, checked=True
-                ),
-            }
-        return views, assignment
-
-    @staticmethod
-    def _normaliser(score_sum: Tensor) -> Tensor:
-        """The target-score sum, global across ranks, clamped at 1 and divided by the world size.
-
-        DDP averages gradients over ``W`` ranks; dividing each rank's terms by ``max(Σ_ranks s, 1) / W`` makes
-        the averaged gradient that of one process on the whole batch. Only where gradients are recorded: in
-        evaluation (no grad) the ranks may run different numbers of batches, so a collective there could wait
-        forever; the value is then normalised per rank.
-        """
-        if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            score_sum = score_sum.detach().clone()
-            dist.all_reduce(score_sum)
-            return score_sum.clamp(min=1.0) / dist.get_world_size()
-        return score_sum.detach().clamp(min=1.0)
-
-    def _anchors(self, feats: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        key = (tuple(f.shape[-2:] for f in feats), dtype, device)
-        if getattr(self, "_anchor_key", None) != key:
-            self._anchor_cache = make_anchors(
-                [tuple(f.shape[-2:]) for f in feats], self.strides, dtype=dtype, device=device
-            )
-            self._anchor_key = key
-        return self._anchor_cache
-
-    # ----------------------------------------------------------------------------------------- input checks
-
-    def _check_feats(self, feats: Sequence[Tensor]) -> None:
-        if not isinstance(feats, (list, tuple)) or not all(isinstance(f, Tensor) for f in feats):
-            raise ValueError("feats must be a list of per-level tensors [B, 4·reg_max + C, H, W]")
-        if len(feats) != len(self.strides):
-            raise ValueError(f"feats has {len(feats)} levels but strides {self.strides} has {len(self.strides)}")
         channels = 4 * self.reg_max + self.num_classes
-        for i, f in enumerate(feats):
-            if f.ndim != 4 or f.shape[1] != channels:
-                raise ValueError(
-                    f"feats[{i}] must have shape [B, {channels}, H, W] (4·reg_max + num_classes channels), "
-                    f"got {tuple(f.shape)}"
-                )
-            if not f.is_floating_point():
-                raise ValueError(f"feats[{i}] must be floating point, got {f.dtype}")
-            if f.shape[0] != feats[0].shape[0]:
-                raise ValueError(f"feats[{i}] has batch size {f.shape[0]}, feats[0] has {feats[0].shape[0]}")
-            for axis, name in ((2, "height"), (3, "width")):
-                if f.shape[axis] * self.strides[i] != feats[0].shape[axis] * self.strides[0]:
-                    raise ValueError(
-                        f"feats[{i}] {name} {f.shape[axis]} × stride {self.strides[i]} does not match the image "
-                        f"{name} {feats[0].shape[axis] * self.strides[0]} of feats[0]"
-                    )
+        for head in HEADS:
+            check_feats(outputs[head], self.strides, channels, name=f"outputs['{head}']")
+        first = outputs["one2many"][0]
+        with torch.autocast(first.device.type, enabled=False):
+            packed = pack_targets(targets, first.shape[0], first.device)
+            if self.validate:
+                named = {f"outputs['{head}']": outputs[head] for head in HEADS}
+                check_values(named, self.strides, targets, packed, self.num_classes)
+            views, assignments = {}, {}
+            for head in HEADS:
+                head_views, assignments[head] = self._heads[head].views(outputs[head], packed)
+                views.update({f"{head}/{name}": view for name, view in head_views.items()})
+        return views, assignments
 
-    def _check_targets_structure(self, targets, batch_size: int) -> None:
-        if not isinstance(targets, (list, tuple)) or len(targets) != batch_size:
-            n = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
-            raise ValueError(f"targets must be a list of {batch_size} dicts (one per image), got {n}")
-        for i, t in enumerate(targets):
-            if not isinstance(t, Mapping) or "boxes" not in t or "labels" not in t:
-                raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
-            boxes, labels = t["boxes"], t["labels"]
-            if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point():
-                raise ValueError(
-                    f"targets[{i}]['boxes'] must be a float tensor of shape (n, 4), got {_describe(boxes)}"
-                )
-            if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1] or labels.is_floating_point():
-                raise ValueError(
-                    f"targets[{i}]['labels'] must be an integer tensor of shape ({boxes.shape[0]},), "
-                    f"got {_describe(labels)}"
-                )
-
-    def _check_values(self, feats, targets, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> None:
-        """Finite head maps, finite and upright target boxes, labels in range: one host sync for all of it."""
-        checks = Checks()
-        for i, f in enumerate(feats):
-            checks.finite(f"feats[{i}] (the head output of stride {self.strides[i]:g})", f)
-        x1, y1, x2, y2 = gt_boxes.unbind(-1)
-        bad_box = ~torch.isfinite(gt_boxes).all(-1) | (x2 < x1) | (y2 < y1)
-        bad_label = (gt_labels < 0) | (gt_labels >= self.num_classes)
-        bad = (bad_box | bad_label) & gt_mask
-        checks.add(bad.any(), lambda: self._target_problem(targets, bad, bad_label, gt_labels))
-        checks.run()
-
-    def _target_problem(self, targets, bad: Tensor, bad_label: Tensor, gt_labels: Tensor) -> str:
-        image, index = (int(v) for v in bad.nonzero()[0])
-        if bool(bad_label[image, index]):
-            label = int(gt_labels[image, index])
-            return f"targets[{image}]['labels'][{index}] = {label} is outside [0, {self.num_classes})"
-        box = targets[image]["boxes"][index].tolist()
-        problem = "has NaN or inf" if not all(abs(v) < float("inf") for v in box) else "has x2 < x1 or y2 < y1"
-        return f"targets[{image}]['boxes'][{index}] = {box} {problem}"
-
-    @staticmethod
-    def _pack_targets(targets, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        counts = [t["boxes"].shape[0] for t in targets]
-        if max(counts, default=0) == 0:
-            b = len(targets)
-            return (
-                torch.zeros(b, 0, 4, device=device),
-                torch.zeros(b, 0, dtype=torch.long, device=device),
-                torch.zeros(b, 0, dtype=torch.bool, device=device),
-            )
-        boxes = pad_sequence([t["boxes"].to(device=device, dtype=torch.float32) for t in targets], batch_first=True)
-        labels = pad_sequence([t["labels"].to(device=device, dtype=torch.long) for t in targets], batch_first=True)
-        mask = torch.arange(boxes.shape[1]).unsqueeze(0) < torch.tensor(counts).unsqueeze(1)
-        return boxes, labels, mask.to(device, non_blocking=True)
-
-
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
+    def assignments(self, outputs, targets) -> dict[str, tuple[Assignment, Targets]]:
+        """``{head: (assignment, packed targets)}`` of a batch, for diagnostics (no gradient)."""
+        with torch.no_grad():
+            _, assignments = self.match(outputs, targets)
+            first = outputs["one2many"][0]
+            packed = pack_targets(targets, first.shape[0], first.device)
+            return {head: (assignment, packed) for head, assignment in assignments.items()}

@@ -75,6 +75,29 @@ def smooth_l1_loss(
     return _elementwise(F.smooth_l1_loss, pred, target, weight, reduction, validate, beta=options.beta)
 
 
+@loss_function()
+def distance_l1_loss(
+    pred: Tensor, target: Tensor, options, *, weight=None, reduction: str = "mean", validate: bool = True
+) -> Tensor:
+    """The L1 distance of a box's four sides, averaged over them: ``(N, 4)`` → ``(N,)`` for ``"none"``.
+
+    ``mean_s |pred_s − target_s|`` over the sides ``s`` (left, top, right, bottom), e.g. distances from the anchor in
+    fractions of the input's size, as YOLO26 regresses them (Ultralytics 8.4, ``BboxLoss`` with ``reg_max = 1``).
+    ``weight`` is per box, broadcastable to ``(N,)``.
+    """
+    pred = as_float("pred", pred)
+    target = as_target("target", target, pred)
+    check_same_shape("pred", pred, "target", target)
+    if pred.ndim < 1 or pred.shape[-1] != 4:
+        raise ValueError(f"pred and target must have shape (..., 4) of box sides, got {tuple(pred.shape)}")
+    if validate:
+        checks = Checks()
+        checks.finite("target", target)
+        checks.weight(weight)
+        checks.run()
+    return reduce(apply_weight((pred - target).abs().mean(-1), weight), reduction)
+
+
 class MSELoss(LossModule, function=mse_loss, name="mse"):
     """Module form of :func:`mse_loss`."""
 
@@ -85,3 +108,7 @@ class L1Loss(LossModule, function=l1_loss, name="l1"):
 
 class SmoothL1Loss(LossModule, function=smooth_l1_loss, name="smooth_l1"):
     """Module form of :func:`smooth_l1_loss`."""
+
+
+class DistanceL1Loss(LossModule, function=distance_l1_loss, name="distance_l1"):
+    """Module form of :func:`distance_l1_loss`."""

@@ -11,10 +11,16 @@ Layout (YOLOv8; Jocher et al., Ultralytics 2023), base channels 64, 128, 256, 51
 Each level gets a head of two branches: box (3×3, 3×3, 1×1 → 4·reg_max bin logits, sides left, top, right,
 bottom) and class (3×3, 3×3, 1×1 → C logits). The raw output of a level is ``[B, 4·reg_max + C, H_l, W_l]``,
 distribution channels first, which is what ``detloss.detection.DetectionCriterion`` takes.
+
+End to end (``end2end=True``, YOLO26, Ultralytics 8.4): a second copy of the head branches, the one-to-one head,
+runs on the *detached* neck features, so its gradient never reaches the backbone or the neck; ``forward`` returns
+``{"one2many": maps, "one2one": maps}`` (what ``EndToEndCriterion`` takes) and ``postprocess`` keeps the
+one-to-one head's top scores, without NMS. With ``reg_max = 1`` each side is one channel, the distance itself.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -117,7 +123,8 @@ class YOLODetector(nn.Module):
         num_classes: number of classes ``C``.
         width: channel multiplier of the base widths 64…1024 (rounded up to multiples of 8).
         depth: multiplier of the C2f repeats 3, 6, 6, 3 (neck 3), rounded, at least 1.
-        reg_max: bins of the distance distribution of each box side.
+        reg_max: bins of the distance distribution of each box side; 1: one channel per side, the distance.
+        end2end: add the one-to-one head (module docstring); ``forward`` then returns a dict of both heads.
         in_channels: image channels.
         max_channels: cap on the base widths before ``width`` applies.
         strides: the strides of the three output levels; the layout makes them (8, 16, 32), and the configs read
@@ -127,8 +134,8 @@ class YOLODetector(nn.Module):
     at 80 classes) and ``yolo_small.yaml`` (width 0.5; YOLOv8s: 11.2 M).
 
     ``forward(images [B, in_channels, H, W])`` with H, W multiples of 32 returns 3 maps
-    ``[B, 4·reg_max + C, H/s, W/s]`` for ``s`` in ``strides``; ``postprocess`` turns them into torchvision-style
-    detections.
+    ``[B, 4·reg_max + C, H/s, W/s]`` for ``s`` in ``strides`` (a dict of two such lists with ``end2end``);
+    ``postprocess`` turns them into torchvision-style detections.
     """
 
     def __init__(
@@ -140,16 +147,17 @@ class YOLODetector(nn.Module):
         in_channels: int = 3,
         max_channels: int = 1024,
         strides: Sequence[int] = STRIDES,
+        end2end: bool = False,
     ):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("max_channels", max_channels)):
             check_number(name, value, integer=True, ge=1)
-        check_number("reg_max", reg_max, integer=True, ge=2)
+        check_number("reg_max", reg_max, integer=True, ge=1)
         for name, value in (("width", width), ("depth", depth)):
             check_number(name, value, gt=0)
         if tuple(strides) != STRIDES:
             raise ValueError(f"strides must be {list(STRIDES)} (the P3-P5 outputs of this layout), got {list(strides)}")
-        self.num_classes, self.reg_max, self.strides = num_classes, reg_max, STRIDES
+        self.num_classes, self.reg_max, self.strides, self.end2end = num_classes, reg_max, STRIDES, bool(end2end)
         self.width, self.depth = float(width), float(depth)
 
         c1, c2, c3, c4, c5 = (scale_channels(c, width, max_channels) for c in (64, 128, 256, 512, 1024))
@@ -177,17 +185,30 @@ class YOLODetector(nn.Module):
         cls_hidden = max(c3, min(num_classes, 100))
         self.box_heads = nn.ModuleList(head_branch(c, box_hidden, 4 * reg_max) for c in self.channels)
         self.cls_heads = nn.ModuleList(head_branch(c, cls_hidden, num_classes) for c in self.channels)
+        if self.end2end:
+            self.one2one_box_heads = copy.deepcopy(self.box_heads)
+            self.one2one_cls_heads = copy.deepcopy(self.cls_heads)
         self.reset_head_bias()
+
+    def heads(self) -> dict[str, tuple[nn.ModuleList, nn.ModuleList]]:
+        """The (box, class) branches of each head: ``one2many``, and ``one2one`` with ``end2end``."""
+        heads = {"one2many": (self.box_heads, self.cls_heads)}
+        if self.end2end:
+            heads["one2one"] = (self.one2one_box_heads, self.one2one_cls_heads)
+        return heads
 
     @torch.no_grad()
     def reset_head_bias(self) -> None:
-        """Box bias 1.0; class bias ``log(5 / C / (640 / s)²)``: ~5 objects per 640 px image at init."""
-        for box, cls, stride in zip(self.box_heads, self.cls_heads, self.strides):
-            box[-1].bias.fill_(1.0)
-            cls[-1].bias.fill_(math.log(5 / self.num_classes / (640 / stride) ** 2))
+        """Box bias 2.0 (with one channel per side: distances of 2 grid units at init; any constant for bins);
+        class bias ``log(5 / C / (640 / s)²)``: ~5 objects per 640 px image at init (Ultralytics' ``bias_init``)."""
+        for box_heads, cls_heads in self.heads().values():
+            for box, cls, stride in zip(box_heads, cls_heads, self.strides):
+                box[-1].bias.fill_(2.0)
+                cls[-1].bias.fill_(math.log(5 / self.num_classes / (640 / stride) ** 2))
 
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """``images [B, in_channels, H, W]`` → 3 raw maps ``[B, 4·reg_max + C, H/s, W/s]``, s = 8, 16, 32."""
+    def forward(self, images: Tensor) -> list[Tensor] | dict[str, list[Tensor]]:
+        """``images [B, in_channels, H, W]`` → 3 raw maps ``[B, 4·reg_max + C, H/s, W/s]``, s = 8, 16, 32 (with
+        ``end2end``: ``{"one2many": maps, "one2one": maps}``, the second on detached neck features)."""
         if images.ndim != 4 or images.shape[-2] % 32 or images.shape[-1] % 32:
             raise ValueError(f"images must be [B, C, H, W] with H and W multiples of 32, got {tuple(images.shape)}")
         p3 = self.stage2(self.stage1(self.stem(images)))
@@ -199,17 +220,31 @@ class YOLODetector(nn.Module):
         n4 = self.bottom_up4(torch.cat((self.down3(n3), t4), 1))
         n5 = self.bottom_up5(torch.cat((self.down4(n4), p5), 1))
 
-        return [torch.cat((box(x), cls(x)), 1) for x, box, cls in zip((n3, n4, n5), self.box_heads, self.cls_heads)]
+        necks = (n3, n4, n5)
+        maps = [torch.cat((box(x), cls(x)), 1) for x, box, cls in zip(necks, self.box_heads, self.cls_heads)]
+        if not self.end2end:
+            return maps
+        detached = [x.detach() for x in necks]
+        one2one = zip(detached, self.one2one_box_heads, self.one2one_cls_heads)
+        return {"one2many": maps, "one2one": [torch.cat((box(x), cls(x)), 1) for x, box, cls in one2one]}
 
     def postprocess(
         self,
-        feats: Sequence[Tensor],
+        feats: Sequence[Tensor] | dict[str, Sequence[Tensor]],
         image_size: tuple[int, int] | None = None,
         conf_threshold: float = 0.001,
         iou_threshold: float = 0.7,
         max_det: int = 300,
     ) -> list[dict[str, Tensor]]:
-        """Detections of each image; see :func:`postprocess`."""
+        """Detections of each image; see :func:`~detloss.detection.postprocess`: class-wise NMS of the head, or with
+        ``end2end`` the one-to-one head's top ``max_det`` scores, without NMS."""
+        if self.end2end:
+            if not isinstance(feats, dict) or "one2one" not in feats:
+                raise ValueError("an end-to-end detector's postprocess takes its forward's dict of heads")
+            feats, method = feats["one2one"], "topk"
+        else:
+            method = "nms"
         return postprocess(
-            feats, self.num_classes, self.strides, self.reg_max, image_size, conf_threshold, iou_threshold, max_det
-        )
+            feats, self.num_classes, self.strides, self.reg_max, image_size, conf_threshold, iou_threshold, max_det,
+            method,
+        )  # fmt: skip

@@ -2,8 +2,16 @@
 
 from .base import LossTask, StepObserver
 from .detection import DetectionTask
-from .diagnostics import GradientDiagnostics
+from .diagnostics import AssignmentDiagnostics, GradientDiagnostics
 from .lr_schedules import warmup_cosine
 from .segmentation import SegmentationTask
 
-__all__ = ["LossTask", "StepObserver", "DetectionTask", "SegmentationTask", "GradientDiagnostics", "warmup_cosine"]
+__all__ = [
+    "LossTask",
+    "StepObserver",
+    "DetectionTask",
+    "SegmentationTask",
+    "GradientDiagnostics",
+    "AssignmentDiagnostics",
+    "warmup_cosine",
+]

@@ -28,8 +28,9 @@ class StepObserver(L.Callback):
     def observes(self, trainer: L.Trainer, step: int) -> bool:
         return True
 
-    def on_loss(self, trainer: L.Trainer, task: LossTask, outputs, loss: LossOutput) -> None:
-        """``outputs``: the model's output; ``loss``: what the criterion returned for it."""
+    def on_loss(self, trainer: L.Trainer, task: LossTask, batch, outputs, loss: LossOutput) -> None:
+        """``batch``: the step's ``(inputs, targets)``; ``outputs``: the model's output; ``loss``: what the criterion
+        returned for them."""
 
 
 class LossTask(L.LightningModule):
@@ -112,8 +113,14 @@ class LossTask(L.LightningModule):
     def position(self, batch_idx: int) -> Position:
         """The training position that weight schedules read (restored with step and epoch on resume)."""
         batches = self.trainer.num_training_batches
-        epoch = self.current_epoch + (batch_idx / batches if batches and math.isfinite(batches) else 0.0)
-        return Position(self.global_step, epoch, int(self.trainer.estimated_stepping_batches))
+        known = bool(batches) and math.isfinite(batches)
+        epoch = self.current_epoch + (batch_idx / batches if known else 0.0)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs
+        if not epochs or epochs < 0:  # a run bounded by max_steps: its length in epochs
+            per_epoch = batches / self.trainer.accumulate_grad_batches if known else total
+            epochs = max(1, math.ceil(total / max(per_epoch, 1)))
+        return Position(self.global_step, epoch, total, epochs=int(epochs))
 
     def on_train_batch_start(self, batch, batch_idx):
         if self.composite.is_dynamic:
@@ -133,7 +140,7 @@ class LossTask(L.LightningModule):
         self.log_dict(weights, on_step=True, on_epoch=False, batch_size=len(inputs))
         for callback in self.trainer.callbacks:
             if isinstance(callback, StepObserver) and callback.observes(self.trainer, self.global_step):
-                callback.on_loss(self.trainer, self, outputs, out)
+                callback.on_loss(self.trainer, self, batch, outputs, out)
         return out.total
 
     def on_before_optimizer_step(self, optimizer):

@@ -99,7 +99,7 @@ class GradientDiagnostics(StepObserver):
     def observes(self, trainer, step: int) -> bool:
         return step % self.every_n_steps == 0
 
-    def on_loss(self, trainer, task, outputs, loss) -> None:
+    def on_loss(self, trainer, task, batch, outputs, loss) -> None:
         values = loss.values or {}
         if not values:
             return
@@ -115,6 +115,72 @@ class GradientDiagnostics(StepObserver):
         self.last = logged
         # straight to the loggers, at the measured step: through LightningModule.log a value logged every N steps
         # would be written again at each logging interval in between, and at the interval's step
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(logged, step=trainer.global_step)
+        log_at_step(trainer, logged)
+
+
+def log_at_step(trainer, values: dict[str, float]) -> None:
+    """Write ``values`` straight to the loggers at this step (rank zero): through ``LightningModule.log`` a value
+    measured every N steps would be written again at each logging interval in between."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+
+
+#: COCO's object-size bins by box area in pixels (small < 32², medium < 96², large)
+SIZE_BINS = (("small", 32.0**2), ("medium", 96.0**2), ("large", float("inf")))
+
+
+def assignment_stats(assignment, targets) -> dict[str, float]:
+    """``unmatched/<bin>``: the share of ground truths with no positive anchor; ``positives/<bin>``: the mean
+    number of positive anchors per ground truth; by COCO size bin of the box area, bins without ground truth left
+    out. ``assignment`` is a :class:`~detloss.detection.Assignment`, ``targets`` the packed
+    :class:`~detloss.detection.targets.Targets` it was made from."""
+    boxes, mask = targets.boxes, targets.mask
+    batch, num_gt = mask.shape
+    if num_gt == 0:
+        return {}
+    positives = torch.zeros(batch * num_gt, device=mask.device)
+    owner = assignment.batch * num_gt + assignment.gt
+    positives.index_add_(0, owner, assignment.fg.float())
+    positives = positives.view(batch, num_gt)
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    stats, low = {}, 0.0
+    for name, high in SIZE_BINS:
+        in_bin = mask & (area >= low) & (area < high)
+        count = int(in_bin.sum())
+        if count:
+            stats[f"unmatched/{name}"] = float(((positives == 0) & in_bin).sum()) / count
+            stats[f"positives/{name}"] = float(positives[in_bin].sum()) / count
+        low = high
+    return stats
+
+
+class AssignmentDiagnostics(StepObserver):
+    """Log, every ``every_n_steps`` optimizer steps, how the assigner serves each size of object, per head:
+    ``diag/assign/<head>/unmatched/<bin>`` (the share of ground truths that got no positive anchor) and
+    ``diag/assign/<head>/positives/<bin>`` (positive anchors per ground truth), bins as COCO's (small < 32²,
+    medium < 96², large). What small-target-aware assignment (STAL, ``min_box_side``) exists to change.
+
+    It asks the criterion for the step's assignments (``criterion.assignments(outputs, targets)``, which the
+    detection criteria have; a criterion without it is skipped), a second assignment without gradient on the
+    measured steps only.
+    """
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = check_number("every_n_steps", every_n_steps, integer=True, ge=1)
+        #: the values of the latest measurement
+        self.last: dict[str, float] = {}
+
+    def observes(self, trainer, step: int) -> bool:
+        return step % self.every_n_steps == 0
+
+    def on_loss(self, trainer, task, batch, outputs, loss) -> None:
+        assignments = getattr(task.criterion, "assignments", None)
+        if assignments is None:
+            return
+        _, targets = batch
+        logged = {}
+        for head, (assignment, packed) in assignments(outputs, targets).items():
+            logged |= {f"diag/assign/{head}/{k}": v for k, v in assignment_stats(assignment, packed).items()}
+        self.last = logged
+        log_at_step(trainer, logged)
