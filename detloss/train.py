@@ -17,6 +17,8 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
@@ -53,12 +55,30 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     return datamodule, task
 
 
+def needs_a_logger(callback: L.Callback) -> bool:
+    """Whether ``callback`` works only with a logger: Lightning's ``LearningRateMonitor`` and
+    ``DeviceStatsMonitor`` refuse to start without one; a callback of ours says so with ``needs_logger = True``."""
+    return isinstance(callback, (LearningRateMonitor, DeviceStatsMonitor)) or getattr(callback, "needs_logger", False)
+
+
 def make_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), **overrides) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += list(extra_callbacks)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    kwargs = {"callbacks": callbacks, "logger": loggers or False, **overrides}
-    return instantiate(cfg.trainer, **kwargs)
+    """The configured Trainer, with the configured callbacks and loggers (``overrides`` win over the config).
+
+    Without a logger (``logger=none``) the configured callbacks that need one (:func:`needs_a_logger`) are left
+    out, which the log says once: every ``logger`` works with every ``callbacks`` option.
+    """
+    if "logger" not in overrides:
+        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+        overrides["logger"] = loggers or False
+    if "callbacks" not in overrides:
+        callbacks = {k: instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if c is not None}
+        if not overrides["logger"]:
+            unused = sorted(name for name, callback in callbacks.items() if needs_a_logger(callback))
+            if unused and rank_zero_only.rank == 0:
+                log.info("detloss: no logger, so these callbacks, which need one, are left out: %s", unused)
+            callbacks = {name: c for name, c in callbacks.items() if name not in unused}
+        overrides["callbacks"] = [*callbacks.values(), *extra_callbacks]
+    return instantiate(cfg.trainer, **overrides)
 
 
 def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """The entry points through the real Hydra configs: composition, instantiation and fast_dev_run of both tasks."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -88,6 +89,31 @@ def test_every_option_of_the_small_groups(tmp_path, group, compose):
             if cfg.get("scheduler"):
                 opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
                 instantiate(cfg.scheduler)(opt, total_steps=10, steps_per_epoch=5)
+
+
+@pytest.mark.parametrize("callbacks", config_names("callbacks"))
+@pytest.mark.parametrize("logger", config_names("logger"))
+def test_every_logger_with_every_callbacks_option(tmp_path, logger, callbacks, compose, caplog):
+    if logger == "tensorboard":
+        pytest.importorskip("tensorboard", reason="TensorBoardLogger needs the tensorboard package")
+    cfg = compose(f"logger={logger}", f"callbacks={callbacks}", *SMALL, "data.image_size=64", "+trainer.fast_dev_run=1")
+    with caplog.at_level(logging.INFO, logger="detloss.train"):
+        train(cfg)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    if logger == "none" and callbacks != "none":
+        assert len(left_out) == 1 and "lr_monitor" in left_out[0], left_out
+    else:
+        assert not left_out
+
+
+def test_without_a_logger_only_the_callbacks_that_need_one_are_left_out(tmp_path, compose):
+    trainer = make_trainer(compose("logger=none", "callbacks=diagnostics"))
+    kinds = {type(c).__name__ for c in trainer.callbacks}
+    assert {"ModelCheckpoint", "EarlyStopping", "TQDMProgressBar"} <= kinds
+    assert not kinds & {"LearningRateMonitor", "GradientDiagnostics"}
+    with_csv = {type(c).__name__ for c in make_trainer(compose("callbacks=diagnostics")).callbacks}
+    assert {"LearningRateMonitor", "GradientDiagnostics"} <= with_csv
 
 
 @pytest.mark.parametrize("trainer", config_names("trainer"))
