@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
 from .runs import final_metrics, progress, save_config, summarise, write_failure, write_metrics
@@ -34,15 +35,21 @@ if not OmegaConf.has_resolver("detloss_or"):
 if not OmegaConf.has_resolver("detloss_set"):
     OmegaConf.register_new_resolver("detloss_set", lambda value: value is not None)
 
-__all__ = ["build", "make_trainer", "train", "main"]
+__all__ = ["build", "check_image_size", "make_trainer", "train", "main"]
 
 log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The DataModule and the task that ``cfg`` describes (the same steps for every task)."""
+    """The DataModule and the task that ``cfg`` describes (the same steps for every task).
+
+    Raises:
+        ValueError: ``data.image_size`` is not a multiple of the model's ``size_multiple`` (see
+            :func:`check_image_size`), besides what the parts themselves raise.
+    """
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    check_image_size(datamodule, model)
     criterion = instantiate(cfg.criterion, num_classes=datamodule.num_classes, loss=instantiate(cfg.loss))
     task = instantiate(
         cfg.task,
@@ -53,6 +60,21 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
         class_names=datamodule.class_names,
     )
     return datamodule, task
+
+
+def check_image_size(datamodule: L.LightningDataModule, model: nn.Module) -> None:
+    """Refuse a ``data.image_size`` that ``model`` cannot take, when the run is built rather than in the first
+    forward: a model that needs image sides of a multiple says so with ``size_multiple`` (the YOLO detector: its
+    largest stride; the U-Net: ``2**depth``), a DataModule gives its ``image_size``; either missing, no check."""
+    size, multiple = getattr(datamodule, "image_size", None), getattr(model, "size_multiple", None)
+    if size is None or multiple is None or size % multiple == 0:
+        return
+    lower, upper = size // multiple * multiple, (size // multiple + 1) * multiple
+    nearest = f"{lower} or {upper}" if lower > 0 else str(upper)
+    raise ValueError(
+        f"data.image_size must be a multiple of {multiple} for {type(model).__name__} (its size_multiple), got "
+        f"{size}; e.g. data.image_size={nearest}"
+    )
 
 
 def needs_a_logger(callback: L.Callback) -> bool:

@@ -91,6 +91,24 @@ def test_every_option_of_the_small_groups(tmp_path, group, compose):
                 instantiate(cfg.scheduler)(opt, total_steps=10, steps_per_epoch=5)
 
 
+@pytest.mark.parametrize(
+    "overrides, multiple, nearest",
+    [
+        (["data.image_size=100"], 32, "96 or 128"),
+        (["model=yolo_small", "data.image_size=20"], 32, "32"),
+        (["task=segmentation", "data.image_size=72"], 16, "64 or 80"),
+        (["task=segmentation", "model=unet_large", "data.image_size=80"], 32, "64 or 96"),
+    ],
+)
+def test_an_image_size_the_model_cannot_take_fails_when_the_run_is_built(compose, overrides, multiple, nearest):
+    cfg = compose(*overrides, *SMALL)
+    size = cfg.data.image_size
+    with pytest.raises(ValueError, match=rf"data\.image_size must be a multiple of {multiple} .* got {size}; "):
+        build(cfg)
+    with pytest.raises(ValueError, match=rf"e\.g\. data\.image_size={nearest}$"):
+        build(cfg)
+
+
 @pytest.mark.parametrize("callbacks", config_names("callbacks"))
 @pytest.mark.parametrize("logger", config_names("logger"))
 def test_every_logger_with_every_callbacks_option(tmp_path, logger, callbacks, compose, caplog):
