@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
-from .runs import final_metrics, progress, save_config, summarise, write_failure, write_metrics
+from .runs import failure_line, final_metrics, progress, save_config, summarise, write_failure, write_metrics
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -132,19 +134,28 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train and return the optimised metric. A job of a sweep that fails is recorded as failed and returns
-    ``None``, so that the other jobs go on: the basic sweeper only collects it, and the Optuna sweeper tells the
-    trial as failed (a NaN would be refused by Optuna 2.10 and end the search)."""
+    """Train and return the optimised metric.
+
+    A failure is recorded in the run directory (``metrics.json`` with ``status: failed``, the traceback in
+    ``error.txt``). A job of a sweep that fails then returns ``None``, so that the other jobs go on: the basic
+    sweeper only collects it, and the Optuna sweeper tells the trial as failed (a NaN would be refused by Optuna
+    2.10 and end the search). A single run ends with one line on stderr (:func:`~detloss.runs.failure_line`) and
+    exit status 1; with ``HYDRA_FULL_ERROR=1``, and on the ranks other than 0, the error is raised as it is.
+    """
     start = time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
     try:
         with fresh_distributed_state():
             metrics = train(cfg)
     except Exception as error:
-        write_failure(Path(cfg.paths.output_dir), cfg, error, time.perf_counter() - start)
-        if not in_multirun():
+        write_failure(out_dir, cfg, error, time.perf_counter() - start)
+        if in_multirun():
+            log.exception("detloss: this sweep job failed (recorded in %s/metrics.json)", out_dir)
+            return None
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or rank_zero_only.rank != 0:
             raise
-        log.exception("detloss: this sweep job failed (recorded in %s/metrics.json)", cfg.paths.output_dir)
-        return None
+        print(failure_line(error, out_dir), file=sys.stderr, flush=True)
+        sys.exit(1)
     value = metrics.get(cfg.optimized_metric)
     return value if value is not None and math.isfinite(value) else None
 

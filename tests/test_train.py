@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from conftest import config_names
 from hydra.utils import instantiate
 
 from detloss.composite import CompositeLoss
+from detloss.runs import failure_line
 from detloss.train import build, make_trainer, train
 
 SMALL = ["data.num_train=32", "data.num_val=16", "data.batch_size=8", "data.num_workers=0"]
@@ -107,6 +109,17 @@ def test_an_image_size_the_model_cannot_take_fails_when_the_run_is_built(compose
         build(cfg)
     with pytest.raises(ValueError, match=rf"e\.g\. data\.image_size={nearest}$"):
         build(cfg)
+
+
+def test_the_failure_line_names_the_error_of_an_instantiated_target_and_where(tmp_path, compose):
+    paths = [f"data.train_images={tmp_path}", "data.train_annotations=nope.json"]
+    cfg = compose("data=coco", *paths, f"data.val_images={tmp_path}", "data.val_annotations=nope.json")
+    with pytest.raises(Exception) as raised:  # Hydra's InstantiationException around the dataset's error
+        build(cfg)
+    line = failure_line(raised.value, tmp_path)
+    assert line.startswith("detloss: error: FileNotFoundError: COCO annotation file not found: nope.json (")
+    assert re.search(r" \(detloss/data/coco\.py:\d+\); full traceback in ", line) and "\n" not in line
+    assert line.endswith(str(tmp_path / "error.txt"))
 
 
 @pytest.mark.parametrize("callbacks", config_names("callbacks"))
