@@ -1,4 +1,5 @@
-"""The record a run leaves in its directory: ``config.yaml``, ``metrics.json``, ``error.txt`` and the summary.
+"""The record a run leaves in its directory: ``config.yaml``, ``metrics.json``, ``error.txt``; and the summary it
+prints, or the one line of a failure.
 
 ``metrics.json`` is what sweeps and ``detloss-report`` read, so a run's outcome can be known without a logger.
 """
@@ -13,12 +14,24 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .launch import job_overrides
 
-__all__ = ["final_metrics", "save_config", "run_record", "write_metrics", "progress", "write_failure", "summarise"]
+__all__ = [
+    "final_metrics",
+    "save_config",
+    "run_record",
+    "write_metrics",
+    "progress",
+    "write_failure",
+    "failure_line",
+    "summarise",
+]
+
+PACKAGE = Path(__file__).resolve().parent
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -80,6 +93,25 @@ def write_failure(out_dir: Path, cfg: DictConfig, error: BaseException, seconds:
     record = run_record(cfg, "failed", seconds) | {"value": None, "error": f"{type(error).__name__}: {error}"}
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
     (out_dir / "error.txt").write_text("".join(traceback.format_exception(error)))
+
+
+def failure_line(error: BaseException, out_dir: Path) -> str:
+    """The one line a failed single run ends with: ``detloss: error: <Type: message> (<file:line>); full traceback
+    in <out_dir>/error.txt``, where ``file:line`` is the last frame inside detloss (the last frame at all if none
+    is). Hydra's ``InstantiationException``, which only says which target failed, gives way to the error that
+    the target raised; the message is joined into one line."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(PACKAGE)]
+    where = ""
+    if ours or frames:
+        frame = (ours or frames)[-1]
+        path = Path(frame.filename).resolve()
+        name = path.relative_to(PACKAGE.parent) if ours else path
+        where = f" ({name}:{frame.lineno})"
+    message = " ".join(f"{type(error).__name__}: {error}".split())
+    return f"detloss: error: {message}{where}; full traceback in {out_dir / 'error.txt'}"
 
 
 @rank_zero_only

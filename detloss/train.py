@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +19,13 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
-from .runs import final_metrics, progress, save_config, summarise, write_failure, write_metrics
+from .runs import failure_line, final_metrics, progress, save_config, summarise, write_failure, write_metrics
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -32,15 +37,21 @@ if not OmegaConf.has_resolver("detloss_or"):
 if not OmegaConf.has_resolver("detloss_set"):
     OmegaConf.register_new_resolver("detloss_set", lambda value: value is not None)
 
-__all__ = ["build", "make_trainer", "train", "main"]
+__all__ = ["build", "check_image_size", "make_trainer", "train", "main"]
 
 log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The DataModule and the task that ``cfg`` describes (the same steps for every task)."""
+    """The DataModule and the task that ``cfg`` describes (the same steps for every task).
+
+    Raises:
+        ValueError: ``data.image_size`` is not a multiple of the model's ``size_multiple`` (see
+            :func:`check_image_size`), besides what the parts themselves raise.
+    """
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    check_image_size(datamodule, model)
     criterion = instantiate(cfg.criterion, num_classes=datamodule.num_classes, loss=instantiate(cfg.loss))
     task = instantiate(
         cfg.task,
@@ -53,12 +64,45 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     return datamodule, task
 
 
+def check_image_size(datamodule: L.LightningDataModule, model: nn.Module) -> None:
+    """Refuse a ``data.image_size`` that ``model`` cannot take, when the run is built rather than in the first
+    forward: a model that needs image sides of a multiple says so with ``size_multiple`` (the YOLO detector: its
+    largest stride; the U-Net: ``2**depth``), a DataModule gives its ``image_size``; either missing, no check."""
+    size, multiple = getattr(datamodule, "image_size", None), getattr(model, "size_multiple", None)
+    if size is None or multiple is None or size % multiple == 0:
+        return
+    lower, upper = size // multiple * multiple, (size // multiple + 1) * multiple
+    nearest = f"{lower} or {upper}" if lower > 0 else str(upper)
+    raise ValueError(
+        f"data.image_size must be a multiple of {multiple} for {type(model).__name__} (its size_multiple), got "
+        f"{size}; e.g. data.image_size={nearest}"
+    )
+
+
+def needs_a_logger(callback: L.Callback) -> bool:
+    """Whether ``callback`` works only with a logger: Lightning's ``LearningRateMonitor`` and
+    ``DeviceStatsMonitor`` refuse to start without one; a callback of ours says so with ``needs_logger = True``."""
+    return isinstance(callback, (LearningRateMonitor, DeviceStatsMonitor)) or getattr(callback, "needs_logger", False)
+
+
 def make_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), **overrides) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += list(extra_callbacks)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    kwargs = {"callbacks": callbacks, "logger": loggers or False, **overrides}
-    return instantiate(cfg.trainer, **kwargs)
+    """The configured Trainer, with the configured callbacks and loggers (``overrides`` win over the config).
+
+    Without a logger (``logger=none``) the configured callbacks that need one (:func:`needs_a_logger`) are left
+    out, which the log says once: every ``logger`` works with every ``callbacks`` option.
+    """
+    if "logger" not in overrides:
+        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+        overrides["logger"] = loggers or False
+    if "callbacks" not in overrides:
+        callbacks = {k: instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if c is not None}
+        if not overrides["logger"]:
+            unused = sorted(name for name, callback in callbacks.items() if needs_a_logger(callback))
+            if unused and rank_zero_only.rank == 0:
+                log.info("detloss: no logger, so these callbacks, which need one, are left out: %s", unused)
+            callbacks = {name: c for name, c in callbacks.items() if name not in unused}
+        overrides["callbacks"] = [*callbacks.values(), *extra_callbacks]
+    return instantiate(cfg.trainer, **overrides)
 
 
 def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
@@ -90,19 +134,28 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train and return the optimised metric. A job of a sweep that fails is recorded as failed and returns
-    ``None``, so that the other jobs go on: the basic sweeper only collects it, and the Optuna sweeper tells the
-    trial as failed (a NaN would be refused by Optuna 2.10 and end the search)."""
+    """Train and return the optimised metric.
+
+    A failure is recorded in the run directory (``metrics.json`` with ``status: failed``, the traceback in
+    ``error.txt``). A job of a sweep that fails then returns ``None``, so that the other jobs go on: the basic
+    sweeper only collects it, and the Optuna sweeper tells the trial as failed (a NaN would be refused by Optuna
+    2.10 and end the search). A single run ends with one line on stderr (:func:`~detloss.runs.failure_line`) and
+    exit status 1; with ``HYDRA_FULL_ERROR=1``, and on the ranks other than 0, the error is raised as it is.
+    """
     start = time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
     try:
         with fresh_distributed_state():
             metrics = train(cfg)
     except Exception as error:
-        write_failure(Path(cfg.paths.output_dir), cfg, error, time.perf_counter() - start)
-        if not in_multirun():
+        write_failure(out_dir, cfg, error, time.perf_counter() - start)
+        if in_multirun():
+            log.exception("detloss: this sweep job failed (recorded in %s/metrics.json)", out_dir)
+            return None
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or rank_zero_only.rank != 0:
             raise
-        log.exception("detloss: this sweep job failed (recorded in %s/metrics.json)", cfg.paths.output_dir)
-        return None
+        print(failure_line(error, out_dir), file=sys.stderr, flush=True)
+        sys.exit(1)
     value = metrics.get(cfg.optimized_metric)
     return value if value is not None and math.isfinite(value) else None
 

@@ -236,6 +236,37 @@ def test_coco_errors(tmp_path):
         CocoDetection(images, missing_image)
 
 
+def test_coco_file_without_annotations_fails_naming_it(tmp_path):
+    images, annotations = make_coco(tmp_path)
+    data = json.loads(annotations.read_text())
+    del data["annotations"]
+    info = tmp_path / "image_info.json"
+    info.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"image_info\.json: no 'annotations' list"):
+        CocoDetection(images, info)
+    train, val = make_coco(tmp_path / "t", "train"), make_coco(tmp_path / "v", "val")
+    with pytest.raises(ValueError, match=r"image_info\.json: no 'annotations'"):
+        CocoDataModule(*train, val[0], info)  # a validation file too: mAP needs its annotations
+    with pytest.raises(ValueError, match=r"image_info\.json: no 'annotations'"):
+        CocoDataModule(train[0], info, *val)
+    # present but empty: a real dataset of images without objects
+    _, empty = make_coco(tmp_path / "e", annotations=[])
+    ds = CocoDetection(images, empty)
+    assert len(ds) == 3 and all(ds[i][1]["boxes"].shape == (0, 4) for i in range(3))
+
+
+def test_coco_negative_box_fails_zero_box_is_dropped(tmp_path):
+    images, _ = make_coco(tmp_path)
+    for bbox in ([10, 10, -4, 5], [10, 10, 4, -0.5]):
+        bad = [{"id": 77, "image_id": 11, "category_id": 3, "bbox": bbox}]
+        _, annotations = make_coco(tmp_path / "n", annotations=bad)
+        with pytest.raises(ValueError, match=r"train\.json: annotation 77 has bbox .* negative width or height"):
+            CocoDetection(images, annotations)
+    zero = [{"id": 78, "image_id": 11, "category_id": 3, "bbox": [10, 10, 0, 5]}]
+    _, annotations = make_coco(tmp_path / "z", annotations=zero)
+    assert CocoDetection(images, annotations)[1][1]["labels"].numel() == 0
+
+
 # -------------------------------------------------------------------------------------------------------- YOLO
 
 
@@ -293,6 +324,27 @@ def test_yolo_missing_files(tmp_path):
     root = make_yolo(tmp_path / "ds2")
     with pytest.raises(FileNotFoundError, match="images/test"):
         YoloDataModule(root, val_split="test")
+
+
+def test_yolo_missing_or_misnamed_label_folder_fails_naming_it(tmp_path):
+    root = make_yolo(tmp_path / "gone")
+    for path in (root / "labels/val").iterdir():
+        path.unlink()
+    (root / "labels/val").rmdir()
+    with pytest.raises(FileNotFoundError, match=r"YOLO label folder not found: .*labels/val"):
+        YoloDataModule(root)
+    root = make_yolo(tmp_path / "renamed")
+    (root / "labels/train").rename(root / "labels/training")
+    with pytest.raises(FileNotFoundError, match=r"labels/train"):
+        YoloDataModule(root)
+    root = make_yolo(tmp_path / "elsewhere")
+    (root / "labels/val/v.txt").rename(root / "labels/val/w.txt")  # labels of other images
+    with pytest.raises(ValueError, match=r"labels/val: none of its 1 label files is named after an image"):
+        YoloDataModule(root)
+    # a present folder where some images have no label file: those are images without objects
+    root = make_yolo(tmp_path / "some")
+    (root / "labels/val/v.txt").unlink()
+    assert YoloDataModule(root).val_dataset[0][1]["labels"].numel() == 0
 
 
 # ------------------------------------------------------------------------------------------------------- masks

@@ -295,3 +295,10 @@ def test_bf16_autocast_forward_on_cpu():
     assert logits.dtype == torch.bfloat16 and logits.shape == (2, 2, 16, 16) and torch.isfinite(logits).all()
     dets = model.postprocess(feats, max_det=10)
     assert dets[0]["boxes"].dtype == torch.float32 and dets[0]["boxes"].shape[0] <= 10
+
+
+def test_models_say_what_their_image_sides_must_be_multiples_of():
+    assert YOLODetector(num_classes=2).size_multiple == 32  # the largest stride
+    assert [UNet(num_classes=2, depth=d).size_multiple for d in (1, 4, 5)] == [2, 16, 32]
+    with pytest.raises(ValueError, match="divisible by 16"):
+        UNet(num_classes=2, depth=4)(torch.zeros(1, 1, 24, 24))

@@ -3,6 +3,8 @@ resuming a run, and the report written from what the jobs leave behind."""
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +82,35 @@ def test_a_single_failing_run_exits_with_the_error(tmp_path):
     )
     assert proc.returncode != 0 and "learning rate" in proc.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("full_error", [False, True])
+def test_a_single_run_failing_during_fit_ends_with_one_line_naming_error_txt(tmp_path, full_error):
+    # a learning rate of 1e30 turns every weight huge at the first step: at the second the criterion refuses the
+    # non-finite head output it gets
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (
+        {"HYDRA_FULL_ERROR": "1"} if full_error else {}
+    )
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "detloss.train", "optimizer.lr=1e30", *TINY, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode != 0
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("ValueError: feats[")
+    assert "contains NaN or inf" in record["error"]
+    assert "Traceback" in (run / "error.txt").read_text()
+    if full_error:
+        assert "Traceback" in proc.stderr and "contains NaN or inf" in proc.stderr
+        return
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("detloss: error: ValueError: feats[0] (the head output of stride 8) contains NaN"), last
+    assert re.search(r"\(detloss/[a-z_/]+\.py:\d+\); full traceback in .*error\.txt$", last), last
+    assert last.endswith(str(run / "error.txt")) and "Traceback" not in proc.stderr
 
 
 def test_seeds_are_aggregated_in_the_report(tmp_path):

@@ -1,6 +1,7 @@
 """What the Lightning tasks add around the criterion: the NaN guard and the memory format."""
 
 import functools
+import warnings
 
 import pytest
 import torch
@@ -114,3 +115,50 @@ def test_segmentation_metrics_score_empty_images_as_correct():
     )
     assert result["val/dice"] == pytest.approx(1.0)
     assert result["val/generalized_dice"] == pytest.approx(1.0)  # torchmetrics alone would give 0.5
+
+
+def test_segmentation_previews_draw_any_number_of_classes(tmp_path):
+    from detloss.segmentation import SegmentationCriterion
+    from detloss.tasks import SegmentationTask
+
+    masks = torch.arange(12).repeat_interleave(4).view(1, 6, 8).repeat(2, 1, 1)  # all 12 classes in each image
+    task = SegmentationTask(MaskEcho(12), SegmentationCriterion(12), torch.optim.SGD, num_previews=2)
+    trainer = quiet_trainer(default_root_dir=tmp_path)
+    trainer.validate(task, DataLoader(TensorDataset(masks[:, None].float(), masks), batch_size=2), verbose=False)
+    assert (tmp_path / "previews" / "epoch_000.png").is_file()
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 12, 80, 256])
+def test_preview_palette_is_distinct_and_deterministic(n):
+    from detloss.tasks.segmentation import palette
+
+    colours = palette(n)
+    assert len(colours) == n and len(set(colours)) == n and colours == palette(n)
+    assert all(len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colours)
+
+
+class BrokenPreviews(LossTask):
+    """A LossTask that keeps previews and draws them with a function that raises."""
+
+    def validation_step(self, batch, batch_idx):
+        self.keep_preview(batch_idx, *batch)
+
+    def on_validation_epoch_end(self):
+        self.save_previews(self.draw)
+
+    def draw(self, x, y):
+        raise RuntimeError("no pixels today")
+
+
+def test_a_preview_that_cannot_be_drawn_warns_once_and_training_goes_on(tmp_path):
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(8, 3), torch.randn(8, 2)), batch_size=4)
+    task = BrokenPreviews(nn.Linear(3, 2), TwoTerms(), functools.partial(torch.optim.SGD, lr=0.1))
+    trainer = quiet_trainer(max_epochs=2, enable_checkpointing=False, default_root_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(task, loader, loader)
+    assert trainer.current_epoch == 2 and trainer.global_step == 4
+    about_previews = [str(w.message) for w in caught if "preview" in str(w.message)]
+    assert len(about_previews) == 1 and "RuntimeError: no pixels today" in about_previews[0], about_previews
+    assert not (tmp_path / "previews").exists()

@@ -1,6 +1,8 @@
 """The entry points through the real Hydra configs: composition, instantiation and fast_dev_run of both tasks."""
 
 import json
+import logging
+import re
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from conftest import config_names
 from hydra.utils import instantiate
 
 from detloss.composite import CompositeLoss
+from detloss.runs import failure_line
 from detloss.train import build, make_trainer, train
 
 SMALL = ["data.num_train=32", "data.num_val=16", "data.batch_size=8", "data.num_workers=0"]
@@ -91,6 +94,60 @@ def test_every_option_of_the_small_groups(tmp_path, group, compose):
             if cfg.get("scheduler"):
                 opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
                 instantiate(cfg.scheduler)(opt, total_steps=10, steps_per_epoch=5)
+
+
+@pytest.mark.parametrize(
+    "overrides, multiple, nearest",
+    [
+        (["data.image_size=100"], 32, "96 or 128"),
+        (["model=yolo_small", "data.image_size=20"], 32, "32"),
+        (["task=segmentation", "data.image_size=72"], 16, "64 or 80"),
+        (["task=segmentation", "model=unet_large", "data.image_size=80"], 32, "64 or 96"),
+    ],
+)
+def test_an_image_size_the_model_cannot_take_fails_when_the_run_is_built(compose, overrides, multiple, nearest):
+    cfg = compose(*overrides, *SMALL)
+    size = cfg.data.image_size
+    with pytest.raises(ValueError, match=rf"data\.image_size must be a multiple of {multiple} .* got {size}; "):
+        build(cfg)
+    with pytest.raises(ValueError, match=rf"e\.g\. data\.image_size={nearest}$"):
+        build(cfg)
+
+
+def test_the_failure_line_names_the_error_of_an_instantiated_target_and_where(tmp_path, compose):
+    paths = [f"data.train_images={tmp_path}", "data.train_annotations=nope.json"]
+    cfg = compose("data=coco", *paths, f"data.val_images={tmp_path}", "data.val_annotations=nope.json")
+    with pytest.raises(Exception) as raised:  # Hydra's InstantiationException around the dataset's error
+        build(cfg)
+    line = failure_line(raised.value, tmp_path)
+    assert line.startswith("detloss: error: FileNotFoundError: COCO annotation file not found: nope.json (")
+    assert re.search(r" \(detloss/data/coco\.py:\d+\); full traceback in ", line) and "\n" not in line
+    assert line.endswith(str(tmp_path / "error.txt"))
+
+
+@pytest.mark.parametrize("callbacks", config_names("callbacks"))
+@pytest.mark.parametrize("logger", config_names("logger"))
+def test_every_logger_with_every_callbacks_option(tmp_path, logger, callbacks, compose, caplog):
+    if logger == "tensorboard":
+        pytest.importorskip("tensorboard", reason="TensorBoardLogger needs the tensorboard package")
+    cfg = compose(f"logger={logger}", f"callbacks={callbacks}", *SMALL, "data.image_size=64", "+trainer.fast_dev_run=1")
+    with caplog.at_level(logging.INFO, logger="detloss.train"):
+        train(cfg)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    if logger == "none" and callbacks != "none":
+        assert len(left_out) == 1 and "lr_monitor" in left_out[0], left_out
+    else:
+        assert not left_out
+
+
+def test_without_a_logger_only_the_callbacks_that_need_one_are_left_out(tmp_path, compose):
+    trainer = make_trainer(compose("logger=none", "callbacks=diagnostics"))
+    kinds = {type(c).__name__ for c in trainer.callbacks}
+    assert {"ModelCheckpoint", "EarlyStopping", "TQDMProgressBar"} <= kinds
+    assert not kinds & {"LearningRateMonitor", "GradientDiagnostics"}
+    with_csv = {type(c).__name__ for c in make_trainer(compose("callbacks=diagnostics")).callbacks}
+    assert {"LearningRateMonitor", "GradientDiagnostics"} <= with_csv
 
 
 @pytest.mark.parametrize("trainer", config_names("trainer"))

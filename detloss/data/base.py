@@ -130,10 +130,12 @@ class SegmentationDataset(Dataset):
 
 
 class _DataModule(L.LightningDataModule):
-    """Loader plumbing shared by all DataModules; subclasses set the datasets and ``class_names``."""
+    """Loader plumbing shared by all DataModules; subclasses set the datasets, ``class_names`` and ``image_size``
+    (the side of the square batches, which the run checks against the model's ``size_multiple``)."""
 
     task: str
     collate_fn: Callable
+    image_size: int
 
     def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__()

@@ -1,10 +1,12 @@
 """COCO-format detection: an image folder and an instances JSON read through ``pycocotools.coco.COCO``.
 
 Category ids of any numbering map to contiguous labels ``0..C-1`` in increasing id order. Crowd annotations
-(``iscrowd=1``) and degenerate boxes (``w <= 0`` or ``h <= 0``) are dropped; ``bbox [x, y, w, h]`` becomes
+(``iscrowd=1``) and degenerate boxes (``w == 0`` or ``h == 0``) are dropped; ``bbox [x, y, w, h]`` becomes
 ``[x, y, x + w, y + h]``. Images listed without annotations are kept as images without objects. The file is
-checked when the dataset is built: a missing file or folder, malformed JSON, an annotation of an undeclared
-category or image, a malformed bbox and an image missing on disk all raise, naming the file.
+checked when the dataset is built: a missing file or folder, malformed JSON, a file without an ``annotations``
+list (an image-info file would train on images without objects and leave mAP nothing to score; a dataset of
+empty images says ``"annotations": []``), an annotation of an undeclared category or image, a malformed bbox or
+one of negative width or height, and an image missing on disk all raise, naming the file (and the annotation).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def load_coco(annotation_file: str | Path) -> COCO:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: malformed JSON, missing sections, duplicate ids, an annotation of an undeclared category or
-            image, or a bbox that is not 4 finite numbers (the message names the file and the annotation id).
+        ValueError: malformed JSON, missing sections (``images``, ``categories``, ``annotations``: an empty
+            ``annotations`` list is a dataset of images without objects), duplicate ids, an annotation of an
+            undeclared category or image, or a bbox that is not 4 finite numbers or has a negative width or
+            height (the message names the file and the annotation id).
     """
     path = Path(annotation_file)
     if not path.is_file():
@@ -44,7 +48,11 @@ def load_coco(annotation_file: str | Path) -> COCO:
         raise ValueError(f"{path}: malformed JSON: {err}") from err
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
         raise ValueError(f"{path}: expected a JSON object with 'images' and 'categories' lists")
-    data.setdefault("annotations", [])
+    if not isinstance(data.get("annotations"), list):
+        raise ValueError(
+            f"{path}: no 'annotations' list, so every image would have no objects (an image-info file, not an "
+            'instances file?); a dataset of images without objects says "annotations": []'
+        )
     categories = _unique_ids(path, data["categories"], "category")
     images = _unique_ids(path, data["images"], "image")
     for i, ann in enumerate(data["annotations"]):
@@ -66,6 +74,8 @@ def load_coco(annotation_file: str | Path) -> COCO:
             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
         ):
             raise ValueError(f"{path}: annotation {ann_id} has bbox {bbox!r}; expected 4 finite numbers [x, y, w, h]")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise ValueError(f"{path}: annotation {ann_id} has bbox {bbox!r} of negative width or height")
     for img in data["images"]:
         if not isinstance(img.get("file_name"), str):
             raise ValueError(f"{path}: image {img['id']!r} has no 'file_name'")
@@ -120,7 +130,8 @@ class CocoDetection(DetectionDataset):
             self.targets.append(self._target(image_id))
 
     def _target(self, image_id) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes ``(n, 4)`` xyxy and labels ``(n,)`` of one image, crowds and degenerate boxes left out."""
+        """Boxes ``(n, 4)`` xyxy and labels ``(n,)`` of one image, crowds and boxes of zero width or height left
+        out (:func:`load_coco` refused negative ones)."""
         boxes, labels = [], []
         for ann in self.coco.imgToAnns.get(image_id, []):
             x, y, w, h = ann["bbox"]

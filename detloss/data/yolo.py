@@ -1,9 +1,11 @@
 """YOLO txt format: ``root/images/<split>/*.jpg|png``, ``root/labels/<split>/<stem>.txt``, ``root/data.yaml``.
 
 A label line is ``class cx cy w h``, coordinates normalised to [0, 1] by the image's width and height; a missing
-label file (or blank file) means an image without objects. ``data.yaml`` holds ``names:`` as a list or as an
-``{id: name}`` mapping with ids ``0..C-1``. All label files are parsed when the dataset is built; errors name the
-file and the line.
+label file (or blank file) means an image without objects. The label folder itself must exist, and if it holds
+label files, some must be named after the split's images: a missing or misnamed folder would otherwise load as
+a split of empty images. ``data.yaml`` holds ``names:`` as a list or as an ``{id: name}`` mapping with ids
+``0..C-1``. All label files are parsed when the dataset is built; errors name the folder, or the file and the
+line.
 """
 
 from __future__ import annotations
@@ -95,6 +97,11 @@ class YoloDetection(DetectionDataset):
         image_dir: ``root/images/<split>``; label_dir: ``root/labels/<split>``.
         class_names: the names of ``data.yaml`` (class ids index them).
         transforms: v2 pipeline applied to each sample.
+
+    Raises:
+        FileNotFoundError: ``image_dir`` or ``label_dir`` is not a folder.
+        ValueError: ``label_dir`` holds label files but none of them is named after an image of ``image_dir``;
+            or a label file is malformed (see :func:`read_yolo_labels`).
     """
 
     def __init__(
@@ -107,6 +114,17 @@ class YoloDetection(DetectionDataset):
         duplicates = [stem for stem, n in Counter(p.stem for p in self.paths).items() if n > 1]
         if duplicates:
             raise ValueError(f"{self.image_dir}: several images share the stem {duplicates[0]!r} (one label file each)")
+        if not self.label_dir.is_dir():
+            raise FileNotFoundError(
+                f"YOLO label folder not found: {self.label_dir} (for the images of {self.image_dir}; an image "
+                "without objects needs no label file, but the folder must be there)"
+            )
+        stems = {p.stem for p in self.label_dir.glob("*.txt")}
+        if stems and self.paths and not stems & {p.stem for p in self.paths}:
+            raise ValueError(
+                f"{self.label_dir}: none of its {len(stems)} label files is named after an image of {self.image_dir} "
+                f"(e.g. {sorted(stems)[0]}.txt against {self.paths[0].name}), so every image would have no objects"
+            )
         self.labels = [read_yolo_labels(self.label_dir / f"{p.stem}.txt", len(class_names)) for p in self.paths]
 
     def __len__(self) -> int:

@@ -75,7 +75,8 @@ class UNet(nn.Module):
         norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (then the convs carry a bias).
         up: ``"transpose"`` (2×2 transposed conv) or ``"bilinear"``.
 
-    ``forward(images [B, in_channels, H, W]) → logits [B, C, H, W]``.
+    ``forward(images [B, in_channels, H, W]) → logits [B, C, H, W]``, H and W multiples of ``size_multiple``
+    (``2**depth``).
     """
 
     def __init__(
@@ -102,6 +103,8 @@ class UNet(nn.Module):
         if up not in UPSAMPLINGS:
             raise ValueError(f"up must be one of {UPSAMPLINGS}, got {up!r}")
         self.depth = depth
+        #: what the image height and width must be multiples of: ``2**depth``, one halving per downsampling
+        self.size_multiple = 2**depth
 
         channels = [base_channels * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList([DoubleConv(in_channels, channels[0], norm)])
@@ -114,7 +117,7 @@ class UNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """``images [B, in_channels, H, W]`` → logits ``[B, C, H, W]``."""
-        k = 2**self.depth
+        k = self.size_multiple
         if images.ndim != 4 or images.shape[-2] % k or images.shape[-1] % k:
             raise ValueError(f"images must be [B, C, H, W] with H and W divisible by {k}, got {tuple(images.shape)}")
         skips = []

@@ -133,9 +133,9 @@ class YOLODetector(nn.Module):
     The presets are configs: ``configs/model/yolo_nano.yaml`` (width 0.25, depth 0.33; YOLOv8n: 3.16 M parameters
     at 80 classes) and ``yolo_small.yaml`` (width 0.5; YOLOv8s: 11.2 M).
 
-    ``forward(images [B, in_channels, H, W])`` with H, W multiples of 32 returns 3 maps
-    ``[B, 4·reg_max + C, H/s, W/s]`` for ``s`` in ``strides`` (a dict of two such lists with ``end2end``);
-    ``postprocess`` turns them into torchvision-style detections.
+    ``forward(images [B, in_channels, H, W])`` with H, W multiples of ``size_multiple`` (32, the largest stride)
+    returns 3 maps ``[B, 4·reg_max + C, H/s, W/s]`` for ``s`` in ``strides`` (a dict of two such lists with
+    ``end2end``); ``postprocess`` turns them into torchvision-style detections.
     """
 
     def __init__(
@@ -158,6 +158,8 @@ class YOLODetector(nn.Module):
         if tuple(strides) != STRIDES:
             raise ValueError(f"strides must be {list(STRIDES)} (the P3-P5 outputs of this layout), got {list(strides)}")
         self.num_classes, self.reg_max, self.strides, self.end2end = num_classes, reg_max, STRIDES, bool(end2end)
+        #: what the image height and width must be multiples of: the largest stride
+        self.size_multiple = max(STRIDES)
         self.width, self.depth = float(width), float(depth)
 
         c1, c2, c3, c4, c5 = (scale_channels(c, width, max_channels) for c in (64, 128, 256, 512, 1024))
@@ -209,8 +211,9 @@ class YOLODetector(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor] | dict[str, list[Tensor]]:
         """``images [B, in_channels, H, W]`` → 3 raw maps ``[B, 4·reg_max + C, H/s, W/s]``, s = 8, 16, 32 (with
         ``end2end``: ``{"one2many": maps, "one2one": maps}``, the second on detached neck features)."""
-        if images.ndim != 4 or images.shape[-2] % 32 or images.shape[-1] % 32:
-            raise ValueError(f"images must be [B, C, H, W] with H and W multiples of 32, got {tuple(images.shape)}")
+        k = self.size_multiple
+        if images.ndim != 4 or images.shape[-2] % k or images.shape[-1] % k:
+            raise ValueError(f"images must be [B, C, H, W] with H and W multiples of {k}, got {tuple(images.shape)}")
         p3 = self.stage2(self.stage1(self.stem(images)))
         p4 = self.stage3(p3)
         p5 = self.stage4(p4)

@@ -44,7 +44,8 @@ class LossTask(L.LightningModule):
             biases and normalisation parameters get no weight decay.
         scheduler: a partial ``(optimizer, total_steps=, steps_per_epoch=) -> LRScheduler`` stepped every
             optimizer step, or ``None``.
-        num_previews: validation images drawn with predictions and targets at each validation.
+        num_previews: validation images drawn with predictions and targets at each validation. A preview that
+            cannot be drawn or written warns once and turns the previews off; it never ends the run.
         nan_guard: what a NaN or inf in the loss or any of its terms does: ``"stop"`` raises
             ``FloatingPointError`` naming the terms, the step and the batch; ``"skip"`` warns and skips that
             optimizer step; ``"off"`` checks nothing (saves one host sync per step). Under DDP the ranks agree
@@ -94,6 +95,7 @@ class LossTask(L.LightningModule):
         self.nan_guard = nan_guard
         self.channels_last = channels_last
         self._preview: list = []
+        self._previews_failed = False  # set by save_previews when a preview could not be drawn
         #: set when ``nan_guard="skip"`` skips a step under DDP: its gradients are dropped before the optimizer step
         self._drop_gradients = False
 
@@ -214,15 +216,31 @@ class LossTask(L.LightningModule):
 
     def keep_preview(self, batch_idx: int, *items) -> None:
         """Keep up to ``num_previews`` validation samples (CPU copies) to draw at the end of the epoch."""
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero or len(self._preview) >= self.num_previews:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero or self._previews_failed:
+            return
+        if len(self._preview) >= self.num_previews:
             return
         self._preview.extend(list(zip(*items))[: self.num_previews - len(self._preview)])
 
     def save_previews(self, draw: Callable) -> None:
-        """Draw the kept samples into ``<run dir>/previews/epoch_<E>.png`` (and the logger, if it takes images)."""
+        """Draw the kept samples into ``<run dir>/previews/epoch_<E>.png`` (and the logger, if it takes images).
+
+        A preview never ends a run: if drawing or writing one raises, a warning names the error once and the
+        previews are off for the rest of the run.
+        """
         kept, self._preview = self._preview, []
-        if not kept or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if not kept or self.trainer.sanity_checking or not self.trainer.is_global_zero or self._previews_failed:
             return
+        try:
+            self._write_previews(draw, kept)
+        except Exception as error:  # a picture is not worth a run
+            self._previews_failed = True
+            rank_zero_warn(
+                f"previews turned off for the rest of this run: drawing the epoch {self.current_epoch} preview "
+                f"failed with {type(error).__name__}: {error}"
+            )
+
+    def _write_previews(self, draw: Callable, kept: list) -> None:
         from torchvision.utils import make_grid, save_image
 
         grid = make_grid([draw(*item) for item in kept], nrow=len(kept), padding=4, pad_value=255)

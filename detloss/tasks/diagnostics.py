@@ -75,6 +75,9 @@ class GradientDiagnostics(StepObserver):
             gradients are measured as well.
     """
 
+    #: its values go only to the loggers (``make_trainer`` leaves it out without one)
+    needs_logger = True
+
     def __init__(self, every_n_steps: int = 50, layer: str | None = None):
         self.every_n_steps = check_number("every_n_steps", every_n_steps, integer=True, ge=1)
         self.layer = layer
@@ -165,6 +168,8 @@ class AssignmentDiagnostics(StepObserver):
     detection criteria have; a criterion without it is skipped), a second assignment without gradient on the
     measured steps only.
     """
+
+    needs_logger = True  # its values go to the loggers only
 
     def __init__(self, every_n_steps: int = 50):
         self.every_n_steps = check_number("every_n_steps", every_n_steps, integer=True, ge=1)

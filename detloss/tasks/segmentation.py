@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -12,9 +13,15 @@ from torchvision.utils import draw_segmentation_masks, make_grid
 from ..composite import Criterion
 from .base import LossTask, rgb_uint8
 
-__all__ = ["SegmentationTask"]
+__all__ = ["SegmentationTask", "palette"]
 
-_PALETTE = ["red", "yellow", "cyan", "magenta", "orange", "lime", "blue", "white"]
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` RGB colours of evenly spaced hues (full saturation and value), starting at red: the same for the same
+    ``n``, and distinct for any ``n`` up to 1,530 (the 8-bit colours of full saturation and value)."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    return [tuple(round(255 * c) for c in colorsys.hsv_to_rgb(i / n, 1.0, 1.0)) for i in range(n)]
 
 
 class SegmentationTask(LossTask):
@@ -85,7 +92,7 @@ class SegmentationTask(LossTask):
     def _draw(self, image, pred, target):
         image = rgb_uint8(image)
         classes = torch.arange(1, self.num_classes)
-        colours = _PALETTE[: self.num_classes - 1]
+        colours = palette(self.num_classes - 1)  # one per foreground class
         true = draw_segmentation_masks(image, target.cpu()[None] == classes[:, None, None], alpha=0.5, colors=colours)
         guess = draw_segmentation_masks(image, pred.cpu()[None] == classes[:, None, None], alpha=0.5, colors=colours)
         return make_grid([true, guess], nrow=1, padding=2, pad_value=255)
