@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from detloss.composite import CompositeLoss, Criterion, View
+from detloss.data import detection_collate
 from detloss.losses import MSELoss
 from detloss.tasks import LossTask
 
@@ -162,3 +163,50 @@ def test_a_preview_that_cannot_be_drawn_warns_once_and_training_goes_on(tmp_path
     about_previews = [str(w.message) for w in caught if "preview" in str(w.message)]
     assert len(about_previews) == 1 and "RuntimeError: no pixels today" in about_previews[0], about_previews
     assert not (tmp_path / "previews").exists()
+
+
+def test_metrics_that_do_not_exist_are_left_out_not_logged_as_minus_one():
+    from detloss.segmentation import SegmentationCriterion
+    from detloss.tasks import SegmentationTask
+
+    masks = torch.zeros(2, 8, 8, dtype=torch.long)
+    masks[0, 1:4, 1:4] = 1  # class 2 appears nowhere, in targets or (echoed) predictions
+    task = SegmentationTask(MaskEcho(3), SegmentationCriterion(3), torch.optim.SGD, class_names=["bg", "a", "b"])
+    task.num_previews = 0
+    (result,) = quiet_trainer().validate(
+        task, DataLoader(TensorDataset(masks[:, None].float(), masks), batch_size=2), verbose=False
+    )
+    assert result["val/dice/a"] == pytest.approx(1.0) and "val/dice/b" not in result
+    assert result["val/dice"] == pytest.approx(1.0)  # the mean of the classes that exist
+
+
+def test_detection_map_of_an_absent_size_is_left_out():
+    from detloss.tasks.detection import DetectionTask
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, images):
+            return images
+
+        def postprocess(self, feats, **kw):  # one exact detection of a small box per image
+            return [{"boxes": torch.tensor([[2.0, 2, 12, 12]]), "scores": torch.tensor([0.9]),
+                     "labels": torch.tensor([0])} for _ in feats]  # fmt: skip
+
+    class Zero(Criterion):
+        views = frozenset({"x"})
+
+        def __init__(self):
+            super().__init__(1, CompositeLoss({"x": {"loss": MSELoss(), "weight": 1.0, "view": "x"}}))
+
+        def build_views(self, outputs, targets):
+            return {"x": View((outputs.mean(), outputs.mean().detach()))}
+
+    task = DetectionTask(Fixed(), Zero(), torch.optim.SGD, ema=False, num_previews=0)
+    target = {"boxes": torch.tensor([[2.0, 2, 12, 12]]), "labels": torch.tensor([0])}
+    loader = DataLoader([(torch.zeros(3, 32, 32), target)] * 2, batch_size=2, collate_fn=detection_collate)
+    result = quiet_trainer().validate(task, loader, verbose=False)[0]
+    assert result["val/map_small"] == pytest.approx(1.0)
+    assert "val/map_large" not in result and "val/map_medium" not in result  # torchmetrics says -1

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import config_names
+from conftest import compose_config, config_names
 from hydra.utils import instantiate
 
 from detloss.composite import CompositeLoss
@@ -195,3 +195,23 @@ def test_short_segmentation_run_learns(tmp_path, compose):
     )
     metrics = train(cfg)
     assert metrics["val/dice"] > 0.5, metrics
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_a_seed_reproduces_a_run_step_by_step(tmp_path, task):
+    """Two runs of one seed on one machine: the same loss at every step and the same final metrics."""
+    losses = []
+    for i in range(2):
+        cfg = compose_config(
+            f"paths.output_dir={tmp_path / str(i)}", f"task={task}", *SMALL, "trainer.max_epochs=1",
+            "trainer.log_every_n_steps=1", "callbacks=none", "seed=3",
+        )  # fmt: skip
+        metrics = train(cfg)
+        rows = (tmp_path / str(i) / "csv" / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        column = header.index("train/loss")
+        losses.append(([r.split(",")[column] for r in rows[1:] if r.split(",")[column]], metrics))
+    (first, m1), (second, m2) = losses
+    assert len(first) == 4 and first == second
+    val = [{k: v for k, v in m.items() if k.startswith("val/")} for m in (m1, m2)]
+    assert val[0] == val[1]

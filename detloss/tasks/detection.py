@@ -42,7 +42,8 @@ class DetectionTask(LossTask):
             :class:`~detloss.tasks.base.LossTask`.
         ema: evaluate an exponential moving average of the weights (the YOLO habit).
         ema_decay, ema_tau: its decay ``d · (1 − exp(−updates / τ))``.
-        map_per_class: also log ``val/map/<class>``.
+        map_per_class: also log ``val/map/<class>``. A value torchmetrics cannot compute (``map_large`` without
+            large objects, a class absent from targets and predictions) is not logged, rather than logged as -1.
         conf_threshold, iou_threshold, max_det: post-processing for the metric (low threshold: mAP needs the
             whole precision–recall curve).
 
@@ -105,12 +106,16 @@ class DetectionTask(LossTask):
         pad_to_equal_image_counts(self.map_metric)
         result = self.map_metric.compute()
         self.map_metric.reset()
+        # torchmetrics writes -1 where a value does not exist (no object of a size, a class absent everywhere):
+        # such values are left out of the logs and of metrics.json, never logged as -1
         for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"):
-            self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
+            if result[key] >= 0:
+                self.log(f"val/{key}", result[key].float(), prog_bar=key == "map_50")
         if self.map_per_class and result["classes"].numel():
             per_class = result["map_per_class"].view(-1)
             for cls, value in zip(result["classes"].view(-1).tolist(), per_class):
-                self.log(f"val/map/{self._name(cls)}", value.float())
+                if value >= 0:
+                    self.log(f"val/map/{self._name(cls)}", value.float())
         self.save_previews(self._draw)
 
     def apply_memory_format(self, memory_format):

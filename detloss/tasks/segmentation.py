@@ -36,7 +36,8 @@ class SegmentationTask(LossTask):
         ignore_index: mask value excluded from the metrics: those pixels are set to background in both
             prediction and target, so they count in no foreground class.
 
-    Logged: ``val/dice`` (mean over the foreground classes of the dataset-level Dice), ``val/dice/<class>``,
+    Logged: ``val/dice`` (mean over the foreground classes of the dataset-level Dice, a class absent from targets
+    and predictions of the whole validation set left out), ``val/dice/<class>``,
     ``val/generalized_dice`` (torchmetrics' per-image generalized Dice, averaged over the images with foreground
     in the target or the prediction: torchmetrics would score a correctly empty image 0). Both metrics sum their
     states across ranks.
@@ -82,9 +83,14 @@ class SegmentationTask(LossTask):
     def on_validation_epoch_end(self):
         per_class = self.dice.compute().view(-1)
         self.dice.reset()
-        self.log("val/dice", per_class.mean(), prog_bar=True)
-        for name, value in zip(self.class_names[1:], per_class):
-            self.log(f"val/dice/{name}", value)
+        # a label absent from target and prediction in the whole validation set has no Dice (0/0): it is left out
+        # of val/dice/<label> and of the mean, as MONAI's ignore_empty; absent from the target only, it scores 0
+        present = ~torch.isnan(per_class)
+        if present.any():
+            self.log("val/dice", per_class[present].mean(), prog_bar=True)
+        for name, value, ok in zip(self.class_names[1:], per_class, present.tolist()):
+            if ok:
+                self.log(f"val/dice/{name}", value)
         self.log("val/generalized_dice", self.generalized_dice.compute().mean())
         self.generalized_dice.reset()
         self.save_previews(self._draw)
