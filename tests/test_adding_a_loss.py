@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 import detloss.losses as L
 from detloss.composite import CompositeLoss, View
-from detloss.detection.assigner import _BoxTerms, _Buffers, _ciou_into
+from detloss.detection._dense import _BoxTerms, _Buffers, _ciou_into
 from detloss.losses import LossModule, LossOptions, loss_function
 from detloss.losses._utils import Checks, apply_weight, check_number, reduce
 

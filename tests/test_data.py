@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 from torchvision.transforms import v2
 
 from detloss.data import (
@@ -30,6 +30,7 @@ from detloss.data import (
     segmentation_transforms,
     unletterbox_boxes,
 )
+from detloss.data.base import EpochShuffle
 
 
 def tight_box(region: torch.Tensor) -> torch.Tensor:
@@ -99,7 +100,7 @@ def test_shapes_datamodule_and_two_workers():
     assert (dm.num_classes, dm.in_channels, dm.task) == (5, 3, "detection")
     assert dm.class_names == ["circle", "square", "triangle", "star", "cross"]
     train, val = dm.train_dataloader(), dm.val_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and isinstance(val.sampler, SequentialSampler)
+    assert isinstance(train.sampler, EpochShuffle) and isinstance(val.sampler, SequentialSampler)
     batches = list(val)
     assert len(batches) == 2
     images, targets = batches[0]
@@ -471,3 +472,18 @@ def test_collate_types_and_shapes():
     assert images.shape == (3, 1, 8, 8) and masks.shape == (3, 8, 8) and masks.dtype == torch.int64
     with pytest.raises(ValueError, match="different shapes"):
         detection_collate([samples[0], (torch.rand(3, 9, 8), samples[1][1])])
+
+
+def test_the_training_order_depends_on_seed_and_epoch_only(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    sampler = EpochShuffle(50)
+    first = list(sampler)
+    torch.manual_seed(123)  # the global generator plays no part
+    assert list(sampler) == first and sorted(first) == list(range(50))
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and sorted(second) == list(range(50))
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    monkeypatch.setenv("PL_GLOBAL_SEED", "8")
+    assert list(sampler) != first

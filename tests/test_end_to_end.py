@@ -241,3 +241,22 @@ def test_l1_view_is_in_fractions_of_the_input():
     fg = weight > 0
     assert fg.any() and pred.shape == target.shape == (weight.shape[0], 4)
     assert (target[fg].abs() < 1).all() and not math.isnan(float(pred.sum()))
+
+
+@pytest.mark.parametrize("topk2, num_gt", [(None, 6), (None, 30), (1, 6), (2, 4)])
+def test_the_sparse_and_the_dense_assignment_agree(topk2, num_gt):
+    """The CPU path (candidate pairs only) and the no-sync path (every pair, in blocks) assign alike."""
+    outputs, targets = heads(seed=num_gt), boxes(num_gt=num_gt, seed=num_gt + 1, empty=(1,))
+    maps = outputs["one2many"]
+    x = torch.cat([m.flatten(2) for m in maps], 2)
+    points, stride = make_anchors(maps, STRIDES)
+    pred = torch.cat([points - x[:, :2].transpose(1, 2), points + x[:, 2:4].transpose(1, 2)], -1) * stride
+    packed = pack_targets(targets, 3, torch.device("cpu"))
+    levels = [(m.shape[2], m.shape[3], s) for m, s in zip(maps, STRIDES)]
+    got = {}
+    for pairs in ("dense", "sparse"):
+        assigner = TaskAlignedAssigner(topk=10, topk2=topk2, min_box_side=16, pairs=pairs)
+        a = assigner(x[:, 4:], pred, points * stride, packed.boxes, packed.labels, packed.mask, levels)
+        got[pairs] = (a.fg_mask(3, points.shape[0]), a.target_scores(3, NUM_CLASSES, points.shape[0]))
+    assert torch.equal(got["dense"][0], got["sparse"][0]) and got["dense"][0].any()
+    torch.testing.assert_close(got["dense"][1], got["sparse"][1], rtol=1e-5, atol=1e-6)

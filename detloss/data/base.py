@@ -7,6 +7,7 @@ sample in the fixed convention (see :mod:`detloss.data.transforms`). A DataModul
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,6 +130,34 @@ class SegmentationDataset(Dataset):
             return apply_segmentation(self.transforms, image, mask)
 
 
+def _run_seed() -> int:
+    """The run's seed (``seed_everything`` sets ``PL_GLOBAL_SEED``), 0 outside a seeded run."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh random order of ``size`` items each epoch, drawn from the run's seed and the epoch alone.
+
+    The global random generator plays no part, so the order of epoch ``e`` is the same whatever ran before it: a
+    run resumed from a checkpoint at the end of an epoch sees the orders the uninterrupted run saw (Lightning
+    calls :meth:`set_epoch` before each epoch; under DDP it puts its distributed sampler, seeded the same way, in
+    this one's place).
+    """
+
+    def __init__(self, size: int):
+        self.size, self.epoch = int(size), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(_run_seed() * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class _DataModule(L.LightningDataModule):
     """Loader plumbing shared by all DataModules; subclasses set the datasets, ``class_names`` and ``image_size``
     (the side of the square batches, which the run checks against the model's ``size_multiple``)."""
@@ -153,20 +182,21 @@ class _DataModule(L.LightningDataModule):
         """Number of classes (for segmentation it counts the background, class 0)."""
         return len(self.class_names)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=type(self).collate_fn,
             persistent_workers=self.num_workers > 0,
+            # the workers' base seed from the run's seed, not from the global generator's state
+            generator=torch.Generator().manual_seed(_run_seed()),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
+        return self._loader(self.train_dataset, EpochShuffle(len(self.train_dataset)))
 
     def val_dataloader(self) -> DataLoader:
         trainer, sampler = self.trainer, None
@@ -176,7 +206,7 @@ class _DataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 self.val_dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
-        return self._loader(self.val_dataset, shuffle=False, sampler=sampler)
+        return self._loader(self.val_dataset, sampler)
 
 
 class DetectionDataModule(_DataModule):

@@ -8,7 +8,9 @@ For every ground truth ``g`` and anchor ``a`` of the same image:
    candidates;
 2. alignment ``t = s^α · u^β``, ``s`` the predicted probability of the ground truth's class at ``a``, ``u`` the
    CIoU of the predicted box at ``a`` and the ground truth, clamped at 0 (``t = 0`` off the candidates);
-3. each ground truth claims its top-``k`` anchors by ``t``; a claim counts if the anchor is a candidate;
+3. each ground truth claims its top-``k`` anchors by ``t``; a claim counts if the anchor is a candidate and
+   ``t > 0`` (a claim of no alignment would only add a foreground anchor of target score 0, which changes no
+   loss, and which of the anchors tied at 0 a top-k picks is arbitrary);
 4. an anchor claimed by several ground truths goes to the one of highest CIoU (the maximum runs over every
    ground truth of the image, claimant or not, as in the reference implementation; ties go to the first);
 4b. with ``topk2 < topk`` (YOLO26's one-to-one head: ``topk=7, topk2=1``), each ground truth then keeps only its
@@ -23,14 +25,14 @@ masks, and nothing synchronises with the host.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ..losses._utils import check_number
-from ..losses.iou import DEGENERATE
+from ..losses._utils import check_choice, check_number
+from ._dense import dense_metrics, pair_ciou, pow_
 
 __all__ = ["TaskAlignedAssigner", "Assignment"]
 
@@ -77,6 +79,9 @@ class TaskAlignedAssigner(nn.Module):
             strides 8/16/32), 0 turns it off.
         topk2: after an anchor claimed twice has gone to one ground truth, each ground truth keeps at most its
             ``topk2`` best anchors by alignment; ``None`` (or ``>= topk``): no second selection.
+        pairs: how the alignment of the candidate pairs is computed: ``"sparse"`` gathers the candidates (a host
+            sync; the default on the CPU, where it costs nothing), ``"dense"`` computes every pair in blocks with
+            no host sync (the default elsewhere); both give the same assignment.
         chunk_elements: at most this many ``B × g × A`` elements per chunk of ground truths (bounds memory).
     """
 
@@ -89,6 +94,7 @@ class TaskAlignedAssigner(nn.Module):
         min_box_side: float | None = None,
         chunk_elements: int = 1 << 23,
         topk2: int | None = None,
+        pairs: str = "auto",
     ):
         super().__init__()
         self.topk = check_number("topk", topk, integer=True, ge=1)
@@ -97,6 +103,8 @@ class TaskAlignedAssigner(nn.Module):
         self.eps = check_number("eps", eps, ge=0)
         self.min_box_side = None if min_box_side is None else check_number("min_box_side", min_box_side, ge=0)
         self.chunk_elements = check_number("chunk_elements", chunk_elements, integer=True, ge=1)
+        check_choice("pairs", pairs, ("auto", "sparse", "dense"))
+        self.pairs = pairs
 
     def extra_repr(self) -> str:
         topk2 = "" if self.topk2 is None else f", topk2={self.topk2}"
@@ -111,6 +119,7 @@ class TaskAlignedAssigner(nn.Module):
         gt_boxes: Tensor,
         gt_labels: Tensor,
         gt_mask: Tensor,
+        levels: Sequence[tuple[int, int, float]] | None = None,
     ) -> Assignment:
         """Assign ground truths to anchors.
 
@@ -121,50 +130,41 @@ class TaskAlignedAssigner(nn.Module):
             gt_boxes: ``(B, G, 4)`` ground-truth boxes, xyxy pixels, padded to the largest image.
             gt_labels: ``(B, G)`` int64 classes.
             gt_mask: ``(B, G)`` bool, False for padding.
+            levels: the ``(height, width, stride)`` of each level, in the order the anchors are numbered
+                (:func:`~detloss.detection.make_anchors`); with them the sparse path finds the candidates of a
+                ground truth from its box alone, without testing every anchor.
         """
-        batch_size, _, num_anchors = pred_logits.shape
-        num_gt = gt_boxes.shape[1]
         device = pred_logits.device
-        k = min(self.topk, num_anchors)
-        if num_gt == 0:
+        if gt_boxes.shape[1] == 0:
             return _empty_assignment(device, gt_boxes.dtype)
-
-        gt_boxes = gt_boxes.float()
-        pred_boxes = pred_boxes.float()
-        anchor_points = anchor_points.float()
+        gt_boxes, pred_boxes, anchor_points = gt_boxes.float(), pred_boxes.float(), anchor_points.float()
         cand = self._candidate_boxes(gt_boxes)
+        args = (pred_logits, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask, cand)
+        if self.pairs == "sparse" or (self.pairs == "auto" and device.type == "cpu"):
+            return self._assign_sparse(*args, levels)
+        return self._assign_dense(*args)
 
-        # dense alignment t and CIoU u, (B, G, A), a block of images × ground truths at a time
-        align = torch.empty(batch_size, num_gt, num_anchors, device=device)
-        ciou = torch.empty_like(align)
-        pred = _BoxTerms(pred_boxes.permute(2, 0, 1).unsqueeze(2))  # planes (B, 1, A)
-        gt = _BoxTerms(gt_boxes.permute(2, 0, 1).unsqueeze(3))  # planes (B, G, 1)
-        ax, ay = anchor_points[:, 0], anchor_points[:, 1]
-        block = self.chunk_elements if device.type != "cpu" else min(self.chunk_elements, 1 << 18)
-        rows = max(1, block // num_anchors)  # (image, ground truth) rows per block
-        step_b = max(1, min(batch_size, rows // num_gt))
-        step_g = num_gt if step_b > 1 else min(num_gt, rows)
-        buffers = _Buffers((step_b, step_g, num_anchors), device)
-        for b0 in range(0, batch_size, step_b):
-            for g0 in range(0, num_gt, step_g):
-                ib, ig = slice(b0, b0 + step_b), slice(g0, g0 + step_g)
-                c = cand[ib, ig, None]  # (b, g, 1, 4)
-                inside = (ax - c[..., 0] > self.eps) & (ay - c[..., 1] > self.eps)
-                inside &= (c[..., 2] - ax > self.eps) & (c[..., 3] - ay > self.eps)
-                inside &= gt_mask[ib, ig, None]
-                u = _ciou_into(ciou[ib, ig], pred.rows(ib), gt.rows(ib, ig), buffers.like(ciou[ib, ig]))
-                u.mul_(inside)
-                labels = gt_labels[ib, ig, None].expand(-1, -1, num_anchors)
-                t = torch.gather(pred_logits[ib], 1, labels, out=align[ib, ig]).sigmoid_()
-                t.copy_(_pow(t, self.alpha)).mul_(_pow(u, self.beta)).mul_(inside)
+    def inside(self, points: Tensor, cand: Tensor, gt_mask: Tensor) -> Tensor:
+        """``(..., A)`` bool: the anchor centre lies strictly inside the candidate box (``cand (..., 1, 4)``)."""
+        inside = (points[:, 0] - cand[..., 0] > self.eps) & (points[:, 1] - cand[..., 1] > self.eps)
+        inside &= (cand[..., 2] - points[:, 0] > self.eps) & (cand[..., 3] - points[:, 1] > self.eps)
+        return inside & gt_mask
+
+    # ------------------------------------------------------------------------------------- the dense path
+
+    def _assign_dense(self, pred_logits, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask, cand):
+        """Steps 1–5 on dense ``(B, G, A)`` maps of alignment and CIoU, with no host sync."""
+        (batch_size, num_gt), num_anchors, device = gt_mask.shape, pred_logits.shape[2], pred_logits.device
+        k = min(self.topk, num_anchors)
+        align, ciou = dense_metrics(self, pred_logits, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask, cand)
 
         # top-k claims (B, G, k); a claim counts if the anchor is a candidate of a real ground truth
-        _, anchor = align.topk(k, dim=2)
+        top, anchor = align.topk(k, dim=2)
         point = anchor_points[anchor]  # (B, G, k, 2)
         c = cand.unsqueeze(2)
         valid = (point[..., 0] - c[..., 0] > self.eps) & (point[..., 1] - c[..., 1] > self.eps)
         valid &= (c[..., 2] - point[..., 0] > self.eps) & (c[..., 3] - point[..., 1] > self.eps)
-        valid &= gt_mask.unsqueeze(2)
+        valid &= gt_mask.unsqueeze(2) & (top > 0)
 
         batch = torch.arange(batch_size, device=device).view(-1, 1, 1).expand_as(anchor).reshape(-1)
         claimant = torch.arange(num_gt, device=device).view(1, -1, 1).expand_as(anchor).reshape(-1)
@@ -178,25 +178,107 @@ class TaskAlignedAssigner(nn.Module):
         best = ciou.gather(2, columns).argmax(1).view(-1)  # ... at each claimed anchor; first maximum
         gt = torch.where(claims[key] > 1, best, claimant)
 
-        # one slot stands for each foreground anchor: its first valid claim
-        slots = torch.arange(key.numel(), device=device)
-        first = torch.full_like(claims, key.numel(), dtype=torch.long)
-        first.scatter_reduce_(0, key, torch.where(valid, slots, key.numel()), reduce="amin")
-        fg = valid & (first[key] == slots)
-
+        fg = valid & _first_of_each(key, valid, batch_size * num_anchors)
         pair = (batch * num_gt + gt) * num_anchors + anchor
-        t = align.view(-1)[pair] * fg
-        owner = batch * num_gt + gt
-        if self.topk2 is not None and self.topk2 < k:
-            fg = fg & _top_per_owner(t, anchor, owner, fg, self.topk2, batch_size * num_gt, num_anchors)
-            t = t * fg
+        t, u = align.view(-1)[pair], ciou.view(-1)[pair]
+        return self._finish(batch, anchor, gt, fg, t, u, gt_boxes, gt_labels, k, num_anchors)
 
+    # ------------------------------------------------------------------------------------ the sparse path
+
+    def _assign_sparse(self, pred_logits, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask, cand, levels):
+        """Steps 1–5 on the candidate pairs alone (a ground truth has a few hundred candidates among thousands of
+        anchors), gathered with host syncs, which cost nothing on the CPU; the same assignment as the dense path."""
+        (batch_size, num_gt), num_anchors = gt_mask.shape, pred_logits.shape[2]
+        k = min(self.topk, num_anchors)
+        b, g, a = self._candidates(anchor_points, cand, gt_mask, levels)  # sorted by (b, g, a)
+        owner = b * num_gt + g
+        u = pair_ciou(pred_boxes[b, a], gt_boxes[b, g])
+        t = pow_(pred_logits[b, gt_labels[b, g], a].sigmoid(), self.alpha).mul_(pow_(u, self.beta))
+
+        # each ground truth claims its top-k candidates of positive alignment (ties: the lower anchor)
+        claimed = _top_per_owner(t, a, owner, t > 0, k, batch_size * num_gt, num_anchors)
+        batch, claimant, anchor = b[claimed], g[claimed], a[claimed]
+        key = batch * num_anchors + anchor
+
+        # an anchor claimed more than once goes to the ground truth of highest CIoU there: over all its candidate
+        # pairs, the first such ground truth; when that CIoU is 0, ground truth 0, as the dense arg-max gives
+        pair_key = b * num_anchors + a
+        claims = torch.zeros(batch_size * num_anchors, dtype=torch.int32).scatter_add_(
+            0, key, torch.ones_like(key, dtype=torch.int32)
+        )
+        max_u = torch.zeros(batch_size * num_anchors).scatter_reduce_(0, pair_key, u, reduce="amax")
+        best = torch.full((batch_size * num_anchors,), num_gt).scatter_reduce_(
+            0, pair_key, torch.where(u == max_u[pair_key], g, num_gt), reduce="amin"
+        )
+        best = torch.where(max_u > 0, best, 0)
+        gt = torch.where(claims[key] > 1, best[key], claimant)
+
+        fg = _first_of_each(key, torch.ones_like(key, dtype=torch.bool), batch_size * num_anchors)
+        # t and u of the pairs as finally assigned: looked up among the candidates (0 for a pair that is not one)
+        ids = owner * num_anchors + a
+        wanted = (batch * num_gt + gt) * num_anchors + anchor
+        if not ids.numel():  # no candidate at all: nothing is claimed either
+            return _empty_assignment(gt_boxes.device, gt_boxes.dtype)
+        pos = torch.searchsorted(ids, wanted).clamp_(max=ids.numel() - 1)
+        found = ids[pos] == wanted
+        t_pair, u_pair = torch.where(found, t[pos], 0.0), torch.where(found, u[pos], 0.0)
+        return self._finish(batch, anchor, gt, fg, t_pair, u_pair, gt_boxes, gt_labels, k, num_anchors)
+
+    def _candidates(self, anchor_points, cand, gt_mask, levels):
+        """The candidate pairs ``(b, g, a)``, sorted: an anchor whose centre lies strictly inside a real ground
+        truth's candidate box. With ``levels`` each box's anchors come from its grid rectangle on each level
+        (then tested as the dense path tests them); without, every anchor is tested."""
+        num_gt, num_anchors = gt_mask.shape[1], anchor_points.shape[0]
+        if levels is None:
+            return self.inside(anchor_points, cand.unsqueeze(2), gt_mask.unsqueeze(2)).nonzero(as_tuple=True)
+        b, g = gt_mask.nonzero(as_tuple=True)
+        box = cand[b, g]  # (N, 4)
+        found, offset = [], 0
+        for h, w, stride in levels:
+            # the grid cells whose centre (i + 0.5)·stride can lie inside, one more on each side than needed
+            j0 = (box[:, 0] / stride - 0.5).floor().clamp_(0, w).long()
+            j1 = (box[:, 2] / stride - 0.5).floor().add_(2).clamp_(0, w).long()
+            i0 = (box[:, 1] / stride - 0.5).floor().clamp_(0, h).long()
+            i1 = (box[:, 3] / stride - 0.5).floor().add_(2).clamp_(0, h).long()
+            width, height = j1 - j0, i1 - i0
+            count = width * height
+            total = int(count.sum())
+            if total:
+                which = torch.repeat_interleave(torch.arange(len(box)), count)
+                local = torch.arange(total) - torch.repeat_interleave(count.cumsum(0) - count, count)
+                anchor = offset + (i0[which] + local // width[which]) * w + j0[which] + local % width[which]
+                found.append((which, anchor))
+            offset += h * w
+        if offset != num_anchors:
+            raise ValueError(f"levels {list(levels)} hold {offset} anchors, anchor_points {num_anchors}")
+        if not found:
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty, empty
+        which, anchor = (torch.cat(parts) for parts in zip(*found))
+        point, c = anchor_points[anchor], box[which]
+        keep = (point[:, 0] - c[:, 0] > self.eps) & (point[:, 1] - c[:, 1] > self.eps)
+        keep &= (c[:, 2] - point[:, 0] > self.eps) & (c[:, 3] - point[:, 1] > self.eps)
+        which, anchor = which[keep], anchor[keep]
+        order = torch.argsort((b[which] * num_gt + g[which]) * num_anchors + anchor)
+        which, anchor = which[order], anchor[order]
+        return b[which], g[which], anchor
+
+    # ---------------------------------------------------------------------------------- both, at the end
+
+    def _finish(self, batch, anchor, gt, fg, t, u, gt_boxes, gt_labels, k, num_anchors) -> Assignment:
+        """Steps 4b and 5 on the slots: the second top-k, then the target scores."""
+        num_gt = gt_boxes.shape[1]
+        owner = batch * num_gt + gt
+        num_owners = gt_boxes.shape[0] * num_gt
+        t = t * fg
+        if self.topk2 is not None and self.topk2 < k:
+            fg = fg & _top_per_owner(t, anchor, owner, fg, self.topk2, num_owners, num_anchors)
+            t = t * fg
         # target score: t · max_u / (max_t + eps), the maxima per ground truth over its foreground anchors
-        u = ciou.view(-1)[pair] * fg
-        max_t = torch.zeros(batch_size * num_gt, device=device).scatter_reduce_(0, owner, t, reduce="amax")
+        u = u * fg
+        max_t = torch.zeros(num_owners, device=t.device).scatter_reduce_(0, owner, t, reduce="amax")
         max_u = torch.zeros_like(max_t).scatter_reduce_(0, owner, u, reduce="amax")
         scores = t * max_u[owner] / (max_t[owner] + self.eps)
-
         return Assignment(
             batch=batch,
             anchor=anchor,
@@ -216,70 +298,10 @@ class TaskAlignedAssigner(nn.Module):
         return torch.cat((centre - size * 0.5, centre + size * 0.5), -1)
 
 
-class _BoxTerms:
-    """The per-box quantities of the CIoU, from planes ``x1, y1, x2, y2`` of any broadcastable shape (an inverted
-    box has no area, and its corners in any order bound the enclosing box, as in the library's CIoU)."""
-
-    NAMES = ("x1", "y1", "x2", "y2", "lo_x", "hi_x", "lo_y", "hi_y", "area", "cx", "cy", "atan", "r2")
-
-    def __init__(self, planes: Tensor):
-        self.x1, self.y1, self.x2, self.y2 = planes
-        self.lo_x, self.hi_x = torch.minimum(self.x1, self.x2), torch.maximum(self.x1, self.x2)
-        self.lo_y, self.hi_y = torch.minimum(self.y1, self.y2), torch.maximum(self.y1, self.y2)
-        w, h = (self.x2 - self.x1).clamp(min=0), (self.y2 - self.y1).clamp(min=0)
-        self.area = w * h
-        self.cx, self.cy = (self.x1 + self.x2) * 0.5, (self.y1 + self.y2) * 0.5
-        self.atan = torch.atan(w / (h + 1e-7))
-        self.r2 = w * w + h * h
-
-    def rows(self, *index) -> _BoxTerms:
-        view = object.__new__(_BoxTerms)
-        for name in self.NAMES:
-            setattr(view, name, getattr(self, name)[index])
-        return view
-
-
-class _Buffers:
-    """Scratch tensors of one block shape, reused across blocks (smaller blocks take a leading view)."""
-
-    def __init__(self, shape: tuple[int, ...], device: torch.device):
-        self.store = torch.empty(4, *shape, device=device)
-
-    def like(self, x: Tensor) -> Tensor:
-        return self.store[(slice(None), *(slice(0, n) for n in x.shape))]
-
-
-def _ciou_into(out: Tensor, p: _BoxTerms, g: _BoxTerms, tmp: Tensor, eps: float = 1e-7) -> Tensor:
-    """The CIoU of every prediction with every ground truth, clamped at 0, written into ``out`` in place.
-
-    The formula of :func:`~detloss.losses.iou.box_iou_pairwise` (torchvision's ``eps`` placement, inverted boxes
-    and the fade of the aspect term included), written with four scratch blocks so that the dozens of elementwise
-    steps stay in cache.
-    """
-    a, b, c, d = tmp
-    torch.minimum(p.x2, g.x2, out=out)
-    out.sub_(torch.maximum(p.x1, g.x1, out=a)).clamp_(min=0)
-    torch.minimum(p.y2, g.y2, out=b)
-    out.mul_(b.sub_(torch.maximum(p.y1, g.y1, out=a)).clamp_(min=0))  # intersection
-    torch.add(p.area, g.area, out=a).sub_(out).add_(eps)
-    iou = out.div_(a)
-    torch.maximum(p.hi_x, g.hi_x, out=a).sub_(torch.minimum(p.lo_x, g.lo_x, out=b)).square_()
-    torch.maximum(p.hi_y, g.hi_y, out=b).sub_(torch.minimum(p.lo_y, g.lo_y, out=c)).square_()
-    diag = a.add_(b).add_(eps)  # c², the enclosing box's diagonal squared
-    torch.sub(g.cx, p.cx, out=b).square_()
-    rho = b.add_(torch.sub(g.cy, p.cy, out=c).square_()).div_(diag)  # ρ² / c²
-    v = torch.sub(g.atan, p.atan, out=c).square_().mul_(4 / math.pi**2)
-    # the fade t⁴ / (t⁴ + 1), t² = r² / (κ² c²) capped at 10⁴, as 1 / (1 + 1 / t⁴)
-    fade = torch.div(p.r2, diag, out=d).mul_(1 / DEGENERATE**2).clamp_(max=1e4).square_()
-    v.mul_(fade.reciprocal_().add_(1).reciprocal_())
-    alpha = torch.sub(v, iou, out=d).add_(1 + eps).reciprocal_().mul_(v)  # α = v / (1 − IoU + v), a constant
-    return iou.sub_(rho.addcmul_(alpha, v)).clamp_(min=0)
-
-
 def _top_per_owner(
     t: Tensor, anchor: Tensor, owner: Tensor, fg: Tensor, k: int, num_owners: int, num_anchors: int
 ) -> Tensor:
-    """Which foreground slots are among the ``k`` of highest ``t`` of their owner (ties: lower anchor first)."""
+    """Which ``fg`` slots are among the ``k`` of highest ``t`` of their owner (ties: lower anchor first)."""
     if k == 1:  # the common case (YOLO26): the best slot of each owner, by one max and one min
         best = torch.full((num_owners,), -1.0, dtype=t.dtype, device=t.device)
         best.scatter_reduce_(0, owner, torch.where(fg, t, -1.0), reduce="amax")
@@ -295,24 +317,15 @@ def _top_per_owner(
     start = torch.searchsorted(sorted_owner, sorted_owner, right=False)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device) - start
-    return rank < k
+    return fg & (rank < k)
 
 
-def _pow(x: Tensor, exponent: float) -> Tensor:
-    """``x ** exponent`` for ``x >= 0``, by squaring for small integer exponents (``pow`` is slow on CPU)."""
-    if exponent == 0.5:
-        return x.sqrt()
-    e = int(exponent)
-    if e != exponent or not 0 <= e <= 16:
-        return x.pow(exponent)
-    result, base = None, x
-    while e:
-        if e & 1:
-            result = base.clone() if result is None else result.mul_(base)
-        e >>= 1
-        if e:
-            base = base.square()
-    return torch.ones_like(x) if result is None else result
+def _first_of_each(key: Tensor, valid: Tensor, num_keys: int) -> Tensor:
+    """Which slots are the first valid slot of their key (one slot stands for each foreground anchor)."""
+    slots = torch.arange(key.numel(), device=key.device)
+    first = torch.full((num_keys,), key.numel(), dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, key, torch.where(valid, slots, key.numel()), reduce="amin")
+    return first[key] == slots
 
 
 def _empty_assignment(device: torch.device, dtype: torch.dtype) -> Assignment:

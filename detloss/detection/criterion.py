@@ -131,9 +131,11 @@ class _Head:
         points, stride = self._anchors(feats, cls_logits.dtype, device)
         with torch.no_grad():  # every anchor's box, for the assigner only
             boxes = decode_boxes(bin_logits, points)  # (B, A, 4), grid units
+        levels = [(f.shape[2], f.shape[3], s) for f, s in zip(feats, self.strides)]
         assignment = self.assigner(
-            cls_logits.detach(), boxes.detach() * stride, points * stride, packed.boxes, packed.labels, packed.mask
-        )
+            cls_logits.detach(), boxes.detach() * stride, points * stride, packed.boxes, packed.labels, packed.mask,
+            levels,
+        )  # fmt: skip
 
         # the slots' boxes are decoded again, in the graph: the gradient never touches the other anchors
         b, anc = assignment.batch, assignment.anchor
