@@ -15,7 +15,8 @@ subtracts from 1: at a logit margin of 10 both lose 3 of float32's 7 digits, at 
 ``gamma > 0`` turns it into the softmax focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV
 2017): each position's loss is scaled by ``(1 − p_t)^γ``, ``p_t`` the predicted probability of its class (of
 the target distribution, ``Σ_c q_c p_c``, for probabilities), with the gradient through the factor; ``1 − p_t``
-is computed as ``−expm1(log p_t)``, to full precision when ``p_t`` is close to 1.
+is computed as ``−expm1(log p_t)``, to full precision when ``p_t`` is close to 1 (beyond a margin of ~87 it
+underflows float32 and the factor is 0, which for ``γ < 1`` with label smoothing is below the true value).
 """
 
 from __future__ import annotations
