@@ -30,7 +30,7 @@ which costs far more than the threads save (README, "Speed of the losses").
 
 Two more things keep it fast on detection-sized inputs, where almost every target is 0:
 
-* where ``t = 0`` all three factors reduce to ``c · p^e`` (``c``, ``e`` from :func:`_background`), so the
+* where ``t = 0`` all four factors reduce to ``c · p^e`` (``c``, ``e`` from :func:`_background`), so the
   dense pass runs the short kernel :func:`_background_block` over everything, which reads ``x`` only; the few
   ``t ≠ 0`` elements are then gathered, recomputed with the general formula (:func:`_terms`) and written over;
 * ``p^e`` comes from ``exp(e · log p)``, except for ``e`` in {0, 1, 2, 3, 0.5}, done with multiplies / ``pow``.
@@ -136,11 +136,13 @@ def _terms(x: Tensor, t: Tensor, kind: str, a: float, b: float, need_grad: bool)
     """Elementwise loss and ``dloss/dx`` for any target, from plain (non-recorded) ops, each quantity from terms
     of one sign (module doc, "Precision")."""
     ce = bce_terms(x, t)
+    if kind == BCE and not need_grad:
+        return ce, None
     p, q = torch.sigmoid(x), torch.sigmoid(-x)  # σ(x) and 1 − σ(x), each to full relative precision
     u = 1 - t
     d = torch.mul(p, u).sub_(q * t)  # p − t
     if kind == BCE:
-        return ce, (d if need_grad else None)
+        return ce, d
     if kind == FOCAL:
         s = 1 - 2 * t
         m, dm = _power_and_slope(torch.mul(p, u).addcmul_(q, t), b)  # (p + t − 2pt)^γ and its slope in it
@@ -184,7 +186,7 @@ def _background_block(x: Tensor, c: float, e: float, loss_out: Tensor | None, gr
 
         L = c · sp · p^e,    dL/dx = c · p^e · (p + e · sp · σ(−x))
 
-    (``σ(−x)`` for ``1 − p``, and ``p^e`` from ``log σ(x)``, keep full precision: module doc, "Precision").
+    (``σ(−x)`` for ``1 − p``, and ``p^e`` as ``exp(e · log p)``, keep full precision: module doc, "Precision").
     Writes ``loss_out`` (or returns the block's sum when it is ``None``) and ``grad_out`` (when given).
     """
     sp = F.softplus(x, threshold=40.0)  # = BCE(x, 0); x itself above 40, where log1p(e^-x) < 5e-18
