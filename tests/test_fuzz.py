@@ -38,6 +38,7 @@ _COMMON = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.
 settings.register_profile("detloss-fuzz", max_examples=500, derandomize=True, **_COMMON)
 settings.register_profile("detloss-fuzz-long", max_examples=10_000, derandomize=False, **_COMMON)
 FAST, LONG = settings.get_profile("detloss-fuzz"), settings.get_profile("detloss-fuzz-long")
+LONG_TIMEOUT = 4 * 3600  # seconds; the suite's 600 s is less than 10,000 examples of a criterion take on 2 cores
 
 
 def share(profile: settings, parts: int) -> settings:
@@ -268,6 +269,7 @@ def test_losses_finite(name, data):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
 @pytest.mark.parametrize("name", LOSSES)
 @share(LONG, len(LOSSES))
 @given(data=st.data())
@@ -403,6 +405,7 @@ def test_box_losses_finite_bounded(name, data):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
 @pytest.mark.parametrize("name", BOX)
 @share(LONG, len(BOX))
 @given(data=st.data())
@@ -494,6 +497,7 @@ def test_detection_criterion_finite(data):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
 @LONG
 @given(data=st.data())
 def test_detection_criterion_finite_long(data):
@@ -551,6 +555,7 @@ def test_segmentation_criterion_finite(data):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
 @LONG
 @given(data=st.data())
 def test_segmentation_criterion_finite_long(data):
