@@ -8,7 +8,7 @@ sum, i.e. of each value by its own inputs):
   (``tiny`` = 1.2e-38), absolute error below ``tiny`` otherwise;
 * because a float64 run of our code shares its formula (a cancellation in the formula costs float64 digits too),
   the classification, margin, regression, distribution and region losses also against an exact evaluation: the
-  textbook formula, written out here and evaluated with mpmath at 120 digits, its gradient by mpmath's
+  textbook formula, written out here and evaluated with mpmath at :data:`DPS` (250) digits, its gradient by mpmath's
   differentiation: float32 within :data:`RTOL` and float64 within :data:`RTOL64` of it;
 * the box losses compute ``1 − IoU`` (and their penalties) by subtraction from O(1) terms, so their float32
   error is absolute, ~1e-7 of the loss's scale 1 (:func:`test_box_losses_precision`, and the strict ``xfail``
