@@ -8,7 +8,7 @@ to both neighbours, weighted by closeness::
 
 The target is clamped to ``[0, reg_max − 1 − 0.01]`` first, so that ``y_r`` is always a valid bin (the habit of
 the YOLOv8 family). The value is the mean over the four sides of a box. ``−log S`` and its gradient come from
-:func:`._stable.neg_log_softmax`, to full relative precision for confident bins, where ``log_softmax`` and its
+:func:`._stable.index_nll`, to full relative precision for confident bins, where ``log_softmax`` and its
 gradient ``S − target`` lose it.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._api import LossModule, loss_function
-from ._stable import neg_log_softmax
+from ._stable import index_nll
 from ._utils import Checks, apply_weight, as_float, as_target, reduce
 
 __all__: list[str] = []
@@ -66,8 +66,7 @@ def dfl_loss(
     left = target.floor()
     w_right = target - left
     bins = left.long().unsqueeze(-1) + torch.tensor([0, 1], device=left.device)  # (..., 2): y_l, y_r
-    nll = neg_log_softmax(pred_logits, -1).gather(-1, bins)
-    loss = nll[..., 0] * (1 - w_right) + nll[..., 1] * w_right
+    loss = index_nll(pred_logits, bins, -1, weight=torch.stack([1 - w_right, w_right], -1)).squeeze(-1)
     loss = loss.mean(-1) if loss.shape[-1] else loss.sum(-1)
     return reduce(apply_weight(loss, weight), reduction)
 
