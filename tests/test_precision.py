@@ -186,7 +186,9 @@ COVERED = {*BINARY, *BOX, *REGION, "cross_entropy", "dfl", "hinge", "mse", "l1",
 
 
 def test_every_registered_loss_is_covered():
-    assert set(L.available()) == COVERED, "a new loss needs its precision case in this file"
+    # the library's own losses (a test module may register one of its own: tests/test_adding_a_loss.py)
+    library = {n for n in L.available() if type(L.build(n)).__module__.startswith("detloss.losses.")}
+    assert library == COVERED, "a new loss needs its precision case in this file"
 
 
 BINARY_OPTIONS = [
