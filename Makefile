@@ -5,7 +5,7 @@ PIP_INSTALL = $(PYTHON) -m pip install -e ".[dev]"
 CHECK_TORCHVISION = $(PYTHON) -c "import torch, torchvision.ops as o; o.nms(torch.rand(1, 4), torch.rand(1), 0.5)" \
 	|| { echo "torchvision's ops do not load against this torch; reinstall the pair: see README, Install"; exit 1; }
 
-.PHONY: install lint train test test-slow bench
+.PHONY: install lint train test test-slow fuzz-long bench
 
 install:
 	$(PIP_INSTALL)
@@ -23,6 +23,10 @@ test: install lint
 
 test-slow: install
 	$(PYTHON) -m pytest -m slow
+
+# the fuzzer's long profile: at least 10,000 random examples per property (tests/test_fuzz.py)
+fuzz-long: install
+	$(PYTHON) -m pytest -m slow tests/test_fuzz.py
 
 bench: install
 	$(PYTHON) tools/bench_losses.py

@@ -396,9 +396,13 @@ def test_no_nan_or_inf_on_extreme_logits(fn, dtype):
 
 
 def test_focal_tversky_at_perfect_prediction():
-    # sigmoid(±40) is exactly 1 (and ~4e-18) in float64, so FP = FN = 0 and 1 − TI == 0 exactly
     target = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]], dtype=torch.float64)
-    logits = (target * 80.0 - 40.0).requires_grad_(True)
+    # at ±40, FP = FN = 2·σ(−40) (σ(40) rounds to 1, but 1 − σ(40) is σ(−40)): 1 − TI = 0.5·(FP + FN) / (I + ...)
+    logits = target * 80.0 - 40.0
+    want = 0.5 * 4 * math.exp(-40) / (2 + 0.5 * 4 * math.exp(-40) + 1e-5)
+    assert tversky_loss(logits, target, mode="binary").item() == pytest.approx(want, rel=1e-12)
+    # at ±800, σ(−800) is 0 in float64: FP = FN = 0 and 1 − TI == 0 exactly, where x^γ has an infinite slope
+    logits = (target * 1600.0 - 800.0).requires_grad_(True)
     assert tversky_loss(logits, target, mode="binary").item() == 0.0
     for gamma in (0.5, 0.75, 1.0, 2.0):
         logits.grad = None

@@ -1,11 +1,12 @@
-"""The engine shared by the focal, varifocal and quality focal losses: ``BCE(x, t) · m(σ(x), t)``, fused.
+"""The engine shared by the BCE, focal, varifocal and quality focal losses: ``BCE(x, t) · m(σ(x), t)``, fused.
 
-All three scale the elementwise binary cross-entropy with logits by a modulating factor ``m`` of ``p = σ(x)`` and
+All four scale the elementwise binary cross-entropy with logits by a modulating factor ``m`` of ``p = σ(x)`` and
 the target ``t`` (a soft score in [0, 1]):
 
 =============  ===============================================================  ======================
 ``kind``       ``m(p, t)``                                                       paper
 =============  ===============================================================  ======================
+``bce``        ``1``                                                             —
 ``focal``      ``α_t · (p + t − 2pt)^γ``, ``α_t = αt + (1 − α)(1 − t)``          Lin et al., 2017
 ``varifocal``  ``t`` where ``t > 0``, ``α · p^γ`` where ``t = 0``                  Zhang et al., 2021
 ``quality``    ``|t − p|^β``                                                     Li et al., 2020
@@ -29,15 +30,28 @@ which costs far more than the threads save (README, "Speed of the losses").
 
 Two more things keep it fast on detection-sized inputs, where almost every target is 0:
 
-* where ``t = 0`` all three factors reduce to ``c · p^e`` (``c``, ``e`` from :func:`_background`), so the
+* where ``t = 0`` all four factors reduce to ``c · p^e`` (``c``, ``e`` from :func:`_background`), so the
   dense pass runs the short kernel :func:`_background_block` over everything, which reads ``x`` only; the few
   ``t ≠ 0`` elements are then gathered, recomputed with the general formula (:func:`_terms`) and written over;
-* ``p^e`` comes from ``exp(e · log σ(x))`` with ``log σ(x) = x − softplus(x)`` (``pow`` is costly), except for
-  ``e`` in {0, 1, 2, 3, 0.5}, done with multiplies / ``sqrt``.
+* ``p^e`` comes from ``exp(e · log p)``, except for ``e`` in {0, 1, 2, 3, 0.5}, done with multiplies / ``pow``.
 
 :func:`reference` is the plain composed-autograd form of the same losses. It is used when the target requires
 grad and, inside the backward, when the graph of the gradient is wanted (``create_graph=True``: double backward);
 the tests check the fused path against it.
+
+Precision. Every quantity is computed from terms of one sign, so that the loss and its derivative keep full
+relative precision (float32: about 1e-6 and better) for every finite logit, confident ones included, where the
+textbook forms subtract numbers close to each other (``log1p(e^−|x|) + max(x, 0) − x·t`` at ``x = 10``, ``t = 1``
+loses 3 of float32's 7 digits, and is 0 instead of 3e-7 at ``x = 15``; so does ``p − t``):
+
+* ``1 − p`` is ``σ(−x)``, never ``1 − σ(x)``;
+* ``BCE = x⁺·(1 − t) − x⁻·t + log1p(e^−|x|)`` (``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)``), three terms ``>= 0``;
+* ``p − t = p·(1 − t) − (1 − p)·t`` and the focal base ``p + t − 2pt = p·(1 − t) + (1 − p)·t``;
+* ``p^e`` in the background kernel is ``exp(e · log p)``, not ``exp(e · (x − softplus(x)))``.
+
+:func:`reference` keeps the same care in composed form (``softplus`` on the side of ``x`` where it does not
+cancel, :func:`._stable.sigmoid_pair` for ``p`` and ``1 − p``); ``tests/test_precision.py`` holds both paths to
+float64 and to an exact evaluation.
 
 Where a base of a fractional power hits 0 (``p = 0`` with ``t = 0`` once ``x`` is below about −88 in float32, or
 ``p = t`` for the quality focal loss) the derivative of ``base^e`` is infinite for ``e < 1``; both paths clamp the
@@ -51,11 +65,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._stable import bce_terms, sigmoid_pair
 from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_same_shape, reduce
 
-__all__ = ["FOCAL", "QUALITY", "VARIFOCAL", "checked_inputs", "modulated_bce", "reference"]
+__all__ = ["BCE", "FOCAL", "QUALITY", "VARIFOCAL", "checked_inputs", "modulated_bce", "reference"]
 
-FOCAL, VARIFOCAL, QUALITY = "focal", "varifocal", "quality"
+BCE, FOCAL, VARIFOCAL, QUALITY = "bce", "focal", "varifocal", "quality"
 
 #: elements per block on CPU: ~128 KiB per float32 temporary, so a block's few temporaries stay in L2; and just
 #: under ATen's grain size (32,768), below which an op runs on the calling thread (see the module doc)
@@ -79,18 +94,24 @@ def _pow(base: Tensor, exponent: float) -> Tensor:
 
 
 def reference(x: Tensor, t: Tensor, kind: str, a: float, b: float) -> Tensor:
-    """Elementwise loss from composed autograd ops: differentiable in ``x`` and ``t``, to any order."""
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    p = torch.sigmoid(x)
+    """Elementwise loss from composed autograd ops: differentiable in ``x`` and ``t``, to any order.
+
+    ``BCE = softplus(−x) + x·(1 − t)`` for ``x > 0``, ``softplus(x) − x·t`` otherwise: terms ``>= 0`` in value,
+    derivatives ``(1 − t) − σ(−x)`` and ``σ(x) − t`` in ``x`` (``softplus``'s backward is ``σ`` to full precision),
+    exactly ``−x`` in ``t``.
+    """
+    ce = torch.where(x > 0, F.softplus(-x) + x * (1 - t), F.softplus(x) - x * t)
+    if kind == BCE:
+        return ce
+    p, q = sigmoid_pair(x)  # σ(x) and 1 − σ(x), each to full precision
     if kind == FOCAL:  # a = alpha, b = gamma
-        p_t = p * t + (1 - p) * (1 - t)
-        m = _pow(1 - p_t, b)
+        m = _pow(p * (1 - t) + q * t, b)  # 1 − p_t
         if a >= 0:
             m = m * (a * t + (1 - a) * (1 - t))
     elif kind == VARIFOCAL:  # a = alpha, b = gamma
         m = torch.where(t > 0, t, a * _pow(p, b))
     else:  # quality: b = beta
-        m = _pow((t - p).abs(), b)
+        m = _pow((p * (1 - t) - q * t).abs(), b)
     return ce * m
 
 
@@ -112,12 +133,19 @@ def _power_and_slope(u: Tensor, e: float) -> tuple[Tensor, Tensor | None]:
 
 
 def _terms(x: Tensor, t: Tensor, kind: str, a: float, b: float, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """Elementwise loss and ``dloss/dx`` for any target, from plain (non-recorded) ops."""
-    p = torch.sigmoid(x)
-    ce = torch.log1p(torch.exp(-x.abs())).add_(x.clamp(min=0)).sub_(x * t)  # the stable BCE with logits
+    """Elementwise loss and ``dloss/dx`` for any target, from plain (non-recorded) ops, each quantity from terms
+    of one sign (module doc, "Precision")."""
+    ce = bce_terms(x, t)
+    if kind == BCE and not need_grad:
+        return ce, None
+    p, q = torch.sigmoid(x), torch.sigmoid(-x)  # σ(x) and 1 − σ(x), each to full relative precision
+    u = 1 - t
+    d = torch.mul(p, u).sub_(q * t)  # p − t
+    if kind == BCE:
+        return ce, d
     if kind == FOCAL:
         s = 1 - 2 * t
-        m, dm = _power_and_slope(torch.addcmul(t, p, s), b)  # (p + t − 2pt)^γ and its slope in it
+        m, dm = _power_and_slope(torch.mul(p, u).addcmul_(q, t), b)  # (p + t − 2pt)^γ and its slope in it
         if dm is not None:
             dm = dm * s
         if a >= 0:
@@ -130,21 +158,22 @@ def _terms(x: Tensor, t: Tensor, kind: str, a: float, b: float, need_grad: bool)
         m = torch.where(pos, t, a * pg)
         dm = None if dpg is None else torch.where(pos, 0.0, a * dpg)
     else:
-        d = p - t
         m, dm = _power_and_slope(d.abs(), b)
         if dm is not None:
             dm = dm * d.sign()
     loss = ce * m
     if not need_grad:
         return loss, None
-    grad = (p - t) * m
+    grad = d * m
     if dm is not None:
-        grad += ce * dm * (p * (1 - p))
+        grad += ce * dm * (p * q)
     return loss, grad
 
 
 def _background(kind: str, a: float, b: float) -> tuple[float, float]:
     """``(c, e)`` with ``m(p, 0) = c · p^e``."""
+    if kind == BCE:
+        return 1.0, 0.0
     if kind == FOCAL:
         return (1 - a if a >= 0 else 1.0), b
     if kind == VARIFOCAL:
@@ -155,8 +184,9 @@ def _background(kind: str, a: float, b: float) -> tuple[float, float]:
 def _background_block(x: Tensor, c: float, e: float, loss_out: Tensor | None, grad_out: Tensor | None):
     """The ``t = 0`` kernel on a 1-D block, with ``sp = softplus(x)``::
 
-        L = c · sp · p^e,    dL/dx = c · p^e · (p + e · sp · (1 − p))
+        L = c · sp · p^e,    dL/dx = c · p^e · (p + e · sp · σ(−x))
 
+    (``σ(−x)`` for ``1 − p``, and ``p^e`` as ``exp(e · log p)``, keep full precision: module doc, "Precision").
     Writes ``loss_out`` (or returns the block's sum when it is ``None``) and ``grad_out`` (when given).
     """
     sp = F.softplus(x, threshold=40.0)  # = BCE(x, 0); x itself above 40, where log1p(e^-x) < 5e-18
@@ -168,15 +198,16 @@ def _background_block(x: Tensor, c: float, e: float, loss_out: Tensor | None, gr
     elif e == 2:
         cpe = torch.addcmul(x.new_zeros(()), p, p, value=c)
     else:
-        # p^e = exp(e · log σ(x)) with log σ(x) = x − softplus(x); pow itself is several times slower
-        cpe = torch.pow(p, e) if e in (3, 0.5) else torch.sub(x, sp).mul_(e).exp_()
+        # p^e = exp(e · log p): log of a p of full relative precision, where x − softplus(x) (= log p) would
+        # cancel for x > 0; F.logsigmoid costs as much as the softplus, and pow is no faster
+        cpe = torch.pow(p, e) if e in (3, 0.5) else torch.log(p).mul_(e).exp_()
         if c != 1:
             cpe.mul_(c)
     if grad_out is not None:
         if e == 0:
             torch.mul(p, c, out=grad_out)
         else:
-            r = torch.addcmul(sp, sp, p, value=-1)  # sp·(1 − p)
+            r = torch.neg(x).sigmoid_().mul_(sp)  # sp·(1 − p)
             torch.add(p, r, alpha=e, out=r)
             torch.mul(r, cpe, out=grad_out)
     if loss_out is None:
@@ -294,7 +325,7 @@ class _FusedModulatedBCE(torch.autograd.Function):
 def modulated_bce(x: Tensor, t: Tensor, kind: str, a: float, b: float, weight: Tensor | None, reduction: str) -> Tensor:
     """The loss of ``kind`` for checked float logits ``x`` and target ``t`` of one shape and dtype, reduced.
 
-    ``a``, ``b``: (alpha, gamma) for ``focal`` / ``varifocal``, (unused, beta) for ``quality``.
+    ``a``, ``b``: (alpha, gamma) for ``focal`` / ``varifocal``, (unused, beta) for ``quality``, unused for ``bce``.
     """
     with autocast_off(x.device):
         if t.requires_grad or x.numel() == 0:

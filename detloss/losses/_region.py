@@ -1,12 +1,23 @@
-"""The soft counts of the region losses (:mod:`.dice`) and their reductions over samples and classes."""
+"""The soft counts of the region losses (:mod:`.dice`) and their reductions over samples and classes.
+
+Precision: a region loss near a perfect prediction is ``1 − ratio`` with the ratio close to 1, which loses the
+digits that the ratio shares with 1 (float32 at logits ±10: 3 of 7; at ±17: all). So the counts include the
+mismatches themselves, ``FP = Σ p·(1 − t)·m`` and ``FN = Σ (1 − p)·t·m``, summed from terms ``>= 0`` with
+``1 − p`` to full precision (:func:`._stable.softmax_pair`, :func:`._stable.sigmoid_pair`, whose gradients keep
+it too). Since ``P = I + FP`` and ``T = I + FN`` (``P + T − 2I = Σ (p − t)²·m`` with ``squared``), every loss of
+:mod:`.dice` is then ``N / (N + R)`` with a mismatch ``N`` and ``R = k·I + s``, e.g. Dice
+``1 − (2I + s) / (P + T + s) = (FP + FN) / (FP + FN + 2I + s)``: no difference from 1, and :func:`._stable.ratio`
+gives its gradient without the one autograd would take (``1/(N + R) − N/(N + R)²``).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
+from ._stable import sigmoid_pair, softmax_pair
 from ._utils import Checks, apply_weight, as_float, reduce
 
 if TYPE_CHECKING:
@@ -35,11 +46,24 @@ def index_labels(logits: Tensor, target: Tensor, mode: str) -> Tensor | None:
     return None  # maybe an integer one-hot of the logits' shape
 
 
-def region_stats(
-    logits: Tensor, target: Tensor, o: RegionOptions, weight: Tensor | None, validate: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The soft counts ``(I, P, T)``, each ``(B', C')``, in the (float32 or float64) dtype of the maths; with
-    ``validate`` the target values and the weight are checked (one host sync)."""
+class Counts(NamedTuple):
+    """The soft counts of one call, each ``(B', C')``, over the valid elements (mask ``m``).
+
+    ``inter = Σ p·t·m``; ``true = Σ t·m`` (``Σ t²·m`` with ``squared``); ``fp = Σ p·(1 − t)·m`` and
+    ``fn = Σ (1 − p)·t·m`` (``None`` with ``squared``); ``mismatch = P + T − 2·inter`` with ``P = Σ p·m``
+    (``Σ p²·m``), i.e. ``fp + fn`` (``Σ (p − t)²·m`` with ``squared``), each summed from terms ``>= 0``.
+    """
+
+    inter: Tensor
+    true: Tensor
+    fp: Tensor | None
+    fn: Tensor | None
+    mismatch: Tensor
+
+
+def region_stats(logits: Tensor, target: Tensor, o: RegionOptions, weight: Tensor | None, validate: bool) -> Counts:
+    """The soft :class:`Counts`, in the (float32 or float64) dtype of the maths; with ``validate`` the target
+    values and the weight are checked (one host sync)."""
     logits = as_float("logits", logits)
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
@@ -55,8 +79,8 @@ def region_stats(
     if validate:
         checks.weight(weight)
     first = 0 if o.include_background else 1
-    probs = logits.softmax(1) if o.mode == "multiclass" else logits.sigmoid()
-    probs = probs[:, first:]
+    probs, comp = softmax_pair(logits, 1) if o.mode == "multiclass" else sigmoid_pair(logits)  # p and 1 − p
+    probs, comp = probs[:, first:], comp[:, first:]
     dims = tuple(range(2, logits.ndim))
     if o.batch_dice:
         dims = (0, *dims)
@@ -64,7 +88,6 @@ def region_stats(
     def total(x: Tensor) -> Tensor:  # (B', C')
         return x.sum(dims, keepdim=True).flatten(1)
 
-    pred_p = probs * probs if o.squared else probs
     labels = index_labels(logits, target, o.mode)
     if labels is not None:
         if validate:
@@ -79,10 +102,7 @@ def region_stats(
             valid = (labels != o.ignore_index).to(probs.dtype)
             if first <= o.ignore_index < num_classes:  # ... unless ignore_index is itself a class index
                 onehot = onehot * valid
-        inter = total(probs * onehot)
-        pred = total(pred_p if valid is None else pred_p * valid)
-        true = total(onehot)  # t² = t for a one-hot
-        return inter, pred, true
+        return _counts(probs, comp, onehot, valid, o.squared, total)
 
     # dense target: one-hot, soft, multilabel or binary
     if o.mode == "multiclass" and target.shape != logits.shape:
@@ -109,12 +129,20 @@ def region_stats(
         else:
             checks.unit_interval("target", t)
         checks.run()
-    t = t[:, first:]
-    inter = total(probs * t)  # t is already 0 where ignored
+    return _counts(probs, comp, t[:, first:], None if valid is None else valid[:, first:], o.squared, total)
+
+
+def _counts(p: Tensor, q: Tensor, t: Tensor, valid: Tensor | None, squared: bool, total) -> Counts:
+    """:class:`Counts` from ``p``, ``q = 1 − p``, the target ``t`` (0 where not valid) and the mask ``valid``."""
+    inter = total(p * t)
+    p_off = p * (1 - t)  # p·(1 − t)
     if valid is not None:
-        pred_p = pred_p * valid[:, first:]
-    true = total(t * t if o.squared else t)
-    return inter, total(pred_p), true
+        p_off = p_off * valid
+    if squared:
+        diff = p_off - q * t  # p − t (as p·(1 − t) − (1 − p)·t), 0 where not valid
+        return Counts(inter, total(t * t), None, None, total(diff * diff))
+    fp, fn = total(p_off), total(q * t)
+    return Counts(inter, total(t), fp, fn, fp + fn)
 
 
 def class_weights_for(loss: Tensor, o: RegionOptions) -> Tensor | None:

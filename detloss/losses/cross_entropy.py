@@ -7,11 +7,16 @@ For logits ``x`` of shape ``(N, C, d1, ...)`` and a class index ``y`` per positi
 or, for a target of class probabilities ``q`` (the logits' shape), ``−Σ_c w_c q_c log softmax(x)_c``. Label
 smoothing (Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016) mixes the
 target with the uniform distribution: ``(1 − ε)·onehot(y) + ε/C``. All of it is ``F.cross_entropy``, which this
-equals, except that a ``"mean"`` over positions that are all ignored is 0 instead of NaN.
+equals, except that a ``"mean"`` over positions that are all ignored is 0 instead of NaN, and that it keeps full
+relative precision where the prediction is confident: ``−log softmax`` and its gradient come from
+:mod:`._stable` (torch's ``log_softmax`` takes the log of a sum close to 1, and its gradient ``p_y − 1``
+subtracts from 1: at a logit margin of 10 both lose 3 of float32's 7 digits, at 17 all of them).
 
 ``gamma > 0`` turns it into the softmax focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV
 2017): each position's loss is scaled by ``(1 − p_t)^γ``, ``p_t`` the predicted probability of its class (of
-the target distribution, ``Σ_c q_c p_c``, for probabilities), with the gradient through the factor.
+the target distribution, ``Σ_c q_c p_c``, for probabilities), with the gradient through the factor; ``1 − p_t``
+is computed as ``−expm1(log p_t)``, to full precision when ``p_t`` is close to 1 (beyond a margin of ~87 it
+underflows float32 and the factor is 0, which for ``γ < 1`` with label smoothing is below the true value).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._api import LossModule, LossOptions, as_options_tensor, loss_function
+from ._stable import index_nll, neg_log_softmax
 from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_number, check_same_shape, reduce
 
 __all__: list[str] = []
@@ -101,16 +106,9 @@ def cross_entropy(
     checks.run()
 
     with autocast_off(logits.device):
-        loss = F.cross_entropy(
-            logits,
-            target,
-            weight=class_weights,
-            ignore_index=-100 if probabilities else ignore_index,
-            reduction="none",
-            label_smoothing=options.label_smoothing,
-        )
+        loss, nll_t = _unreduced(logits, target, probabilities, class_weights, ignore_index, options.label_smoothing)
         if gamma > 0:
-            loss = loss * _focal_factor(logits, target, probabilities, ignore_index, gamma)
+            loss = loss * _focal_factor(nll_t, target, probabilities, gamma)
         loss = apply_weight(loss, weight)
         if reduction != "mean" or probabilities:
             return reduce(loss, reduction)
@@ -123,15 +121,42 @@ def cross_entropy(
         return loss.sum() / torch.where(norm > 0, norm, 1)  # all ignored: the sum is 0, so is the mean
 
 
-def _focal_factor(logits: Tensor, target: Tensor, probabilities: bool, ignore_index: int, gamma: float) -> Tensor:
-    """``(1 − p_t)^γ`` per position, 0 (with a zero gradient) where ``p_t = 1``."""
-    log_p = F.log_softmax(logits, 1)
+def _unreduced(
+    logits: Tensor, target: Tensor, probabilities: bool, class_weights: Tensor | None, ignore_index: int, eps: float
+) -> tuple[Tensor, Tensor]:
+    """``F.cross_entropy(..., reduction="none")`` to full precision (:mod:`._stable`), and ``−log p`` of the target:
+    ``(N, d1, ...)`` at the label for class indices, ``(N, C, d1, ...)`` for probabilities."""
+    num_classes = logits.shape[1]
     if probabilities:
-        p_t = (target * log_p.exp()).sum(1)
+        nll = neg_log_softmax(logits, 1)
+        q = target * (1 - eps) + eps / num_classes if eps else target
+        if class_weights is not None:
+            q = q * class_weights.view(-1, *([1] * (logits.ndim - 2)))
+        return (q * nll).sum(1), nll
+    valid = target != ignore_index
+    index = target.masked_fill(~valid, 0).unsqueeze(1)
+    if eps:  # (1 − ε)·w_y·(−log p_y) + ε/C·Σ_c w_c·(−log p_c), as torch
+        nll = neg_log_softmax(logits, 1)
+        nll_y = nll.gather(1, index).squeeze(1)
+        w_nll = nll if class_weights is None else nll * class_weights.view(-1, *([1] * (logits.ndim - 2)))
+        loss = w_nll.sum(1) * (eps / num_classes)
+        loss = loss + (nll_y if class_weights is None else nll_y * class_weights[index.squeeze(1)]) * (1 - eps)
     else:
-        index = target.masked_fill(target == ignore_index, 0).unsqueeze(1)
-        p_t = log_p.gather(1, index).squeeze(1).exp()
-    base = 1 - p_t
+        nll_y = index_nll(logits, index, 1).squeeze(1)
+        loss = nll_y if class_weights is None else nll_y * class_weights[index.squeeze(1)]
+    return torch.where(valid, loss, 0.0), nll_y
+
+
+def _focal_factor(nll_t: Tensor, target: Tensor, probabilities: bool, gamma: float) -> Tensor:
+    """``(1 − p_t)^γ`` per position, 0 (with a zero gradient) where ``p_t = 1``; ``nll_t`` from :func:`_unreduced`.
+
+    ``1 − p`` is ``−expm1(−(−log p))``, to full precision for ``p`` close to 1; for probabilities
+    ``1 − Σ_c q_c p_c = (1 − Σ_c q_c) + Σ_c q_c (1 − p_c)``.
+    """
+    if probabilities:
+        base = (1 - target.sum(1)) + (target * torch.expm1(-nll_t).neg()).sum(1)
+    else:
+        base = torch.expm1(-nll_t).neg()
     positive = base > 0
     return torch.where(positive, torch.where(positive, base, 1.0).pow(gamma), 0.0)
 

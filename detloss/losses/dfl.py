@@ -7,16 +7,18 @@ to both neighbours, weighted by closeness::
     DFL(S, y) = −((y_r − y)·log S_{y_l} + (y − y_l)·log S_{y_r})
 
 The target is clamped to ``[0, reg_max − 1 − 0.01]`` first, so that ``y_r`` is always a valid bin (the habit of
-the YOLOv8 family). The value is the mean over the four sides of a box.
+the YOLOv8 family). The value is the mean over the four sides of a box. ``−log S`` and its gradient come from
+:func:`._stable.index_nll`, to full relative precision for confident bins, where ``log_softmax`` and its
+gradient ``S − target`` lose it.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._api import LossModule, loss_function
+from ._stable import index_nll
 from ._utils import Checks, apply_weight, as_float, as_target, reduce
 
 __all__: list[str] = []
@@ -64,8 +66,7 @@ def dfl_loss(
     left = target.floor()
     w_right = target - left
     bins = left.long().unsqueeze(-1) + torch.tensor([0, 1], device=left.device)  # (..., 2): y_l, y_r
-    log_p = F.log_softmax(pred_logits, dim=-1).gather(-1, bins)
-    loss = -(log_p[..., 0] * (1 - w_right) + log_p[..., 1] * w_right)
+    loss = index_nll(pred_logits, bins, -1, weight=torch.stack([1 - w_right, w_right], -1)).squeeze(-1)
     loss = loss.mean(-1) if loss.shape[-1] else loss.sum(-1)
     return reduce(apply_weight(loss, weight), reduction)
 

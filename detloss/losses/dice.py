@@ -60,7 +60,8 @@ import torch
 from torch import Tensor
 
 from ._api import LossModule, LossOptions, as_options_tensor, loss_function
-from ._region import check_dense_ignore_index, class_weights_for, reduce_classes, region_stats, sudre_weights
+from ._region import Counts, check_dense_ignore_index, class_weights_for, reduce_classes, region_stats, sudre_weights
+from ._stable import ratio
 from ._utils import apply_weight, check_choice, check_number, reduce
 
 __all__: list[str] = []
@@ -154,8 +155,10 @@ class FocalTverskyOptions(TverskyOptions):
         check_number("gamma", self.gamma, gt=0)
 
 
-def _tversky_index(inter: Tensor, pred: Tensor, true: Tensor, o: TverskyOptions) -> Tensor:
-    return (inter + o.smooth) / (inter + o.alpha * (pred - inter) + o.beta * (true - inter) + o.smooth)
+def _one_minus_tversky(c: Counts, o: TverskyOptions) -> Tensor:
+    """``1 − TI = (α·FP + β·FN) / (α·FP + β·FN + I + s)`` (with ``squared``, where ``α = β``: ``α·Σ(p − t)²``)."""
+    off = o.alpha * c.mismatch if c.fp is None else o.alpha * c.fp + o.beta * c.fn
+    return ratio(off, c.inter + o.smooth)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -208,8 +211,8 @@ def dice_loss(
     in value and gradient: a sample/class with every pixel ignored, or empty in both target and prediction, gives
     ``(0 + s) / (0 + s)``, i.e. loss 0; a class absent from the target but predicted gives a loss near 1.
     """
-    inter, pred, true = region_stats(logits, target, options, weight, validate)
-    loss = 1.0 - (2.0 * inter + options.smooth) / (pred + true + options.smooth)
+    c = region_stats(logits, target, options, weight, validate)
+    loss = ratio(c.mismatch, 2.0 * c.inter + options.smooth)  # = 1 − (2I + s) / (P + T + s), nothing cancelling
     return reduce_classes(loss, options, weight, reduction)
 
 
@@ -237,14 +240,13 @@ def generalized_dice_loss(
     weights and large images keep it small. A sample with every pixel ignored has ``I = P = T = 0`` and weights 1,
     so its loss is exactly 0.
     """
-    inter, pred, true = region_stats(logits, target, options, weight, validate)
-    w = sudre_weights(true, options.weight_type)
+    c = region_stats(logits, target, options, weight, validate)
+    w = sudre_weights(c.true, options.weight_type)
     cw = class_weights_for(w, options)
     if cw is not None:
         w = w * cw
-    numer = 2.0 * (w * inter).sum(1) + options.smooth
-    denom = (w * (pred + true)).sum(1) + options.smooth
-    loss = 1.0 - numer / denom  # (B',)
+    # 1 − (2 Σ w·I + s) / (Σ w·(P + T) + s) = Σ w·(P + T − 2I) / (Σ w·(P + T − 2I) + 2 Σ w·I + s)
+    loss = ratio((w * c.mismatch).sum(1), 2.0 * (w * c.inter).sum(1) + options.smooth)  # (B',)
     return reduce(apply_weight(loss, weight), reduction)
 
 
@@ -265,8 +267,7 @@ def tversky_loss(
     ``smooth``), ``α = β = 1`` Jaccard; ``β > α`` weighs missed foreground more. A sample/class with every pixel
     ignored (or empty in target and prediction) gives ``TI = 1``, loss 0; all finite.
     """
-    inter, pred, true = region_stats(logits, target, options, weight, validate)
-    loss = 1.0 - _tversky_index(inter, pred, true, options)
+    loss = _one_minus_tversky(region_stats(logits, target, options, weight, validate), options)
     return reduce_classes(loss, options, weight, reduction)
 
 
@@ -287,9 +288,8 @@ def focal_tversky_loss(
     keeps the gradient large on well-segmented classes). Where ``1 − TI = 0`` the value is exactly 0 and the
     gradient 0, not NaN (``x^γ`` has an infinite slope at 0 for ``γ < 1``).
     """
-    inter, pred, true = region_stats(logits, target, options, weight, validate)
-    base = 1.0 - _tversky_index(inter, pred, true, options)
-    # base < 0 only from rounding, as TI <= 1; feed pow a safe base where it is not positive, and output exactly 0
+    base = _one_minus_tversky(region_stats(logits, target, options, weight, validate), options)
+    # base >= 0; feed pow a safe base where it is 0, and output exactly 0 there
     positive = base > 0
     safe = torch.where(positive, base, torch.ones_like(base))
     loss = torch.where(positive, safe.pow(options.gamma), torch.zeros_like(base))
@@ -313,8 +313,8 @@ def jaccard_loss(
     ignored (or empty in target and prediction) gives loss 0; a class absent from the target but predicted gives a
     loss near 1; all finite.
     """
-    inter, pred, true = region_stats(logits, target, options, weight, validate)
-    loss = 1.0 - (inter + options.smooth) / (pred + true - inter + options.smooth)
+    c = region_stats(logits, target, options, weight, validate)
+    loss = ratio(c.mismatch, c.inter + options.smooth)  # = 1 − (I + s) / (P + T − I + s)
     return reduce_classes(loss, options, weight, reduction)
 
 

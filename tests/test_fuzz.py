@@ -1,0 +1,643 @@
+"""Property-based fuzzing: every registered loss and both criteria on random degenerate but valid input.
+
+"Degenerate but valid": zero-area, point and identical boxes, inverted *predicted* boxes (targets stay valid),
+images without objects, empty masks, every pixel ignored, all-background score maps, logits at ±100, a single
+class, a batch of one, empty tensors. Each example runs forward and backward in one of four precisions: float32,
+float16 and bfloat16 leaves, or float32 leaves under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the
+prediction cast to bfloat16 inside the region, as a layer's output would be, or left float32). The properties:
+
+* every value and every gradient is finite;
+* box losses: ``|grad| < 1e4`` for pairs whose boxes have sides <= 1000 and whose enclosing diagonal is >= 1e-2,
+  and a zero gradient for identical pairs, beyond what the terms that iou.py leaves unfaded add
+  (:func:`unfaded_slope`, :func:`identical_pair_slope`: what this fuzzer found there, pinned by strict xfails at
+  the end of this file and reported, not fixed on this branch);
+* the criteria: the total, every term and the gradient of the head's output are finite.
+
+Two hypothesis profiles: ``detloss-fuzz`` (the default suite: derandomized, so a run is reproducible, and small
+enough that this file takes well under a minute on 2 cores: 500 examples per loss property, shared by its
+parametrized tests, a quarter of that per criterion) and ``detloss-fuzz-long`` (``>= 10,000`` random examples per
+property): the tests marked ``slow``, ``pytest -m slow tests/test_fuzz.py``. No example database is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import detloss.losses as L
+from detloss.composite import CompositeLoss
+from detloss.detection import DetectionCriterion
+from detloss.segmentation import SegmentationCriterion
+
+_COMMON = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("detloss-fuzz", max_examples=500, derandomize=True, **_COMMON)
+settings.register_profile("detloss-fuzz-long", max_examples=10_000, derandomize=False, **_COMMON)
+FAST, LONG = settings.get_profile("detloss-fuzz"), settings.get_profile("detloss-fuzz-long")
+LONG_TIMEOUT = 4 * 3600  # seconds; the suite's 600 s is less than 10,000 examples of a criterion take on 2 cores
+
+
+def share(profile: settings, parts: int) -> settings:
+    """``profile`` with its examples split over ``parts`` parametrized tests (one property in total)."""
+    return settings(profile, max_examples=max(10, math.ceil(profile.max_examples / parts)))
+
+
+PRECISIONS = ("float32", "float16", "bfloat16", "autocast")
+LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+EXTREMES = (-100.0, 100.0, 0.0, -30.0, 30.0, -1.0, 1.0)
+REDUCTIONS = ("none", "mean", "sum")
+BOX = ("iou", "giou", "diou", "ciou", "siou", "eiou")
+# the library's own losses (a test module may register one of its own: tests/test_adding_a_loss.py)
+LIBRARY = [n for n in L.available() if type(L.build(n)).__module__.startswith("detloss.losses.")]
+LOSSES = [n for n in LIBRARY if n not in BOX]
+
+
+# ----------------------------------------------------------------------------------------------------- strategies
+
+
+def values(lo: float = -100.0, hi: float = 100.0, specials=EXTREMES):
+    """A float32-representable number in ``[lo, hi]``, often one of ``specials``."""
+    inside = [v for v in specials if lo <= v <= hi]
+    return st.one_of(st.sampled_from(inside), st.floats(lo, hi, width=32)) if inside else st.floats(lo, hi, width=32)
+
+
+@st.composite
+def tensors(draw, shape, lo: float = -100.0, hi: float = 100.0, specials=EXTREMES) -> torch.Tensor:
+    """A float64 tensor of ``shape``: one value everywhere, elementwise values, or a seeded random field."""
+    n = math.prod(shape)
+    kind = draw(st.sampled_from(["constant", "elementwise", "random"]) if n <= 64 else st.just("random"))
+    if kind == "constant" or n == 0:
+        return torch.full(shape, draw(values(lo, hi, specials)), dtype=torch.float64)
+    if kind == "elementwise":
+        items = draw(st.lists(values(lo, hi, specials), min_size=n, max_size=n))
+        return torch.tensor(items, dtype=torch.float64).view(shape)
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    scale = draw(st.sampled_from([0.1, 1.0, 10.0, 1000.0]))
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).clamp(lo, hi)
+    if draw(st.booleans()):  # some elements pinned at the ends of the range
+        x = torch.where(torch.rand(shape, generator=g) < 0.3, torch.full_like(x, draw(st.sampled_from([lo, hi]))), x)
+    return x.float().double()
+
+
+def shapes(max_dims: int = 3, max_side: int = 4, min_side: int = 0):
+    return st.lists(st.integers(min_side, max_side), min_size=1, max_size=max_dims).map(tuple)
+
+
+@st.composite
+def unit_targets(draw, shape) -> torch.Tensor:
+    """Targets in [0, 1]: all 0 (no positives), all 1, hard labels or soft values."""
+    kind = draw(st.sampled_from(["zeros", "ones", "hard", "soft"]))
+    if kind in ("zeros", "ones"):
+        return torch.full(shape, float(kind == "ones"), dtype=torch.float64)
+    t = draw(tensors(shape, 0.0, 1.0, (0.0, 1.0, 0.5)))
+    return t.round() if kind == "hard" else t
+
+
+@st.composite
+def maybe_weight(draw, shape):
+    """``None`` or an elementwise weight in [0, 1] of ``shape`` (zeros included)."""
+    return draw(st.none() | tensors(shape, 0.0, 1.0, (0.0, 1.0)))
+
+
+@st.composite
+def region_case(draw):
+    """``(options, logits (B, C, 8, 8), target)`` for a region loss, every mode."""
+    mode = draw(st.sampled_from(["multiclass", "multiclass", "binary", "multilabel"]))
+    batch = draw(st.integers(1, 2))
+    classes = 1 if mode == "binary" else draw(st.integers(1, 3))
+    options = {"mode": mode, "squared": draw(st.booleans()), "batch_dice": draw(st.booleans())}
+    if mode != "binary" and classes > 1:
+        options["include_background"] = draw(st.booleans())
+    logits = draw(tensors((batch, classes, 8, 8)))
+    if mode == "multiclass":
+        kind = draw(st.sampled_from(["background", "ignored", "random", "one class"]))
+        labels = torch.randint(
+            0, classes, (batch, 8, 8), generator=torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+        )
+        if kind == "background":  # empty masks: no foreground
+            labels.zero_()
+        elif kind == "ignored":
+            labels.fill_(255)
+        elif kind == "one class":
+            labels.fill_(classes - 1)
+        if draw(st.booleans()):
+            labels[..., : draw(st.integers(0, 8)), :] = 255  # some rows ignored
+        return options, logits, labels
+    target = draw(unit_targets((batch, classes, 8, 8))).round()
+    if draw(st.booleans()):
+        target[..., : draw(st.integers(0, 8))] = 255.0  # ignored elements (dense ignore_index)
+    return options, logits, target
+
+
+@st.composite
+def loss_case(draw, name: str):
+    """``(loss module, prediction (float64), other inputs, keyword arguments)`` for the non-box loss ``name``."""
+    reduction = draw(st.sampled_from(REDUCTIONS))
+    if name in ("bce", "focal", "varifocal", "quality_focal"):
+        shape = draw(shapes())
+        if name == "bce":
+            options = {
+                "label_smoothing": draw(st.sampled_from([0.0, 0.1])),
+                "pos_weight": draw(st.none() | st.just(2.0)),
+            }
+        elif name == "focal":
+            options = {"alpha": draw(st.sampled_from([0.25, -1.0])), "gamma": draw(st.sampled_from([0.0, 0.5, 2.0]))}
+        else:
+            options = {"beta" if name == "quality_focal" else "gamma": draw(st.sampled_from([0.5, 2.0]))}
+        kwargs = {"reduction": reduction, "weight": draw(maybe_weight(shape))}
+        return L.build(name, **options), draw(tensors(shape)), (draw(unit_targets(shape)),), kwargs
+    if name == "cross_entropy":
+        n, c = draw(st.integers(0, 4)), draw(st.integers(1, 4))  # a single class too
+        spatial = draw(st.sampled_from([(), (2,), (2, 3)]))
+        logits = draw(tensors((n, c, *spatial)))
+        options = {
+            "gamma": draw(st.sampled_from([0.0, 0.5, 2.0])),
+            "label_smoothing": draw(st.sampled_from([0.0, 0.1])),
+        }
+        if draw(st.booleans()):  # class indices, some or all ignored
+            size = n * math.prod(spatial)
+            labels = draw(st.lists(st.sampled_from([*range(c), 255]), min_size=size, max_size=size))
+            target = torch.tensor(labels, dtype=torch.long).view(n, *spatial)
+        else:  # probabilities
+            target = draw(unit_targets((n, c, *spatial)))
+        return L.build(name, **options), logits, (target,), {"reduction": reduction}
+    if name == "dfl":
+        n, bins = draw(st.integers(0, 4)), draw(st.sampled_from([2, 4, 16]))
+        target = draw(tensors((n, 4), -5.0, bins + 5.0, (0.0, bins - 1.0, bins - 1.01, 0.5)))
+        return (
+            L.build(name),
+            draw(tensors((n, 4, bins))),
+            (target,),
+            {"reduction": reduction, "weight": draw(maybe_weight((n,)))},
+        )
+    if name == "hinge":
+        options = {"p": draw(st.sampled_from([1, 2])), "margin": draw(st.sampled_from([1.0, 0.0, -0.5]))}
+        if draw(st.booleans()):
+            shape = draw(shapes())
+            labels = draw(unit_targets(shape)).round()
+            if draw(st.booleans()):
+                labels = labels * 2 - 1
+            return L.build(name, **options), draw(tensors(shape)), (labels,), {"reduction": reduction}
+        n, c = draw(st.integers(0, 4)), draw(st.integers(1, 4))
+        labels = torch.tensor(draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)), dtype=torch.long)
+        return L.build(name, **options), draw(tensors((n, c))), (labels,), {"reduction": reduction}
+    if name in ("mse", "l1", "smooth_l1"):
+        shape = draw(shapes())
+        pred = draw(tensors(shape, -1000.0, 1000.0))
+        target = pred.clone() if draw(st.booleans()) else draw(tensors(shape, -1000.0, 1000.0))
+        options = {"beta": draw(st.sampled_from([0.0, 1.0]))} if name == "smooth_l1" else {}
+        return L.build(name, **options), pred, (target,), {"reduction": reduction, "weight": draw(maybe_weight(shape))}
+    if name == "distance_l1":  # per box: (N, 4) sides, a weight per box
+        n = draw(st.integers(0, 6))
+        pred = draw(tensors((n, 4), -1000.0, 1000.0))
+        target = pred.clone() if draw(st.booleans()) else draw(tensors((n, 4), -1000.0, 1000.0))
+        return L.build(name), pred, (target,), {"reduction": reduction, "weight": draw(maybe_weight((n,)))}
+    assert name in ("dice", "generalized_dice", "tversky", "focal_tversky", "jaccard"), name
+    options, logits, target = draw(region_case())
+    if name in ("tversky", "focal_tversky") and not options["squared"]:
+        options["alpha"], options["beta"] = draw(st.sampled_from([(0.5, 0.5), (0.3, 0.7), (1.0, 0.0)]))
+    if name == "focal_tversky":
+        options["gamma"] = draw(st.sampled_from([0.5, 0.75, 2.0]))
+    if name == "generalized_dice":
+        options["weight_type"] = draw(st.sampled_from(["square", "simple", "uniform"]))
+    return L.build(name, **options), logits, (target,), {"reduction": reduction}
+
+
+# ------------------------------------------------------------------------------------------------------ running
+
+
+def leaf(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """``x`` as a leaf tensor of the precision's dtype (float32 for ``autocast``)."""
+    return x.to(LOW.get(precision, torch.float32)).requires_grad_()
+
+
+def region(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "autocast" else nullcontext()
+
+
+def seen(x: torch.Tensor, precision: str, cast: bool) -> torch.Tensor:
+    """What a loss receives: under autocast the prediction as a layer inside the region would give it."""
+    return x.to(torch.bfloat16) if precision == "autocast" and cast else x
+
+
+def assert_finite(name: str, what: str, x: torch.Tensor) -> None:
+    assert torch.isfinite(x).all(), f"{name}: {what} not finite: {x}"
+
+
+def other_input(x: torch.Tensor, precision: str) -> torch.Tensor:
+    return x.to(LOW.get(precision, torch.float32)) if x.is_floating_point() else x
+
+
+def check_weight_penalty(data) -> None:
+    """``weight_penalty`` takes a module: a linear layer and a batch norm with weights at up to ±100."""
+    precision = data.draw(st.sampled_from(PRECISIONS), label="precision")
+    inputs, outputs = data.draw(st.integers(1, 4), label="in"), data.draw(st.integers(1, 4), label="out")
+    model = torch.nn.Sequential(torch.nn.Linear(inputs, outputs), torch.nn.BatchNorm1d(outputs))
+    model = model.to(LOW.get(precision, torch.float32))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(data.draw(tensors(tuple(param.shape)), label="weights"))
+    options = {"p": data.draw(st.sampled_from([1, 2])), "exclude_norm_and_bias": data.draw(st.booleans())}
+    with region(precision):
+        out = L.build("weight_penalty", **options)(model, reduction=data.draw(st.sampled_from(REDUCTIONS)))
+    assert_finite("weight_penalty", "value", out)
+    out.sum().backward()
+    for param in model.parameters():
+        assert param.grad is None or torch.isfinite(param.grad).all(), param.grad
+
+
+def check_loss(name: str, data) -> None:
+    if name == "weight_penalty":
+        return check_weight_penalty(data)
+    loss, pred, others, kwargs = data.draw(loss_case(name), label="case")
+    precision = data.draw(st.sampled_from(PRECISIONS), label="precision")
+    cast = data.draw(st.booleans(), label="cast under autocast")
+    x = leaf(pred, precision)
+    others = [other_input(o, precision) for o in others]
+    kwargs = {k: (other_input(v, precision) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    with region(precision):
+        out = loss(seen(x, precision, cast), *others, **kwargs)
+    assert out.dtype == torch.float32, f"{name}: output dtype {out.dtype}"
+    assert_finite(name, "value", out)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.dtype == x.dtype
+    assert_finite(name, "gradient", x.grad)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@share(FAST, len(LOSSES))
+@given(data=st.data())
+def test_losses_finite(name, data):
+    check_loss(name, data)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
+@pytest.mark.parametrize("name", LOSSES)
+@share(LONG, len(LOSSES))
+@given(data=st.data())
+def test_losses_finite_long(name, data):
+    check_loss(name, data)
+
+
+# ------------------------------------------------------------------------------------------------------ box losses
+
+
+@st.composite
+def box_pairs(draw):
+    """``(pred (N, 4), target (N, 4))`` float64: valid targets; predictions equal, near, degenerate or inverted."""
+    n = draw(st.integers(0, 4))
+    coord = values(-1000.0, 1000.0, (0.0, 1.0, -1.0, 1000.0, -1000.0, 0.5))
+    side = values(0.0, 1000.0, (0.0, 0.0, 1e-3, 1e-2, 1.0, 1000.0))
+    pred, target = [], []
+    for _ in range(n):
+        x1, y1, w, h = draw(coord), draw(coord), draw(side), draw(side)
+        t = [x1, y1, x1 + w, y1 + h]
+        kind = draw(st.sampled_from(["same", "other", "shifted", "point", "inverted"]))
+        if kind == "same":
+            p = list(t)
+        elif kind == "other":
+            p = [draw(coord), draw(coord)]
+            p += [p[0] + draw(side), p[1] + draw(side)]
+        elif kind == "shifted":
+            d = draw(values(-10.0, 10.0, (1e-3, -1e-3, 0.0)))
+            p = [v + d for v in t]
+        elif kind == "point":
+            p = [x1, y1, x1, y1]
+        else:  # inverted prediction: x2 < x1 and/or y2 < y1
+            p = [x1 + w, y1 + h, x1 - draw(side), y1 - draw(side)]
+        pred.append(p)
+        target.append(t)
+    as64 = dict(dtype=torch.float64)
+    return torch.tensor(pred, **as64).view(n, 4), torch.tensor(target, **as64).view(n, 4)
+
+
+EPS = 1e-7  # the box losses' default eps
+
+
+def unfaded_slope(p: torch.Tensor, t: torch.Tensor, name: str) -> torch.Tensor:
+    """How large iou.py lets a pair's gradient grow through the terms it does not fade (findings of this fuzzer,
+    reported, not fixed on this branch; each has a strict xfail below), per pair, from the float64 boxes:
+
+    * the IoU term ``inter / (U + eps)``: slope up to ~``2·side / (U + eps)`` per coordinate, i.e. ``~side/eps``
+      for a box of area ~0 (thin boxes), whatever the enclosing diagonal;
+    * CIoU's aspect angle ``atan(w / (h + eps))``: slope up to ``1 / max(w, h + eps)`` for the predicted box;
+    * SIoU's distance cost (``dx / cw``, ``dy / ch``) and shape cost (``|w − w_gt| / max(w, w_gt)``, same in h):
+      slopes up to ~``1 / min(cw, ch)`` and ``1 / max(w, w_gt)``.
+    """
+    wp, wt = (p[:, 2:] - p[:, :2]).clamp(min=0), t[:, 2:] - t[:, :2]
+    inter = (torch.minimum(p[:, 2:], t[:, 2:]) - torch.maximum(p[:, :2], t[:, :2])).clamp(min=0).prod(1)
+    union = wp.prod(1) + wt.prod(1) - inter
+    side = torch.cat([(p[:, 2:] - p[:, :2]).abs(), wt], 1).amax(1)
+    slope = 4 * side / (union + EPS)
+    if name == "ciou":
+        size = wp.amax(1)
+        slope = slope + torch.where(size > 0, 3 / (size + EPS), 0.0)
+    if name == "siou":
+        corners = torch.cat([p.view(-1, 2, 2), t.view(-1, 2, 2)], 1)
+        enclosing = corners.amax(1) - corners.amin(1)
+        slope = slope + 2 / (enclosing.amin(1) + EPS) + 4 / (torch.maximum(wp, wt).amin(1) + EPS)
+    return slope
+
+
+def identical_pair_slope(boxes: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """The largest |gradient| a pair of identical boxes gets: 0 where their union ``U`` is 0; elsewhere
+    ``IoU = U / (U + eps) < 1``, whose slope, with the tied min/max of the overlap splitting theirs in halves, is
+    ``eps · side / (2 (U + eps)²)`` per coordinate (0 where ``U + eps`` rounds to ``U`` in float32), and the other
+    terms have slope 0 there but for rounding: e.g. GIoU's fade is 1 − 1e-8, not 1, at its cap. So give or take 8
+    float32 roundings of ``side / U``. iou.py's docstring promises 0: see test_identical_boxes_zero_gradient."""
+    wh = boxes[:, 2:] - boxes[:, :2]
+    side, union = wh.amax(1), wh.prod(1)
+    absorbed = (union.float() + eps) == union.float()
+    slope = torch.where(absorbed, 0.0, eps * side / (2 * (union + eps) ** 2))
+    slope = slope + 8 * torch.finfo(torch.float32).eps * side / (union + eps)
+    return torch.where(union == 0, 0.0, slope)
+
+
+def centre_offset_rounds(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Whether iou.py's centre offset ``(x1g + x2g − x1 − x2) / 2`` (left to right, in float32) is not 0 for a pair
+    whose centres coincide: another finding (test_identical_boxes_centre_offset below)."""
+    p, t = p.float(), t.float()
+    dx = t[:, 0] + t[:, 2] - p[:, 0] - p[:, 2]
+    dy = t[:, 1] + t[:, 3] - p[:, 1] - p[:, 3]
+    return (dx != 0) | (dy != 0)
+
+
+def check_box_loss(name: str, data) -> None:
+    pred, target = data.draw(box_pairs(), label="boxes")
+    precision = data.draw(st.sampled_from(PRECISIONS), label="precision")
+    cast = data.draw(st.booleans(), label="cast under autocast")
+    reduction = data.draw(st.sampled_from(REDUCTIONS), label="reduction")
+    x = leaf(pred, precision)
+    target = other_input(target, precision)
+    with region(precision):
+        p = seen(x, precision, cast)
+        out = L.build(name)(p, target, reduction=reduction)
+    assert_finite(name, "value", out)
+    assert (out >= 0).all(), f"{name}: negative loss {out}"
+    out.sum().backward()
+    g = x.grad.double()
+    # what the loss saw, in float64
+    p64, t64 = p.detach().double(), target.double()
+    unfaded = unfaded_slope(p64, t64, name)
+    bound = 1e4 + unfaded
+    # a float16 leaf holds its gradient in float16: beyond 65504 (only through the unfaded terms) it is inf
+    representable = bound < torch.finfo(x.dtype).max
+    assert torch.isfinite(g[representable]).all(), f"{name}: gradient {g[representable].tolist()} not finite"
+    corners = torch.cat([p64.view(-1, 2, 2), t64.view(-1, 2, 2)], 1)  # (N, 4 corners, xy)
+    diagonal = (corners.amax(1) - corners.amin(1)).norm(dim=1)
+    sides = torch.cat([(p64[:, 2:] - p64[:, :2]).abs(), t64[:, 2:] - t64[:, :2]], 1).amax(1)
+    tame = (diagonal >= 1e-2) & (sides <= 1000) & representable
+    big = g.abs().amax(1) if len(g) else g.new_zeros(0)
+    assert (big[tame] < bound[tame]).all(), (
+        f"{name}: |grad| {big[tame].tolist()} above {bound[tame].tolist()} on {p64[tame].tolist()} vs "
+        f"{t64[tame].tolist()}"
+    )
+    same = (p64 == t64).all(1) & ~centre_offset_rounds(p64, t64)
+    limit = identical_pair_slope(t64[same]) * (1 + torch.finfo(x.dtype).eps)  # and the rounding to x's dtype
+    assert (g[same].abs() <= limit.unsqueeze(1)).all(), (
+        f"{name}: gradient {g[same].tolist()} on identical boxes {t64[same].tolist()}"
+    )
+
+
+@pytest.mark.parametrize("name", BOX)
+@share(FAST, len(BOX))
+@given(data=st.data())
+def test_box_losses_finite_bounded(name, data):
+    check_box_loss(name, data)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
+@pytest.mark.parametrize("name", BOX)
+@share(LONG, len(BOX))
+@given(data=st.data())
+def test_box_losses_finite_bounded_long(name, data):
+    check_box_loss(name, data)
+
+
+# -------------------------------------------------------------------------------------------------------- criteria
+
+IMAGE, STRIDES = 64, (8, 16, 32)
+_CRITERIA: dict = {}
+
+
+def detection_criterion(classes: int, reg_max: int, box: str, cls: str) -> DetectionCriterion:
+    key = ("det", classes, reg_max, box, cls)
+    if key not in _CRITERIA:
+        loss = CompositeLoss(
+            {
+                "box": {"loss": L.build(box), "weight": 7.5, "view": "box"},
+                "cls": {"loss": L.build(cls), "weight": 0.5, "view": "cls"},
+                "dfl": {"loss": L.build("dfl"), "weight": 1.5, "view": "dist"},
+            }
+        )
+        _CRITERIA[key] = DetectionCriterion(classes, STRIDES, reg_max, loss=loss)
+    return _CRITERIA[key]
+
+
+@st.composite
+def detection_case(draw):
+    classes = draw(st.sampled_from([1, 3]))
+    reg_max = draw(st.sampled_from([4, 16]))
+    batch = draw(st.integers(1, 2))
+    channels = 4 * reg_max + classes
+    feats = []
+    for stride in STRIDES:
+        side = IMAGE // stride
+        f = draw(tensors((batch, channels, side, side)))
+        if draw(st.booleans()):  # an all-background score map: every class logit at -100
+            f[:, 4 * reg_max :] = -100.0
+        feats.append(f)
+    coord = values(-16.0, IMAGE + 16.0, (0.0, float(IMAGE), 32.0, 31.5))
+    side = values(0.0, 80.0, (0.0, 0.0, 1e-3, 1.0, 8.0, float(IMAGE)))
+    targets = []
+    for _ in range(batch):
+        n = draw(st.integers(0, 4))  # 0: an image without objects
+        boxes = []
+        for _ in range(n):
+            x1, y1 = draw(coord), draw(coord)
+            boxes.append([x1, y1, x1 + draw(side), y1 + draw(side)])  # zero-area and point boxes included
+        if n and draw(st.booleans()):
+            boxes[-1] = list(boxes[0])  # a duplicate
+        labels = draw(st.lists(st.integers(0, classes - 1), min_size=n, max_size=n))
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).view(n, 4),
+                "labels": torch.tensor(labels, dtype=torch.long),
+            }
+        )
+    box = draw(st.sampled_from(["ciou", "ciou", "giou", "siou", "eiou"]))
+    cls = draw(st.sampled_from(["bce", "bce", "focal", "varifocal", "quality_focal"]))
+    return detection_criterion(classes, reg_max, box, cls), feats, targets
+
+
+def check_criterion(call, inputs: list[torch.Tensor], precision: str, cast: bool) -> None:
+    """``call(inputs as the head gives them)`` -> LossOutput: finite total, terms and gradients."""
+    leaves = [leaf(x, precision) for x in inputs]
+    with region(precision):
+        out = call([seen(x, precision, cast) for x in leaves])
+    assert_finite("criterion", "total", out.total)
+    for name, value in out.terms.items():
+        assert_finite("criterion", f"term {name}", value)
+    out.total.backward()
+    for x in leaves:
+        assert x.grad is not None, "no gradient reached the head"
+        assert_finite("criterion", "gradient", x.grad)
+
+
+def check_detection(data) -> None:
+    criterion, feats, targets = data.draw(detection_case(), label="case")
+    precision = data.draw(st.sampled_from(PRECISIONS), label="precision")
+    cast = data.draw(st.booleans(), label="cast under autocast")
+    check_criterion(lambda f: criterion(f, targets), feats, precision, cast)
+
+
+@share(FAST, 4)  # an example of a criterion costs about as much as four of a loss
+@given(data=st.data())
+def test_detection_criterion_finite(data):
+    check_detection(data)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
+@LONG
+@given(data=st.data())
+def test_detection_criterion_finite_long(data):
+    check_detection(data)
+
+
+def segmentation_criterion(classes: int, terms: tuple[str, str]) -> SegmentationCriterion:
+    key = ("seg", classes, terms)
+    if key not in _CRITERIA:
+        region_loss, ce = terms
+        ce_options = {"gamma": 2.0} if ce == "focal_ce" else {"label_smoothing": 0.1} if ce == "smoothed_ce" else {}
+        loss = CompositeLoss(
+            {
+                "region": {"loss": L.build(region_loss, include_background=False), "weight": 1.0, "view": "pixels"},
+                "ce": {"loss": L.build("cross_entropy", **ce_options), "weight": 1.0, "view": "pixels"},
+            }
+        )
+        _CRITERIA[key] = SegmentationCriterion(classes, loss=loss)
+    return _CRITERIA[key]
+
+
+@st.composite
+def segmentation_case(draw):
+    classes = draw(st.sampled_from([2, 3]))  # background and one class: the smallest head
+    batch = draw(st.integers(1, 2))
+    logits = draw(tensors((batch, classes, 8, 8)))
+    kind = draw(st.sampled_from(["background", "ignored", "random", "one class"]))
+    masks = torch.randint(
+        0, classes, (batch, 8, 8), generator=torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    )
+    if kind == "background":  # empty masks
+        masks.zero_()
+    elif kind == "ignored":  # every pixel ignored
+        masks.fill_(255)
+    elif kind == "one class":
+        masks.fill_(classes - 1)
+    if draw(st.booleans()):
+        masks[:, : draw(st.integers(0, 8))] = 255
+    region_loss = draw(st.sampled_from(["dice", "generalized_dice", "tversky", "focal_tversky", "jaccard"]))
+    ce = draw(st.sampled_from(["ce", "focal_ce", "smoothed_ce"]))
+    return segmentation_criterion(classes, (region_loss, ce)), logits, masks
+
+
+def check_segmentation(data) -> None:
+    criterion, logits, masks = data.draw(segmentation_case(), label="case")
+    precision = data.draw(st.sampled_from(PRECISIONS), label="precision")
+    cast = data.draw(st.booleans(), label="cast under autocast")
+    check_criterion(lambda x: criterion(x[0], masks), [logits], precision, cast)
+
+
+@share(FAST, 4)  # an example of a criterion costs about as much as four of a loss
+@given(data=st.data())
+def test_segmentation_criterion_finite(data):
+    check_segmentation(data)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
+@LONG
+@given(data=st.data())
+def test_segmentation_criterion_finite_long(data):
+    check_segmentation(data)
+
+
+# ---------------------------------------------------------------------- what the fuzzer found in iou.py (reported)
+# iou.py's degenerate-box handling was reworked just before this branch and is not changed here: each finding is
+# pinned by its smallest example as a strict xfail (it starts failing the suite once iou.py is fixed, so that the
+# allowances above, unfaded_slope and identical_pair_slope, can go).
+
+
+def _box_grad(name: str, pred, target, dtype=torch.float32):
+    x = torch.tensor(pred, dtype=dtype).requires_grad_()
+    value = L.build(name)(x, torch.tensor(target, dtype=dtype), reduction="none")
+    value.sum().backward()
+    return value.detach(), x.grad
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="identical boxes of positive area U get the gradient eps·side / (2 (U + eps)²) of IoU = U / (U + eps): "
+    "41 per coordinate for a 0.001-sided box in float32 (0 only where U + eps rounds to U)",
+)
+@pytest.mark.parametrize("name", BOX)
+def test_identical_boxes_zero_gradient(name):
+    box = [[0.0, 0.0, 1e-3, 1e-3], [10.0, 10.0, 11.0, 11.0]]
+    _, grad = _box_grad(name, box, box)
+    assert (grad == 0).all(), grad
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the IoU term inter / (U + eps) is not faded: for thin boxes (U ~ eps) its slope is ~side / (U + eps), "
+    "3.3e6 for [0, 0, 1e-7, 1] vs [0, 0, 2e-7, 1] (enclosing diagonal 1), inf in a float16 gradient",
+)
+@pytest.mark.parametrize("name", BOX)
+def test_thin_boxes_bounded_gradient(name):
+    _, grad = _box_grad(name, [[0.0, 0.0, 1e-7, 1.0]], [[0.0, 0.0, 2e-7, 1.0]])
+    assert grad.abs().max() < 1e4, grad
+    box = [[0.0, 0.041748046875, 1.1920928955078125e-07, 1.0419921875]]
+    _, grad = _box_grad(name, box, box, torch.float16)
+    assert torch.isfinite(grad).all(), grad
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the centre offset (x1g + x2g − x1 − x2) / 2 is summed left to right and is not 0 for identical boxes "
+    "far from the origin: [1000, 0, 1000.000061, 0] against itself gives DIoU 1.009 (not 1) and gradient 299, "
+    "SIoU 6810, in float32; ((x1g − x1) + (x2g − x2)) / 2 would be exact",
+)
+@pytest.mark.parametrize("name", ["diou", "ciou", "eiou", "siou"])
+def test_identical_boxes_centre_offset(name):
+    box = [[1000.0, 0.0, 1000.0000610351562, 0.0]]
+    value, grad = _box_grad(name, box, box)
+    assert value.item() == 1.0 and (grad == 0).all(), (value, grad)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CIoU's aspect angle atan(w / (h + eps)) has slope ~1 / max(w, h + eps): a zero-height predicted box "
+    "of width ~eps next to a point target gets 2.5e5 in float32, inf as a float16 gradient",
+)
+def test_ciou_aspect_term_finite_in_float16():
+    pred = [[0.0003230571746826172, -1000.0, 0.00032329559326171875, -1000.0]]
+    target = [[0.0003228187561035156, -1000.0, 0.0003228187561035156, -1000.0]]
+    _, grad = _box_grad("ciou", pred, target, torch.float16)
+    assert torch.isfinite(grad).all(), grad
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SIoU's shape cost |w − w_gt| / max(w, w_gt) and distance cost dx / cw are not faded: a 2e-7-sided "
+    "box against a 1e-7 × 0.2 one (enclosing diagonal 2.8) gets 8.8e4 in float32",
+)
+def test_siou_unfaded_terms_bounded():
+    _, grad = _box_grad("siou", [[2.0, 2.0, 2.0000002, 2.0000002]], [[0.0, 0.0, 1e-7, 0.2]])
+    assert grad.abs().max() < 1e4, grad
