@@ -18,7 +18,7 @@ from detloss.data.lesions3d import generate_case, generate_lesions3d
 from detloss.data.patches import PatchDataset, crop_or_pad, is_forced
 from detloss.models import UNet3D
 from detloss.models.unet3d import plan_stages
-from detloss.tasks import VolumeMetrics
+from detloss.tasks import GradientDiagnostics, VolumeMetrics
 from detloss.train import train
 
 #: a small run of task=volumetric: 10 cases of 16 × 32 × 32 voxels, patches of the whole volume
@@ -266,7 +266,8 @@ def test_metrics_of_absent_labels():
 def test_fast_dev_run_of_the_volumetric_task(tmp_path, compose):
     cfg = compose(*SMALL3D, f"data.cache_dir={tmp_path / 'cache'}", "+trainer.fast_dev_run=2", "callbacks=none")
     assert cfg.model._target_.endswith("UNet3D") and cfg.criterion.deep_supervision == 3
-    metrics = train(cfg)
+    diagnostics = GradientDiagnostics(every_n_steps=1)
+    metrics = train(cfg, callbacks=[diagnostics])
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["status"] == "ok" and record["optimized_metric"] == "val/dice"
     for key in ("val/dice", "val/hd95", "val/nsd", "val/dice/edema", "val/nsd/enhancing", "val/loss/scale0/dice"):
@@ -279,6 +280,9 @@ def test_fast_dev_run_of_the_volumetric_task(tmp_path, compose):
     assert record["train"]["train/weight/scale1/ce"] == pytest.approx(1 / 3)
     assert record["train"]["train/loss/scale2/dice"] == 0
     assert list((tmp_path / "previews").glob("*.png"))
+    # the gradient diagnostics see every computed term of every scale (scale 2 has weight 0: not computed)
+    assert {"diag/grad_norm/scale0/dice", "diag/grad_share/scale1/ce"} <= set(diagnostics.last)
+    assert not any("scale2" in key for key in diagnostics.last)
 
 
 def test_scales_are_reweighed_from_the_command_line(tmp_path, compose):
@@ -302,3 +306,28 @@ def test_the_data_module_trains_on_patches_and_validates_whole_volumes(tmp_path)
     assert images.shape == (2, 2, 8, 16, 16) and targets["labels"].shape == (2, 8, 16, 16)
     images, targets = next(iter(dm.val_dataloader()))
     assert images.shape == (1, 2, 16, 32, 32) and targets["spacing"].tolist() == [[2.0, 1.0, 1.0]]
+
+
+@pytest.mark.slow
+def test_two_processes_validate_as_one(tmp_path):
+    """trainer=ddp_sim: the weight-0 scale keeps DDP's every parameter used, and the metrics gathered over the ranks
+    (one validation volume each) equal one process's on the same checkpoint."""
+    import lightning as L
+    from conftest import compose_config
+
+    from detloss.train import build
+
+    small = [*SMALL3D, "data.num_cases=10", f"data.cache_dir={tmp_path / 'cache'}", "data.patches_per_epoch=8"]
+    run = tmp_path / "run"
+    metrics = train(compose_config(f"paths.output_dir={run}", *small, "trainer=ddp_sim", "trainer.max_epochs=1"))
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "ok" and record["steps"] == 2  # 8 patches, batch 2, 2 ranks
+    cfg = compose_config(f"paths.output_dir={tmp_path / 'single'}", *small)
+    datamodule, task = build(cfg)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (single,) = trainer.validate(task, datamodule=datamodule, ckpt_path=str(run / "checkpoints" / "last.ckpt"))
+    for key in ("val/dice", "val/hd95", "val/nsd", "val/dice/edema", "val/nsd/enhancing"):
+        if math.isnan(single[key]):
+            assert math.isnan(metrics[key]), key
+        else:
+            assert metrics[key] == pytest.approx(single[key], abs=1e-5), key

@@ -131,7 +131,13 @@ class SegmentationCriterion(Criterion):
 
     def forward(self, outputs: Tensor | Sequence[Tensor], targets: Tensor | Mapping[str, Tensor]) -> LossOutput:
         partial = self.scale_weights is not None and isinstance(outputs, Tensor)  # evaluation: scale 0 only
-        return self.loss(self.build_views(outputs, targets), only_given=partial)
+        out = self.loss(self.build_views(outputs, targets), only_given=partial)
+        if isinstance(outputs, Tensor) or not torch.is_grad_enabled():
+            return out
+        # a scale of weight 0 (the lowest, by default) is not computed; a zero on every output keeps all of them in
+        # the graph, so that DDP sees a gradient, if 0, for each head's parameters
+        anchor = sum(o.float().sum() for o in outputs if o.requires_grad) * 0.0
+        return out._replace(total=out.total + anchor)
 
     def needed(self) -> set[str]:
         """The views that the terms of non-zero weight (now: schedules move weights) ask for."""
