@@ -4,6 +4,8 @@
   and class names drawn on top.
 * ``datasets/lesions/sample_{0..3}.png``: lesion scans (seed 0, val split, indices 0-3) at 2x, the scan and its
   colourised mask side by side (red bright_round, blue dark_irregular, green ring_enhancing).
+* ``datasets/lesions3d/sample_{0..3}.png``: 3D cases 0-3 of seed 0 (the default ``data=lesions3d``) at 2x: rows
+  FLAIR, T1ce and labels (red necrosis, blue edema, green enhancing) of three axial slices through the tumour.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detloss.data import LESION_CLASSES, SHAPE_CLASSES, LesionsDataset, ShapesDataset
+from detloss.data import LESION3D_LABELS, LESION_CLASSES, SHAPE_CLASSES, LesionsDataset, ShapesDataset
+from detloss.data.lesions3d import generate_case
 
 HERE = Path(__file__).resolve().parent
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 140, 240], [70, 210, 90]], dtype=np.uint8)
@@ -39,14 +42,29 @@ def lesions_sample(dataset: LesionsDataset, index: int) -> Image.Image:
     return both.resize((both.width * ZOOM, both.height * ZOOM), Image.NEAREST).quantize(colors=64)
 
 
+def lesions3d_sample(index: int) -> Image.Image:
+    image, labels = generate_case(np.random.default_rng([0, index]))  # the defaults of data=lesions3d
+    depth = np.flatnonzero(labels.reshape(len(labels), -1).any(1))
+    slices = np.linspace(depth[0], depth[-1], 5)[1:4].round().astype(int) if len(depth) else [len(labels) // 2] * 3
+    rows = []
+    for channel in image:
+        grey = (np.clip(channel / max(float(np.percentile(channel, 99.5)), 1e-6), 0, 1) * 255).astype(np.uint8)
+        rows.append(np.concatenate([np.repeat(grey[z][..., None], 3, -1) for z in slices], 1))
+    rows.append(np.concatenate([PALETTE[labels[z]] for z in slices], 1))
+    both = Image.fromarray(np.concatenate(rows, 0))
+    return both.resize((both.width * ZOOM, both.height * ZOOM), Image.NEAREST).quantize(colors=64)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="folder holding shapes/ and lesions/")
     parser.add_argument("--count", type=int, default=4)
     args = parser.parse_args()
     shapes, lesions = ShapesDataset(args.count, split="val"), LesionsDataset(args.count, split="val")
-    assert len(LESION_CLASSES) == len(PALETTE)
-    for name, dataset, draw in (("shapes", shapes, shapes_sample), ("lesions", lesions, lesions_sample)):
+    assert len(LESION_CLASSES) == len(PALETTE) == len(LESION3D_LABELS)
+    samples = [("shapes", shapes, shapes_sample), ("lesions", lesions, lesions_sample)]
+    samples.append(("lesions3d", None, lambda _, index: lesions3d_sample(index)))
+    for name, dataset, draw in samples:
         (args.out / name).mkdir(parents=True, exist_ok=True)
         for index in range(args.count):
             path = args.out / name / f"sample_{index}.png"

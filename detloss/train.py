@@ -37,7 +37,7 @@ if not OmegaConf.has_resolver("detloss_or"):
 if not OmegaConf.has_resolver("detloss_set"):
     OmegaConf.register_new_resolver("detloss_set", lambda value: value is not None)
 
-__all__ = ["build", "check_image_size", "make_trainer", "train", "main"]
+__all__ = ["build", "geometry", "check_image_size", "make_trainer", "train", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
             :func:`check_image_size`), besides what the parts themselves raise.
     """
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    model = instantiate(
+        cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels, **geometry(cfg, datamodule)
+    )
     check_image_size(datamodule, model)
     criterion = instantiate(cfg.criterion, num_classes=datamodule.num_classes, loss=instantiate(cfg.loss))
     task = instantiate(
@@ -62,6 +64,21 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
         class_names=datamodule.class_names,
     )
     return datamodule, task
+
+
+def geometry(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict:
+    """What a 3D model learns from volumetric data: its ``spacing`` (the data's median, which the pooling is planned
+    for) and ``patch_size``, where the model config leaves them ``null``. Volumes with a model that takes neither
+    fail here, naming the model."""
+    if getattr(datamodule, "spacing", None) is None:
+        return {}
+    if "spacing" not in cfg.model or "patch_size" not in cfg.model:
+        raise ValueError(
+            f"data={type(datamodule).__name__} holds volumes; its model must take spacing and patch_size (e.g. "
+            f"model=unet3d), got {cfg.model.get('_target_')}"
+        )
+    given = {"spacing": datamodule.spacing, "patch_size": datamodule.patch_size}
+    return {key: value for key, value in given.items() if cfg.model.get(key) is None}
 
 
 def check_image_size(datamodule: L.LightningDataModule, model: nn.Module) -> None:

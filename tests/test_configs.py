@@ -20,7 +20,10 @@ PATHS = {
     ],
     "yolo": ["data.root=r"],
     "masks": ["data.root=r", "data.num_classes=3"],
+    "nnunet": ["data.root=r"],
 }
+#: options of a volumetric part, composed with task=volumetric
+VOLUMETRIC = {"data": ("lesions3d", "nnunet"), "model": ("unet3d", "unet3d_large")}
 #: options of a segmentation part, composed with task=segmentation (their interpolations read its data config)
 SEGMENTATION = {
     "data": ("lesions", "masks"),
@@ -53,7 +56,9 @@ def test_every_shipped_config_composes_and_resolves(tmp_path, group, option):
     if group in PLUGINS:
         pytest.importorskip(PLUGINS[group], reason=f"{group}={option} needs a Hydra plugin")
     overrides = [f"paths.output_dir={tmp_path}", f"{group}={option}"]
-    if segmentation(group, option) and group != "task":
+    if option in VOLUMETRIC.get(group, ()):
+        overrides.insert(0, "task=volumetric")
+    elif segmentation(group, option) and group != "task":
         overrides.insert(0, "task=segmentation")
     if group == "data":
         overrides += PATHS.get(option, [])

@@ -33,6 +33,7 @@ import detloss.losses as L
 from detloss.composite import CompositeLoss
 from detloss.detection import DetectionCriterion
 from detloss.segmentation import SegmentationCriterion
+from detloss.segmentation.distance import class_masks, mask_distance
 
 _COMMON = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("detloss-fuzz", max_examples=500, derandomize=True, **_COMMON)
@@ -196,6 +197,17 @@ def loss_case(draw, name: str):
         pred = draw(tensors((n, 4), -1000.0, 1000.0))
         target = pred.clone() if draw(st.booleans()) else draw(tensors((n, 4), -1000.0, 1000.0))
         return L.build(name), pred, (target,), {"reduction": reduction, "weight": draw(maybe_weight((n,)))}
+    if name in ("boundary", "hausdorff_dt", "cldice"):  # multiclass or multilabel; distance maps from the masks
+        options, logits, target = draw(region_case().filter(lambda c: c[0]["mode"] != "binary"))
+        kept = {"mode": options["mode"], "include_background": logits.shape[1] == 1 or draw(st.booleans())}
+        if name == "cldice":
+            kept["batch_dice"] = options["batch_dice"]
+            return L.build(name, **kept), logits, (target,), {"reduction": reduction}
+        masks = class_masks(target, logits.shape[1]) if options["mode"] == "multiclass" else target == 1
+        distances = (mask_distance(masks, signed=name == "boundary"),)
+        if name == "hausdorff_dt":
+            distances += (mask_distance(logits > 0, signed=False),)
+        return L.build(name, **kept), logits, (target, *distances), {"reduction": reduction}
     assert name in ("dice", "generalized_dice", "tversky", "focal_tversky", "jaccard"), name
     options, logits, target = draw(region_case())
     if name in ("tversky", "focal_tversky") and not options["squared"]:

@@ -113,6 +113,14 @@ def test_every_loss_config(tmp_path, loss, compose):
 
 @pytest.mark.parametrize("model", config_names("model"))
 def test_every_model_config(tmp_path, model, compose):
+    if model.startswith("unet3d"):  # a 3D model takes its spacing and patch size from volumetric data
+        patch = [128, 128, 128] if model == "unet3d_large" else [32, 64, 64]  # 5 poolings need 128 voxels
+        data = [f"data.patch_size=[{','.join(map(str, patch))}]", "data.shape=[16,32,32]", "data.num_cases=5"]
+        cfg = compose("task=volumetric", f"model={model}", f"data.cache_dir={tmp_path}", *data)
+        _, module = build(cfg)
+        side = [2 * m for m in module.model.size_multiple]  # instance norm needs 2 voxels at the bottleneck
+        assert module.model.eval()(torch.zeros(1, 2, *side)).shape == (1, 4, *side)
+        return
     task = "segmentation" if model.startswith("unet") else "detection"
     loss = ["loss=yolo26"] if model.startswith("yolo26") else []  # the two heads need the end-to-end criterion
     cfg = compose(f"task={task}", f"model={model}", *loss, *SMALL)

@@ -14,7 +14,7 @@ voxel is.
 from .balancing import Balancer, DynamicWeightAverage, UncertaintyWeighting
 from .criterion import Criterion
 from .loss import CompositeLoss, LossOutput, View
-from .weight_schedules import Cosine, HandOver, LinearWarmup, Position, ProgLoss, Step, WeightSchedule
+from .weight_schedules import Cosine, HandOver, LinearWarmup, Position, ProgLoss, Rebalance, Step, WeightSchedule
 
 __all__ = [
     "CompositeLoss",
@@ -28,6 +28,7 @@ __all__ = [
     "Cosine",
     "HandOver",
     "ProgLoss",
+    "Rebalance",
     "Balancer",
     "UncertaintyWeighting",
     "DynamicWeightAverage",

@@ -9,12 +9,13 @@ model and the batch's targets into *views*, the matched inputs that one kind of 
 * ``criterion.views``: the names of the views it builds (the composite's terms must ask for those);
 * ``criterion.num_classes``: the classes of the head (background included for segmentation).
 
-A new task's criterion subclasses :class:`Criterion`, sets ``views`` and implements :meth:`build_views`.
+A new task's criterion subclasses :class:`Criterion`, sets ``views`` (or passes them to the constructor, when
+they depend on its arguments: one set per scale under deep supervision) and implements :meth:`build_views`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from torch import nn
@@ -32,16 +33,19 @@ class Criterion(nn.Module):
     Args:
         num_classes: classes of the head, at least ``min_classes``.
         loss: the composite whose terms take this criterion's views.
+        views: the names of the views this instance builds; ``None``: the class's ``views``.
     """
 
     views: ClassVar[frozenset[str]] = frozenset()
     min_classes: ClassVar[int] = 1
 
-    def __init__(self, num_classes: int, loss: CompositeLoss):
+    def __init__(self, num_classes: int, loss: CompositeLoss, views: Iterable[str] | None = None):
         super().__init__()
         self.num_classes = check_number("num_classes", num_classes, integer=True, ge=self.min_classes)
         if not isinstance(loss, CompositeLoss):
             raise ValueError(f"loss must be a detloss.composite.CompositeLoss, got {type(loss).__name__}")
+        if views is not None:
+            self.views = frozenset(views)
         loss.check_views(self.views, type(self).__name__)
         self.loss = loss
 

@@ -37,6 +37,7 @@ gives each term's effective weight.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -213,11 +214,12 @@ class CompositeLoss(nn.Module):
         self.weights: dict[str, float] = dict(self.base_weights)
         for owner, schedule in self.schedules.items():
             if isinstance(schedule, HandOver):
-                taker = self.members(schedule.to)
-                if not taker or set(taker) & set(self.members(owner)):
-                    raise ValueError(
-                        f"{owner!r}: hands its weight over to {schedule.to!r}, which is not another term or group"
-                    )
+                for receiver in schedule.receivers:
+                    taker = self.members(receiver)
+                    if not taker or set(taker) & set(self.members(owner)):
+                        raise ValueError(
+                            f"{owner!r}: hands its weight over to {receiver!r}, which is not another term or group"
+                        )
         if balancing is not None and not isinstance(balancing, Balancer):
             raise ValueError(f"balancing must be a detloss.composite.Balancer, got {type(balancing).__name__}")
         if balancing is not None:
@@ -254,7 +256,7 @@ class CompositeLoss(nn.Module):
                 weights[name] *= factor
             if isinstance(schedule, HandOver):
                 share = schedule.share(position)
-                for name in self.members(schedule.to):
+                for name in {n for receiver in schedule.receivers for n in self.members(receiver)}:
                     weights[name] *= share
         self.weights = weights
         if self.balancing is not None:
@@ -265,6 +267,48 @@ class CompositeLoss(nn.Module):
         factors = self.balancing.factors() if self.balancing is not None else {}
         return {n: w * factors.get(n, 1.0) for n, w in self.weights.items()}
 
+    def replicate(self, groups: Mapping[str, float]) -> CompositeLoss:
+        """A new composite whose groups hold a copy of every term of this one, each group weighted.
+
+        ``groups`` maps a group name to its weight, e.g. ``{"scale0": 0.53, "scale1": 0.27, ...}`` (deep
+        supervision: one group per decoder scale). In group ``g`` every term keeps its name (``g/<term>``), its
+        configured weight (times the group's) and its schedule, and takes the view ``g/<view>``; a hand-over's
+        ``to`` is renamed into the group, so a schedule acts within each group as it did here. The terms' losses are
+        copies; a balancer is copied and bound to the new names.
+        """
+        if not isinstance(groups, Mapping) or not groups:
+            raise ValueError(f"groups must be a non-empty mapping of group name to weight, got {groups!r}")
+        return CompositeLoss(
+            {group: {"weight": weight, **self._as_group(group)} for group, weight in groups.items()},
+            balancing=copy.deepcopy(self.balancing),
+        )
+
+    def _as_group(self, group: str) -> dict:
+        """The terms of this composite as a nested spec whose views (and hand-over receivers) are in ``group``."""
+        spec: dict = {}
+
+        def node(name: str) -> dict:  # the mapping that holds term or group ``name``, made on the way
+            parent = spec
+            for part in name.split("/")[:-1]:
+                parent = parent.setdefault(part, {})
+            return parent
+
+        for name, loss in self.losses.items():
+            view = f"{group}/{self.views[name]}"
+            node(name)[name.split("/")[-1]] = {
+                "loss": copy.deepcopy(loss),
+                "weight": self.base_weights[name],
+                "view": view,
+            }
+        for owner, schedule in self.schedules.items():
+            if isinstance(schedule, HandOver):
+                schedule = copy.copy(schedule)
+                to = tuple(f"{group}/{r}" for r in schedule.receivers)
+                schedule.to = to[0] if isinstance(schedule.to, str) else to
+            parent, key = node(owner), owner.split("/")[-1]
+            parent.setdefault(key, {})["schedule"] = schedule
+        return spec
+
     def check_views(self, available: set[str] | frozenset[str], owner: str) -> None:
         """Raise if a term names a view that ``owner`` (a criterion) does not build."""
         for name, view in self.views.items():
@@ -273,8 +317,13 @@ class CompositeLoss(nn.Module):
                     f"term {name!r} asks for view {view!r}, which {owner} does not build; views: {sorted(available)}"
                 )
 
-    def forward(self, views: Mapping[str, View]) -> LossOutput:
-        """Each term on its view, weighted, summed; computed in float32 (autocast is turned off here)."""
+    def forward(self, views: Mapping[str, View], *, only_given: bool = False) -> LossOutput:
+        """Each term on its view, weighted, summed; computed in float32 (autocast is turned off here).
+
+        A term whose view is missing raises, unless its weight is 0 (then it is logged as 0) or ``only_given`` is
+        set: then the terms whose view is missing are left out of the total and of the terms (the validation of a
+        deeply supervised model, whose lower scales exist only in training).
+        """
         values: dict[str, Tensor] = {}
         terms: dict[str, Tensor] = {}
         first = next((a for v in views.values() for a in v.args if isinstance(a, Tensor)), None)
@@ -282,9 +331,12 @@ class CompositeLoss(nn.Module):
         with autocast_off(device):
             for name, loss in self.losses.items():
                 view_name = self.views[name]
-                if view_name not in views:
-                    raise ValueError(f"term {name!r} asks for view {view_name!r}; views given: {sorted(views)}")
                 weight = self.weights[name]
+                if view_name not in views:
+                    if only_given:
+                        continue
+                    if weight != 0:
+                        raise ValueError(f"term {name!r} asks for view {view_name!r}; views given: {sorted(views)}")
                 if weight == 0:
                     terms[name] = torch.zeros((), device=device)
                     continue
@@ -299,7 +351,7 @@ class CompositeLoss(nn.Module):
             for value in values.values():
                 total = value if total is None else total + value
         terms.update({name: value.detach() for name, value in values.items()})
-        return LossOutput(total, {name: terms[name] for name in self.losses}, values)
+        return LossOutput(total, {name: terms[name] for name in self.losses if name in terms}, values)
 
     def _evaluate(self, name: str, loss: nn.Module, view: View) -> Tensor:
         kwargs = dict(view.kwargs)

@@ -15,8 +15,10 @@ optimizer step and logs it as ``train/weight/<term>``.
 
 ``HandOver`` moves a weight from one term (or group) to another: on ``a`` with ``to: b`` it multiplies ``a``'s
 weight by ``1 − s`` and ``b``'s by ``s``, ``s`` rising from 0 to 1 between ``begin`` and ``end`` (fractions of
-training), a curriculum between two terms. ``ProgLoss`` is YOLO26's hand-over from the one-to-many head to the
-one-to-one head, stepped once per epoch.
+training), a curriculum between two terms; ``to`` may also name several terms or groups (``to: [dice, ce]``), each
+multiplied by ``s``. ``ProgLoss`` is YOLO26's hand-over from the one-to-many head to the one-to-one head, stepped
+once per epoch; ``Rebalance`` is Kervadec et al.'s ``α`` between the region terms and the boundary loss, stepped
+once per epoch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 from ..losses._utils import check_number
 
-__all__ = ["Position", "WeightSchedule", "LinearWarmup", "Step", "Cosine", "HandOver", "ProgLoss"]
+__all__ = ["Position", "WeightSchedule", "LinearWarmup", "Step", "Cosine", "HandOver", "ProgLoss", "Rebalance"]
 
 UNITS = ("step", "epoch")
 
@@ -61,10 +63,14 @@ def _check_nonneg(name: str, value: float) -> float:
     return check_number(name, value, ge=0)
 
 
-def _check_to(to: str) -> str:
-    if not isinstance(to, str) or not to:
-        raise ValueError(f"to must name the term (or group of terms) that takes the weight over, got {to!r}")
-    return to
+def _check_to(to) -> str | tuple[str, ...]:
+    """A term or group name, or a non-empty sequence of them (kept as a tuple)."""
+    names = [to] if isinstance(to, str) else list(to) if isinstance(to, Sequence) else [None]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(
+            f"to must name the term (or group of terms), or a list of them, that takes the weight over, got {to!r}"
+        )
+    return to if isinstance(to, str) else tuple(names)
 
 
 class WeightSchedule:
@@ -125,14 +131,19 @@ class Cosine(WeightSchedule):
 
 
 class HandOver(WeightSchedule):
-    """This term's weight × ``1 − s``, term ``to``'s weight × ``s``; ``s`` goes linearly from 0 to 1 between the
-    fractions ``begin`` and ``end`` of training."""
+    """This term's weight × ``1 − s``, term ``to``'s weight × ``s`` (each of them, if ``to`` is a list); ``s`` goes
+    linearly from 0 to 1 between the fractions ``begin`` and ``end`` of training."""
 
     def __init__(self, to: str, begin: float = 0.0, end: float = 1.0):
         begin, end = _check_nonneg("begin", begin), _check_nonneg("end", end)
         if not begin <= end <= 1:
             raise ValueError(f"need 0 <= begin <= end <= 1, got begin={begin}, end={end}")
         self.to, self.begin, self.end = _check_to(to), begin, end
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        """The terms or groups that ``to`` names."""
+        return (self.to,) if isinstance(self.to, str) else tuple(self.to)
 
     def share(self, position: Position) -> float:
         """``s``: the part of the hand-over done."""
@@ -159,3 +170,20 @@ class ProgLoss(HandOver):
         epoch = math.floor(position.epoch + 1e-9)
         w = self.end + (self.start - self.end) * max(1.0 - epoch / max(position.epochs - 1, 1), 0.0)
         return 1.0 - w
+
+
+class Rebalance(HandOver):
+    """Kervadec et al.'s schedule (*Boundary loss for highly unbalanced segmentation*, MIDL 2019): the total is
+    ``α · L_region + (1 − α) · L_boundary``, ``α`` starting at 1 and falling by ``step`` (the paper: 0.01) after each
+    epoch until it reaches ``floor`` (0.01). On the boundary term with ``to`` the region terms (``to: [dice, ce]``):
+    this term × ``1 − α``, each of ``to`` × ``α``, with ``α = max(floor, 1 − step · e)`` at epoch ``e`` (0-based, whole
+    epochs). In the first epoch the boundary term has weight 0 and is not computed."""
+
+    def __init__(self, to, step: float = 0.01, floor: float = 0.01):
+        self.to = _check_to(to)
+        self.step = check_number("step", step, ge=0, le=1)
+        self.floor = check_number("floor", floor, ge=0, le=1)
+
+    def share(self, position: Position) -> float:
+        epoch = math.floor(position.epoch + 1e-9)
+        return max(self.floor, 1.0 - self.step * epoch)

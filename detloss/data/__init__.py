@@ -1,8 +1,9 @@
-"""Datasets, transforms and Lightning DataModules for detection and segmentation.
+"""Datasets, transforms and Lightning DataModules for detection and segmentation, 2D and volumetric.
 
 Detection samples are ``(image (3, H, W) float32 in [0, 1], {"boxes": (n, 4) float32 xyxy px, "labels": (n,)
 int64})`` and batch as ``(images (B, 3, S, S), [targets])``; segmentation samples are ``(image (C, H, W),
-mask (H, W) int64)`` with ``ignore_index`` 255 and batch as ``(images (B, C, S, S), masks (B, S, S))``. Every
+mask (H, W) int64)`` with ``ignore_index`` 255 and batch as ``(images (B, C, S, S), masks (B, S, S))``; volumes
+(:mod:`.nnunet`, :mod:`.patches`) are ``(image (C, D, H, W), {"labels": (D, H, W), "spacing": (3,)})``. Every
 DataModule exposes ``num_classes``, ``class_names``, ``in_channels`` and ``task`` right after ``__init__``.
 """
 
@@ -10,7 +11,10 @@ from .base import DetectionDataModule, DetectionDataset, SegmentationDataModule,
 from .coco import CocoDataModule, CocoDetection, load_coco
 from .collate import detection_collate, segmentation_collate
 from .lesions import LESION_CLASSES, LesionsDataModule, LesionsDataset
+from .lesions3d import LESION3D_LABELS, Lesions3DDataModule, generate_lesions3d
 from .masks import MaskDataModule, MaskFolderDataset
+from .nnunet import NnUNetDataModule, NnUNetDataset, cross_validation_split, read_volume
+from .patches import PatchDataset, VolumeDataset, volume_collate
 from .shapes import SHAPE_CLASSES, ShapesDataModule, ShapesDataset
 from .transforms import (
     PAD_VALUE,
@@ -28,33 +32,43 @@ from .yolo import YoloDataModule, YoloDetection, read_yolo_labels, read_yolo_nam
 __all__ = [
     "PAD_VALUE",
     "LESION_CLASSES",
+    "LESION3D_LABELS",
     "SHAPE_CLASSES",
     "CocoDataModule",
     "CocoDetection",
     "DetectionDataModule",
     "DetectionDataset",
+    "Lesions3DDataModule",
     "LesionsDataModule",
     "LesionsDataset",
     "Letterbox",
     "MaskDataModule",
     "MaskFolderDataset",
+    "NnUNetDataModule",
+    "NnUNetDataset",
+    "PatchDataset",
     "SegmentationDataModule",
     "SegmentationDataset",
     "ShapesDataModule",
     "ShapesDataset",
     "YoloDataModule",
+    "VolumeDataset",
     "YoloDetection",
     "apply_detection",
     "apply_segmentation",
+    "cross_validation_split",
     "detection_collate",
     "detection_transforms",
+    "generate_lesions3d",
     "letterbox",
     "letterbox_params",
     "load_coco",
     "read_image",
+    "read_volume",
     "read_yolo_labels",
     "read_yolo_names",
     "segmentation_collate",
     "segmentation_transforms",
     "unletterbox_boxes",
+    "volume_collate",
 ]

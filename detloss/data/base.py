@@ -165,6 +165,8 @@ class _DataModule(L.LightningDataModule):
     task: str
     collate_fn: Callable
     image_size: int
+    #: the validation batch size; ``None``: ``batch_size`` (volumes validate one at a time)
+    val_batch_size: int | None = None
 
     def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__()
@@ -182,10 +184,10 @@ class _DataModule(L.LightningDataModule):
         """Number of classes (for segmentation it counts the background, class 0)."""
         return len(self.class_names)
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None, batch_size: int | None = None) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -206,7 +208,7 @@ class _DataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 self.val_dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
-        return self._loader(self.val_dataset, sampler)
+        return self._loader(self.val_dataset, sampler, batch_size=self.val_batch_size)
 
 
 class DetectionDataModule(_DataModule):

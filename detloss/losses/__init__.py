@@ -9,6 +9,8 @@ import sys
 
 from ._api import LossModule, LossOptions, available, build, loss_function, register
 from .bce import *  # noqa: F403
+from .boundary import *  # noqa: F403
+from .cldice import *  # noqa: F403
 from .cross_entropy import *  # noqa: F403
 from .dfl import *  # noqa: F403
 from .dice import *  # noqa: F403
@@ -34,6 +36,8 @@ _FAMILIES = [
         "hinge",
         "regression",
         "dice",
+        "boundary",
+        "cldice",
         "penalty",
     )
 ]

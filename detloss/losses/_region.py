@@ -177,3 +177,60 @@ def sudre_weights(volume: Tensor, weight_type: str) -> Tensor:
     fallback = w.amax(1, keepdim=True)  # the largest finite weight of the sample ...
     fallback = torch.where(fallback > 0, fallback, 1.0)  # ... or 1 when every class is absent
     return torch.where(finite, w, fallback)
+
+
+def dense_inputs(
+    logits: Tensor,
+    target: Tensor,
+    mode: str,
+    include_background: bool,
+    ignore_index: int | None,
+    checks: Checks | None,
+) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor | None]:
+    """Probabilities with their complements ``(p, 1 − p)``, target and valid mask as dense ``(B, C', *spatial)``
+    tensors, for the losses that need them voxel by voxel (boundary, Hausdorff DT, clDice); channel 0 dropped without
+    ``include_background``. ``1 − p`` is computed without subtraction (``_stable.py``), precise where ``p ≈ 1``.
+
+    ``mode="multiclass"``: softmax over dim 1, ``target`` class indices ``(B, *spatial)`` / ``(B, 1, *spatial)`` (their
+    values checked by ``checks``) or a one-hot / soft tensor of the logits' shape; ``"multilabel"``: sigmoid, ``target``
+    of the logits' shape in [0, 1]. ``valid`` is ``None`` (nothing ignored) or a 0/1 mask broadcasting to the others:
+    ``(B, 1, *spatial)`` for class indices, ``(B, C', *spatial)`` for a dense target; the target is 0 where ignored.
+    ``checks`` (``None``: no value checks) gets the value checks; the caller runs them.
+    """
+    logits = as_float("logits", logits)
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if logits.ndim < 3:
+        raise ValueError(f"logits must have shape (B, C, *spatial), got {tuple(logits.shape)}")
+    num_classes = logits.shape[1]
+    if not include_background and num_classes == 1:
+        raise ValueError("include_background=False needs logits with at least 2 channels, got 1")
+    first = 0 if include_background else 1
+    # the precise primitives (_stable.py): gradients keep their relative precision near a confident prediction
+    pair = softmax_pair(logits, 1) if mode == "multiclass" else sigmoid_pair(logits)
+    probs, complement = pair[0][:, first:], pair[1][:, first:]
+    labels = index_labels(logits, target, mode)
+    if labels is not None:
+        if checks is not None:
+            checks.labels("target", labels, num_classes, ignore_index)
+        labels = labels.unsqueeze(1)
+        classes = torch.arange(first, num_classes, device=labels.device).view(1, -1, *([1] * (logits.ndim - 2)))
+        onehot = (labels == classes).to(probs.dtype)
+        if ignore_index is None:
+            return (probs, complement), onehot, None
+        valid = (labels != ignore_index).to(probs.dtype)
+        return (probs, complement), onehot * valid, valid
+    if target.shape != logits.shape:
+        raise ValueError(
+            f"target of mode={mode!r} must have the logits' shape {tuple(logits.shape)}"
+            + (" or hold class indices of shape (B, *spatial)" if mode == "multiclass" else "")
+            + f", got {tuple(target.shape)} of dtype {target.dtype}"
+        )
+    check_dense_ignore_index(ignore_index)
+    valid = None if ignore_index is None else (target != ignore_index)[:, first:].to(probs.dtype)
+    t = target[:, first:].to(probs.dtype)
+    if valid is not None:
+        t = t * valid
+    if checks is not None:
+        checks.unit_interval("target", t)
+    return (probs, complement), t, valid

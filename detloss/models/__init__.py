@@ -1,7 +1,8 @@
-"""Models: a YOLOv8-style detector, a 2D U-Net, and a moving average of weights for evaluation."""
+"""Models: a YOLOv8-style detector, 2D and 3D U-Nets, and a moving average of weights for evaluation."""
 
 from .ema import ModelEMA
 from .unet import UNet
+from .unet3d import UNet3D
 from .yolo import YOLODetector
 
-__all__ = ["YOLODetector", "UNet", "ModelEMA"]
+__all__ = ["YOLODetector", "UNet", "UNet3D", "ModelEMA"]

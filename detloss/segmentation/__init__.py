@@ -1,5 +1,17 @@
-"""Segmentation: the criterion that builds the views of segmentation terms."""
+"""Segmentation, 2D and 3D: the criterion and its views (per scale under deep supervision), distance maps of
+masks, and sliding-window inference over whole volumes."""
 
-from .criterion import SegmentationCriterion, default_segmentation_loss
+from .criterion import VIEWS, SegmentationCriterion, deep_supervision_weights, default_segmentation_loss
+from .distance import boundary_distance, mask_distance, signed_distance
+from .inference import sliding_window
 
-__all__ = ["SegmentationCriterion", "default_segmentation_loss"]
+__all__ = [
+    "SegmentationCriterion",
+    "default_segmentation_loss",
+    "deep_supervision_weights",
+    "VIEWS",
+    "signed_distance",
+    "boundary_distance",
+    "mask_distance",
+    "sliding_window",
+]

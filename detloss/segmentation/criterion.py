@@ -1,19 +1,45 @@
-"""The segmentation criterion: one ``pixels`` view of logits and index masks for the composite's terms.
+"""The segmentation criterion, 2D and 3D: the views of segmentation terms, per scale under deep supervision.
 
-Default composite (``configs/loss/dice_ce.yaml``): Dice over the foreground classes + cross-entropy, weight 1
-each, ``ignore_index`` 255 — the nnU-Net habit. Each term reduces by its own mean (cross-entropy over the valid
-pixels, Dice over samples and classes), so the view carries no ``norm``.
+Views (each built only when a term of non-zero weight asks for it):
+
+* ``pixels``: ``(logits (B, C, *spatial), labels (B, *spatial))``, for the region and cross-entropy terms;
+* ``distance``: ``(logits, labels, signed distance (B, C, *spatial))``, the target's signed distance map of each
+  class (negative inside), for the boundary loss;
+* ``distance_pair``: ``(logits, labels, target distance, prediction distance)``, each voxel's distance to the boundary
+  of the target and of the thresholded prediction (softmax > 0.5, without gradient), for the Hausdorff DT loss.
+
+Distances are in the units of the voxel spacing (mm; 1 per pixel when the batch carries none), computed once per
+sample and step (:mod:`.distance`). Each term reduces by its own mean, so no view carries a ``norm``.
+
+Deep supervision (``deep_supervision``): the model returns a list of logits from the full resolution down, and the
+composite is replicated into groups ``scale0``, ``scale1``, … (:meth:`~detloss.composite.CompositeLoss.replicate`),
+each holding a copy of every configured term on the views ``scale<i>/pixels``, …, weighted by the scale's weight.
+The target of scale ``i`` is the label volume resampled to that output's size by nearest-neighbour (``nearest-exact``,
+as nnU-Net v2's ``DownsampleSegForDSTransform``; ``ignore_index`` survives it), its spacing the full-resolution
+spacing times the size ratio. Given a single tensor (evaluation: the model returns the full-resolution logits only),
+only the ``scale0`` terms are computed.
+
+Default composite (``configs/loss/dice_ce.yaml``): Dice over the foreground classes + cross-entropy, weight 1 each,
+``ignore_index`` 255: the nnU-Net habit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..composite import CompositeLoss, Criterion, View
+from ..composite import CompositeLoss, Criterion, LossOutput, View
 from ..losses import CrossEntropyLoss, DiceLoss
 from ..losses._utils import Checks, check_number
+from .distance import class_masks, mask_distance
 
-__all__ = ["SegmentationCriterion", "default_segmentation_loss"]
+__all__ = ["SegmentationCriterion", "default_segmentation_loss", "deep_supervision_weights", "VIEWS"]
+
+VIEWS = ("pixels", "distance", "distance_pair")
+"""The views of one scale."""
 
 
 def default_segmentation_loss(ignore_index: int = 255) -> CompositeLoss:
@@ -30,41 +56,164 @@ def default_segmentation_loss(ignore_index: int = 255) -> CompositeLoss:
     )
 
 
+def deep_supervision_weights(spec: int | Sequence[float]) -> list[float]:
+    """The weight of each output scale, full resolution first.
+
+    An integer ``n`` gives nnU-Net's: ``1 / 2^i`` for ``i = 0 … n − 1``, the lowest resolution ``0``, normalised to
+    sum 1 (``n = 4``: 0.571, 0.286, 0.143, 0; ``n = 1``: 1). A sequence is taken as given (each >= 0, one > 0).
+    """
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        n = check_number("deep_supervision", spec, integer=True, ge=1)
+        raw = [0.5**i for i in range(n)]
+        if n > 1:
+            raw[-1] = 0.0
+        return [w / sum(raw) for w in raw]
+    if not isinstance(spec, Sequence) or isinstance(spec, str) or not spec:
+        raise ValueError(
+            f"deep_supervision must be null, a number of output scales, or a list of weights (one per scale, full "
+            f"resolution first), got {spec!r}"
+        )
+    weights = [check_number("deep_supervision weights", w, ge=0) for w in spec]
+    if not any(weights):
+        raise ValueError(f"deep_supervision weights must not all be 0, got {weights}")
+    return weights
+
+
+def _resample(labels: Tensor, size: Sequence[int]) -> Tensor:
+    """Class indices resampled to ``size`` by nearest neighbour (``nearest-exact``)."""
+    if tuple(labels.shape[1:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].long()
+
+
 class SegmentationCriterion(Criterion):
-    """Loss of a segmentation head.
+    """Loss of a segmentation head, 2D or 3D, with optional deep supervision.
 
     Args:
         num_classes: classes of the head, background (0) included.
-        loss: a composite whose terms take the ``pixels`` view; ``None`` for Dice + CE.
-        ignore_index: mask value of pixels that count nowhere.
-        validate: check that the logits are finite and the mask values valid (one host sync, naming the first bad
-            index); the terms never check again (the view is marked ``checked``).
+        loss: a composite whose terms take the views ``pixels``, ``distance``, ``distance_pair``; ``None`` for
+            Dice + CE.
+        ignore_index: label of voxels that count nowhere.
+        validate: check that the logits are finite and the labels valid (one host sync, naming the first bad index);
+            the terms never check again (the views are marked ``checked``).
+        deep_supervision: ``None`` (one output), the number of output scales (nnU-Net's weights, see
+            :func:`deep_supervision_weights`) or a list of scale weights, full resolution first.
 
-    Called as ``criterion(logits (B, C, H, W), masks (B, H, W) int64)``; returns
-    :class:`~detloss.composite.LossOutput`. The one view, ``pixels``, is ``(logits, masks)``: each term reduces
-    by its own mean (no ``norm``).
+    Called as ``criterion(outputs, targets)``: ``outputs`` the logits ``(B, C, *spatial)`` (or, with deep supervision,
+    a list of them from the full resolution down); ``targets`` the labels ``(B, *spatial)`` int64, or a mapping
+    ``{"labels": (B, *spatial), "spacing": (B, dims)}`` (volumes: the spacing of each sample, for the distances).
+    Returns :class:`~detloss.composite.LossOutput`.
     """
 
-    views = frozenset({"pixels"})
     min_classes = 2  # background included
 
     def __init__(
-        self, num_classes: int, loss: CompositeLoss | None = None, ignore_index: int = 255, validate: bool = True
+        self,
+        num_classes: int,
+        loss: CompositeLoss | None = None,
+        ignore_index: int = 255,
+        validate: bool = True,
+        deep_supervision: int | Sequence[float] | None = None,
     ):
         check_number("ignore_index", ignore_index, integer=True)
-        super().__init__(num_classes, default_segmentation_loss(ignore_index) if loss is None else loss)
+        loss = default_segmentation_loss(ignore_index) if loss is None else loss
+        self.scale_weights = None if deep_supervision is None else deep_supervision_weights(deep_supervision)
+        if self.scale_weights is None:
+            views = VIEWS
+        else:
+            if not isinstance(loss, CompositeLoss):
+                raise ValueError(f"loss must be a detloss.composite.CompositeLoss, got {type(loss).__name__}")
+            loss.check_views(frozenset(VIEWS), type(self).__name__)
+            loss = loss.replicate({f"scale{i}": w for i, w in enumerate(self.scale_weights)})
+            views = [f"scale{i}/{v}" for i in range(len(self.scale_weights)) for v in VIEWS]
+        super().__init__(num_classes, loss, views=views)
         self.ignore_index, self.validate = ignore_index, validate
 
-    def build_views(self, logits: Tensor, masks: Tensor) -> dict[str, View]:
-        if logits.ndim < 3 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits must have shape (B, {self.num_classes}, H, W), got {tuple(logits.shape)}")
-        if masks.shape != logits.shape[:1] + logits.shape[2:]:
+    def forward(self, outputs: Tensor | Sequence[Tensor], targets: Tensor | Mapping[str, Tensor]) -> LossOutput:
+        partial = self.scale_weights is not None and isinstance(outputs, Tensor)  # evaluation: scale 0 only
+        out = self.loss(self.build_views(outputs, targets), only_given=partial)
+        if isinstance(outputs, Tensor) or not torch.is_grad_enabled():
+            return out
+        # a scale of weight 0 (the lowest, by default) is not computed; a zero on every output keeps all of them in
+        # the graph, so that DDP sees a gradient, if 0, for each head's parameters
+        anchor = sum(o.float().sum() for o in outputs if o.requires_grad) * 0.0
+        return out._replace(total=out.total + anchor)
+
+    def needed(self) -> set[str]:
+        """The views that the terms of non-zero weight (now: schedules move weights) ask for."""
+        return {self.loss.views[name] for name, weight in self.loss.weights.items() if weight != 0}
+
+    def build_views(self, outputs: Tensor | Sequence[Tensor], targets: Tensor | Mapping[str, Tensor]) -> dict:
+        labels, spacing = self._targets(targets)
+        scales = self._scales(outputs)
+        full = tuple(labels.shape[1:])
+        for i, logits in enumerate(scales):
+            if logits.ndim != labels.ndim + 1 or logits.shape[:2] != (labels.shape[0], self.num_classes):
+                raise ValueError(
+                    f"logits{'' if len(scales) == 1 else f'[{i}]'} must have shape (B, {self.num_classes}, *spatial) "
+                    f"with B = {labels.shape[0]} and {labels.ndim - 1} spatial dims as the labels {tuple(labels.shape)}"
+                    f", got {tuple(logits.shape)}"
+                )
+        if scales[0].shape[2:] != labels.shape[1:]:
             raise ValueError(
-                f"masks must have shape {tuple(logits.shape[:1] + logits.shape[2:])}, got {tuple(masks.shape)}"
+                f"labels must have the spatial shape of the logits {tuple(scales[0].shape[2:])}, got {tuple(full)}"
             )
         if self.validate:
             checks = Checks()
-            checks.finite("logits", logits)
-            checks.labels("masks", masks, self.num_classes, self.ignore_index)
+            for i, logits in enumerate(scales):
+                checks.finite("logits" if len(scales) == 1 else f"logits[{i}]", logits)
+            checks.labels("labels", labels, self.num_classes, self.ignore_index)
             checks.run()
-        return {"pixels": View((logits.float(), masks.long()), checked=True)}
+        needed, views = self.needed(), {}
+        for i, logits in enumerate(scales):
+            prefix = "" if self.scale_weights is None else f"scale{i}/"
+            wanted = {v for v in VIEWS if prefix + v in needed}
+            if not wanted:
+                continue
+            size = logits.shape[2:]
+            scaled = _resample(labels, size)
+            views.update({prefix + k: v for k, v in self._views(logits.float(), scaled, spacing, full, wanted).items()})
+        return views
+
+    def _views(self, logits: Tensor, labels: Tensor, spacing: Tensor | None, full, wanted: set[str]) -> dict:
+        views = {}
+        if "pixels" in wanted:
+            views["pixels"] = View((logits, labels), checked=True)
+        if wanted & {"distance", "distance_pair"}:
+            ratio = torch.tensor([f / s for f, s in zip(full, logits.shape[2:])], dtype=torch.float64)
+            spacing = ratio if spacing is None else spacing.double().cpu() * ratio
+            signed = mask_distance(class_masks(labels, self.num_classes), spacing, signed=True)
+            if "distance" in wanted:
+                views["distance"] = View((logits, labels, signed), checked=True)
+            if "distance_pair" in wanted:
+                predicted = mask_distance(logits.detach().softmax(1) > 0.5, spacing, signed=False)
+                views["distance_pair"] = View((logits, labels, signed.abs(), predicted), checked=True)
+        return views
+
+    def _scales(self, outputs) -> list[Tensor]:
+        if isinstance(outputs, Tensor):
+            return [outputs]
+        if not isinstance(outputs, Sequence) or not outputs or not all(isinstance(o, Tensor) for o in outputs):
+            raise ValueError(f"outputs must be a tensor of logits or a list of them, got {type(outputs).__name__}")
+        if self.scale_weights is None:
+            raise ValueError(
+                f"the model returns {len(outputs)} outputs (deep supervision) but the criterion has no scale weights; "
+                "set criterion.deep_supervision (e.g. to the number of outputs)"
+            )
+        if len(outputs) != len(self.scale_weights):
+            raise ValueError(
+                f"the model returns {len(outputs)} outputs but criterion.deep_supervision has "
+                f"{len(self.scale_weights)} scale weights {self.scale_weights}"
+            )
+        return list(outputs)
+
+    def _targets(self, targets) -> tuple[Tensor, Tensor | None]:
+        if isinstance(targets, Tensor):
+            return targets.long(), None
+        if not isinstance(targets, Mapping) or "labels" not in targets:
+            raise ValueError(
+                "targets must be labels (B, *spatial) or a mapping {'labels': (B, *spatial), 'spacing': (B, dims)}, "
+                f"got {type(targets).__name__}"
+            )
+        spacing = targets.get("spacing")
+        return targets["labels"].long(), (None if spacing is None else torch.as_tensor(spacing))

@@ -5,12 +5,16 @@ from .detection import DetectionTask
 from .diagnostics import AssignmentDiagnostics, GradientDiagnostics
 from .lr_schedules import warmup_cosine
 from .segmentation import SegmentationTask
+from .volume_metrics import VolumeMetrics
+from .volumetric import VolumetricTask
 
 __all__ = [
     "LossTask",
     "StepObserver",
     "DetectionTask",
     "SegmentationTask",
+    "VolumetricTask",
+    "VolumeMetrics",
     "GradientDiagnostics",
     "AssignmentDiagnostics",
     "warmup_cosine",

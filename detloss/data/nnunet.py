@@ -1,0 +1,323 @@
+"""The nnU-Net v2 raw dataset layout (Isensee et al., *nnU-Net*, Nature Methods 2021), read with nibabel::
+
+    DIR/dataset.json                 {"channel_names": {"0": "FLAIR", "1": "T1ce"}, "labels": {"background": 0,
+                                      "edema": 1, ...}, "numTraining": N, "file_ending": ".nii.gz"}
+    DIR/imagesTr/<case>_0000.nii.gz  one file per channel (<case>_<XXXX>, XXXX the channel's key)
+    DIR/labelsTr/<case>.nii.gz       class indices 0 … K−1 (and the value of an optional "ignore" label)
+
+Arrays are read as nnU-Net's ``NibabelIO`` reads them: transposed to ``(z, y, x)`` = ``(D, H, W)``, the spacing
+(mm, from the header's zooms) reversed to match; the affine's orientation is not applied (no resampling either: each
+case is used at its own spacing). An ``"ignore"`` label becomes ``ignore_index`` (255).
+
+Checks at construction, each naming the file: ``dataset.json`` present, with the four keys and labels 0 … K−1; a
+channel file missing for a case; a label file missing; channels of one case with different shapes or spacings; a
+label volume whose shape or spacing differs from its image's; label values absent from ``dataset.json`` (every label
+volume is read once, which also gives the foreground locations for patch sampling); ``numTraining`` not matching
+the cases found.
+
+Normalisation: each channel of each case is z-scored, ``(x − mean) / std`` over the case's volume, which is what
+nnU-Net does for every channel that is not CT (``ZScoreNormalization``). Channels named CT are z-scored per case too
+(nnU-Net's dataset-wide CT clipping is not implemented), and nnU-Net's option of normalising inside the non-zero mask
+only (after cropping) is not used.
+
+Split: fold ``fold`` of a seeded ``num_folds``-fold split by case (nnU-Net: 5 folds, seed 12345), the cases sorted
+by name and shuffled with the seed; the validation cases of the folds are disjoint and cover every case.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .base import _DataModule
+from .patches import PatchDataset, VolumeDataset, volume_collate
+
+__all__ = ["NnUNetDataset", "NnUNetDataModule", "Case", "read_volume", "cross_validation_split", "zscore"]
+
+FILE_ENDINGS = (".nii.gz", ".nii")
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+MAX_LOCATIONS = 10_000
+"""Foreground voxels kept per case and class for patch sampling (nnU-Net keeps 10,000)."""
+
+
+@dataclass
+class Case:
+    """One training case: its channel files, label file, spacing ``(D, H, W)`` mm and shape ``(D, H, W)``."""
+
+    name: str
+    images: list[Path]
+    label: Path
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+
+
+def _header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """``(shape, spacing)`` of a NIfTI file, ``(D, H, W)`` order, from its header only."""
+    try:
+        header = nib.load(str(path)).header
+    except Exception as err:  # nibabel raises several kinds for a broken file
+        raise ValueError(f"{path}: cannot read as NIfTI: {err}") from None
+    shape, zooms = header.get_data_shape(), header.get_zooms()
+    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
+        raise ValueError(f"{path}: a volume must be 3D, got shape {tuple(shape)}")
+    return tuple(int(s) for s in shape[:3][::-1]), tuple(float(z) for z in zooms[:3][::-1])
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A NIfTI volume as ``(D, H, W)`` (the file's ``(x, y, z)`` transposed) and its spacing ``(D, H, W)`` in mm."""
+    path = Path(path)
+    try:
+        image = nib.load(str(path))
+        array = np.asanyarray(image.dataobj)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read as NIfTI: {err}") from None
+    if array.ndim > 3:
+        array = array.reshape(array.shape[:3])
+    return np.ascontiguousarray(array.transpose(2, 1, 0)), tuple(float(z) for z in image.header.get_zooms()[:3][::-1])
+
+
+def zscore(volume: np.ndarray) -> np.ndarray:
+    """``(x − mean) / std`` over the volume, float32 (statistics in float64; a constant volume becomes 0)."""
+    data = volume.astype(np.float64)
+    std = data.std()
+    return ((data - data.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+
+
+def cross_validation_split(names: Sequence[str], fold: int, num_folds: int = 5, seed: int = 12345):
+    """``(train, val)`` case names of fold ``fold``: the sorted names shuffled with ``seed``, cut into ``num_folds``
+    near-equal parts; part ``fold`` validates."""
+    names = sorted(names)
+    if not isinstance(num_folds, int) or num_folds < 2:
+        raise ValueError(f"num_folds must be an integer >= 2, got {num_folds!r}")
+    if not isinstance(fold, int) or not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be an integer in [0, {num_folds}), got {fold!r}")
+    if len(names) < num_folds:
+        raise ValueError(f"a {num_folds}-fold split needs at least {num_folds} cases, got {len(names)}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    val = set(np.array_split(order, num_folds)[fold].tolist())
+    return [n for i, n in enumerate(names) if i not in val], [n for i, n in enumerate(names) if i in val]
+
+
+class NnUNetDataset:
+    """A checked nnU-Net raw dataset (see the module docstring): its cases, classes and label volumes.
+
+    Args:
+        root: the dataset folder (``dataset.json``, ``imagesTr``, ``labelsTr``).
+        ignore_index: the value an ``"ignore"`` label is mapped to (outside ``[0, K)``).
+        cache: keep each case's normalised image in memory once read.
+
+    Attributes: ``cases`` (sorted by name), ``class_names`` (by label value), ``channel_names``, ``labels`` (the
+    label volumes, uint8 or int16), ``locations`` (per case, per class 1 … K−1, up to 10,000 voxel indices).
+    """
+
+    def __init__(self, root: str | Path, ignore_index: int = 255, cache: bool = True) -> None:
+        self.root, self.ignore_index, self.cache = Path(root), int(ignore_index), bool(cache)
+        self._images: dict[int, np.ndarray] = {}
+        spec = self._read_spec()
+        ending = spec["file_ending"]
+        self.cases = self._find_cases(ending)
+        if spec["numTraining"] != len(self.cases):
+            raise ValueError(
+                f"{self.root / 'dataset.json'}: numTraining is {spec['numTraining']} but imagesTr holds "
+                f"{len(self.cases)} cases"
+            )
+        self.labels, self.locations = [], []
+        rng = np.random.default_rng(1234)
+        for case in self.cases:
+            labels = self._read_labels(case)
+            self.labels.append(labels)
+            flat = labels.ravel()
+            self.locations.append([self._locations(flat, k, labels.shape, rng) for k in range(1, self.num_classes)])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channel_names)
+
+    def _read_spec(self) -> dict:
+        path = self.root / "dataset.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"nnU-Net dataset.json not found: {path}")
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON: {err}") from None
+        missing = [k for k in REQUIRED_KEYS if k not in spec]
+        if missing:
+            raise ValueError(f"{path}: missing keys {missing} (an nnU-Net v2 dataset.json has {list(REQUIRED_KEYS)})")
+        if spec["file_ending"] not in FILE_ENDINGS:
+            raise ValueError(
+                f"{path}: file_ending {spec['file_ending']!r} is not NIfTI, expected one of {FILE_ENDINGS}"
+            )
+        channels = spec["channel_names"]
+        if not isinstance(channels, dict) or sorted(channels, key=int) != [str(i) for i in range(len(channels))]:
+            raise ValueError(f"{path}: channel_names must map '0', '1', … to names, got {channels!r}")
+        self.channel_names = [str(channels[str(i)]) for i in range(len(channels))]
+        labels = spec["labels"]
+        if not isinstance(labels, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in labels.values()
+        ):
+            raise ValueError(
+                f"{path}: labels must map names to integer values (region-based labels, lists of values, are not "
+                f"supported), got {labels!r}"
+            )
+        self.ignore_value = labels.get("ignore")
+        named = {v: k for k, v in labels.items() if k != "ignore"}
+        if (
+            sorted(named) != list(range(len(named)))
+            or len(named) < 2
+            or len(named) != len(labels) - ("ignore" in labels)
+        ):
+            raise ValueError(f"{path}: labels must take the values 0 … K−1 (K >= 2, 0 the background), got {labels!r}")
+        if self.ignore_value is not None and self.ignore_value < len(named):
+            raise ValueError(f"{path}: the ignore label must have the highest value, got {labels!r}")
+        if 0 <= self.ignore_index < len(named):
+            raise ValueError(f"ignore_index {self.ignore_index} collides with the labels 0 … {len(named) - 1}")
+        self.class_names = [named[v] for v in range(len(named))]
+        self.file_ending = spec["file_ending"]
+        if not isinstance(spec["numTraining"], int):
+            raise ValueError(f"{path}: numTraining must be an integer, got {spec['numTraining']!r}")
+        return spec
+
+    def _find_cases(self, ending: str) -> list[Case]:
+        images_dir, labels_dir = self.root / "imagesTr", self.root / "labelsTr"
+        for folder in (images_dir, labels_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"nnU-Net folder not found: {folder}")
+        pattern = re.compile(rf"(.+)_\d{{4}}{re.escape(ending)}")
+        names = sorted({m.group(1) for p in images_dir.iterdir() if (m := pattern.fullmatch(p.name))})
+        if not names:
+            raise ValueError(f"{images_dir}: no <case>_<XXXX>{ending} files found")
+        cases = []
+        for name in names:
+            images = [images_dir / f"{name}_{c:04d}{ending}" for c in range(self.in_channels)]
+            for path in images:
+                if not path.is_file():
+                    raise FileNotFoundError(f"case {name!r}: channel file not found: {path}")
+            label = labels_dir / f"{name}{ending}"
+            if not label.is_file():
+                raise FileNotFoundError(f"case {name!r}: label file not found: {label}")
+            headers = [_header(p) for p in images]
+            shape, spacing = headers[0]
+            for path, (s, z) in zip(images[1:], headers[1:]):
+                if s != shape:
+                    raise ValueError(f"{path}: shape {s} differs from the case's first channel {shape} ({images[0]})")
+                if not np.allclose(z, spacing, rtol=1e-3):
+                    raise ValueError(
+                        f"{path}: spacing {z} differs from the case's first channel {spacing} ({images[0]})"
+                    )
+            label_shape, label_spacing = _header(label)
+            if label_shape != shape:
+                raise ValueError(f"{label}: label shape {label_shape} differs from its image's {shape} ({images[0]})")
+            if not np.allclose(label_spacing, spacing, rtol=1e-3):
+                raise ValueError(f"{label}: label spacing {label_spacing} differs from its image's {spacing}")
+            cases.append(Case(name, images, label, spacing, shape))
+        return cases
+
+    def _read_labels(self, case: Case) -> np.ndarray:
+        array, _ = read_volume(case.label)
+        values = np.unique(array)
+        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+            raise ValueError(f"{case.label}: label values must be integers, got {values[:10].tolist()}")
+        allowed = set(range(self.num_classes)) | ({self.ignore_value} if self.ignore_value is not None else set())
+        unknown = sorted(set(values.astype(np.int64).tolist()) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{case.label}: label values {unknown} are absent from {self.root / 'dataset.json'} (labels "
+                f"{sorted(allowed)})"
+            )
+        labels = array.astype(np.uint8 if self.ignore_index < 256 else np.int16)
+        if self.ignore_value is not None:
+            labels[array == self.ignore_value] = self.ignore_index
+        return labels
+
+    @staticmethod
+    def _locations(flat: np.ndarray, k: int, shape, rng: np.random.Generator) -> np.ndarray:
+        """Up to :data:`MAX_LOCATIONS` voxel indices ``(n, 3)`` of class ``k``, drawn without replacement."""
+        where = np.flatnonzero(flat == k)
+        if len(where) > MAX_LOCATIONS:
+            where = rng.choice(where, MAX_LOCATIONS, replace=False)
+        return np.stack(np.unravel_index(where, shape), 1).astype(np.int32)
+
+    def image(self, index: int) -> np.ndarray:
+        """The normalised image ``(C, D, H, W)`` float32 of case ``index`` (cached with ``cache``)."""
+        if index in self._images:
+            return self._images[index]
+        image = np.stack([zscore(read_volume(path)[0]) for path in self.cases[index].images])
+        if self.cache:
+            self._images[index] = image
+        return image
+
+    def median_spacing(self, indices: Sequence[int] | None = None) -> tuple[float, float, float]:
+        indices = range(len(self.cases)) if indices is None else indices
+        return tuple(float(v) for v in np.median([self.cases[i].spacing for i in indices], 0))
+
+
+class NnUNetDataModule(_DataModule):
+    """Training patches and whole validation volumes of an nnU-Net raw dataset (``data=nnunet data.root=DIR``).
+
+    Args:
+        root: the dataset folder.
+        patch_size: the training patch ``(D, H, W)``; also the sliding window of validation.
+        fold, num_folds, split_seed: the validation fold of a seeded split by case (nnU-Net: 0 of 5, seed 12345).
+        batch_size: training patches per batch (validation takes one volume at a time).
+        patches_per_epoch: the length of a training epoch in patches.
+        foreground_fraction: the share of patches forced to hold foreground (nnU-Net's third).
+        augment: random flips along each axis of the training patches.
+        ignore_index: the label of voxels that count nowhere (padding, an ``"ignore"`` label).
+        cache: keep the normalised images in memory once read.
+
+    Attributes (known after ``__init__``): ``class_names``, ``num_classes``, ``in_channels``, ``spacing`` (the median
+    spacing of the training cases, which the 3D U-Net plans its pooling for), ``patch_size``.
+    """
+
+    task = "volumetric"
+    collate_fn = staticmethod(volume_collate)
+    val_batch_size = 1  # whole volumes, of any size
+
+    def __init__(
+        self,
+        root: str | Path,
+        patch_size: Sequence[int] = (32, 64, 64),
+        fold: int = 0,
+        num_folds: int = 5,
+        split_seed: int = 12345,
+        batch_size: int = 2,
+        patches_per_epoch: int = 250,
+        foreground_fraction: float = 1 / 3,
+        augment: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        ignore_index: int = 255,
+        cache: bool = True,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory)
+        patch_size = tuple(int(s) for s in patch_size)
+        if len(patch_size) != 3 or min(patch_size) < 1:
+            raise ValueError(f"patch_size must be 3 positive integers (D, H, W), got {patch_size}")
+        if not 0 <= foreground_fraction <= 1 or not math.isfinite(foreground_fraction):
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        self.source = NnUNetDataset(root, ignore_index=ignore_index, cache=cache)
+        names = [c.name for c in self.source.cases]
+        train, val = cross_validation_split(names, fold, num_folds, split_seed)
+        index = {name: i for i, name in enumerate(names)}
+        self.train_cases, self.val_cases = [index[n] for n in train], [index[n] for n in val]
+        self.class_names = list(self.source.class_names)
+        self.in_channels = self.source.in_channels
+        self.ignore_index = int(ignore_index)
+        self.patch_size = patch_size
+        self.spacing = self.source.median_spacing(self.train_cases)
+        self.train_dataset = PatchDataset(
+            self.source, self.train_cases, patch_size, patches_per_epoch, foreground_fraction, augment, ignore_index
+        )
+        self.val_dataset = VolumeDataset(self.source, self.val_cases)
