@@ -2,6 +2,7 @@
 
     python tools/measure_training.py                      # detection and segmentation defaults, on this machine
     python tools/measure_training.py --task segmentation -- trainer.max_epochs=10   # extra overrides after --
+    python tools/measure_training.py --task volumetric    # the 3D default (tools/measure_volumetric.py: and more)
 
 Each job is `python -m detloss.train` in a subprocess (exactly what a user runs), timed from start to exit;
 its `metrics.json` gives the final validation metrics. Output: one Markdown row per job.
@@ -16,6 +17,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+KEYS = {
+    "detection": ["val/map_50", "val/map", "val/map_75"],
+    "segmentation": ["val/dice", "val/generalized_dice"],
+    "volumetric": ["val/dice", "val/hd95", "val/nsd"],
+}
 
 
 def run(task: str, overrides: list[str], out_root: Path) -> dict:
@@ -33,7 +40,7 @@ def run(task: str, overrides: list[str], out_root: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["detection", "segmentation", "both"], default="both")
+    parser.add_argument("--task", choices=["detection", "segmentation", "volumetric", "both"], default="both")
     parser.add_argument("--out", default="outputs/measure")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (after --)")
     args = parser.parse_args(argv)
@@ -45,8 +52,7 @@ def main(argv=None) -> int:
     for task in tasks:
         r = run(task, args.overrides, Path(args.out))
         m = r["record"]["metrics"]
-        keys = ["val/map_50", "val/map", "val/map_75"] if task == "detection" else ["val/dice", "val/generalized_dice"]
-        keys += sorted(k for k in m if k.startswith("val/dice/"))
+        keys = KEYS[task] + sorted(k for k in m if k.startswith("val/dice/"))
         shown = ", ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
         minutes, seconds = divmod(int(round(r["seconds"])), 60)
         print(
