@@ -17,7 +17,19 @@ Implementations, interleaved in one loop so they see the same machine state:
   the first epoch), on two heads of the same size; ``ultralytics-yolo26``: ``E2ELoss`` on the same maps. Their
   columns are box, cls and l1 summed over the two heads (with the heads' weights).
 
-The values are printed side by side, and the largest relative difference of each term to detloss.
+The values are printed side by side, and the largest relative difference of each term to detloss. "vs detloss" is
+each time over the time of detloss' criterion of the same formulation (YOLOv8 or YOLO26).
+
+Under load (``--load``), the same interleaved loop runs while background processes share the cores, as data-loader
+workers and other jobs do during CPU training; each condition starts its processes, waits for them to be busy, is
+measured, and stops them:
+
+* ``none``: an idle machine;
+* ``train``: one background ``python -m detloss.train`` (the default detection run, without logger or callbacks);
+* ``busyN``: N processes spinning a Python loop (one core each, like a loader worker decoding images);
+* joined with ``+``: e.g. ``train+busy2``.
+
+    python tools/bench_detection_loss.py --load none train train+busy2 --no-memory
 Peak memory is measured for each implementation in a fresh subprocess: on CPU the growth of the peak resident
 set (``ru_maxrss``) over the step, on a GPU ``torch.cuda.max_memory_allocated`` over the step.
 """
@@ -26,11 +38,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -215,6 +231,40 @@ def peak_memory(name: str, num_gt: int, device: str, threads: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
+@contextmanager
+def background_load(spec: str):
+    """Start the background processes of a load condition (module docstring), yield once they are busy, stop them."""
+    procs, settle = [], 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in spec.split("+"):
+            if part == "none":
+                continue
+            if part == "train":
+                cmd = [sys.executable, "-m", "detloss.train", "logger=none", "callbacks=none"]
+                cmd += ["trainer.max_epochs=1000", f"hydra.run.dir={tmp}/train"]
+                settle = max(settle, 30.0)  # imports, data and the first steps
+            elif part.startswith("busy"):
+                cmd, settle = [sys.executable, "-c", "while True: pass"], max(settle, 1.0)
+                procs += [_spawn(cmd) for _ in range(int(part[4:] or 1) - 1)]
+            else:
+                raise ValueError(f"--load: unknown condition {part!r} (none, train, busyN, joined with +)")
+            procs.append(_spawn(cmd))
+        try:
+            time.sleep(settle)
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"--load {spec}: background process {p.args} exited {p.returncode}")
+            yield
+        finally:
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -224,6 +274,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--only", nargs="+", default=["detloss", "ultralytics", "detloss-yolo26", "ultralytics-yolo26"])
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--load", nargs="+", default=["none"], help="background load conditions (module docstring)")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -241,10 +292,18 @@ def main(argv=None) -> int:
     )
     print()
     print(
-        "| GTs / image | implementation | fwd + bwd (ms) | vs detloss | peak memory (MiB) | box | cls | dfl / l1 "
-        "| max rel. diff |"
+        "| load | GTs / image | implementation | fwd + bwd (ms) | vs detloss | peak memory (MiB) | box | cls "
+        "| dfl / l1 | max rel. diff |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for load in args.load:
+        with background_load(load):
+            measure(args, device, names, load)
+    return 0
+
+
+def measure(args, device: torch.device, names: list[str], load: str) -> None:
+    """One table block: every ``--gts`` value, the implementations interleaved."""
     for num_gt in args.gts:
         feats, targets = make_inputs(num_gt, device)
         runs = {name: build(name, device) for name in names}
@@ -255,20 +314,19 @@ def main(argv=None) -> int:
                 t, values[name] = step(run, feats, targets, device)
                 if i >= args.warmup:
                     times[name].append(t)
-        ours = statistics.median(times[names[0]])
         same = {name: "detloss-yolo26" if name.endswith("yolo26") else "detloss" for name in names}
         for name in names:
             med = statistics.median(times[name])
+            ours = statistics.median(times.get(same[name], times[name]))
             mem = float("nan") if args.no_memory else peak_memory(name, num_gt, args.device, args.threads)
             box, cls, dfl = values[name]
             base = values.get(same[name], values[name])
             diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(values[name], base))
             print(
-                f"| {num_gt} | {name} | {med * 1e3:.1f} | {med / ours:.2f}× | {mem:.0f} | {box:.6f} | {cls:.6f} | "
-                f"{dfl:.6f} | {diff:.1e} |",
+                f"| {load} | {num_gt} | {name} | {med * 1e3:.1f} | {med / ours:.2f}× | {mem:.0f} | {box:.6f} | "
+                f"{cls:.6f} | {dfl:.6f} | {diff:.1e} |",
                 flush=True,
             )
-    return 0
 
 
 if __name__ == "__main__":
