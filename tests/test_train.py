@@ -264,3 +264,17 @@ def test_a_seed_reproduces_a_run_step_by_step(tmp_path, task):
     assert len(first) == 4 and first == second
     val = [{k: v for k, v in m.items() if k.startswith("val/")} for m in (m1, m2)]
     assert val[0] == val[1]
+
+
+def test_the_yolo26_loss_brings_its_heads_and_a_mismatch_fails_when_built(compose):
+    """`-m loss=yolo,yolo26` compares the formulations on one backbone: loss=yolo26 makes any YOLO model end to end
+    with reg_max 1; a model whose heads the criterion does not train is refused by name when the run is built."""
+    for model, width in (("yolo_nano", 0.25), ("yolo_small", 0.5)):
+        cfg = compose(f"model={model}", "loss=yolo26", *SMALL)
+        assert cfg.model.end2end and cfg.model.reg_max == 1 and cfg.model.width == width
+        assert set(build(cfg)[1].model.heads()) == {"one2many", "one2one"}
+    assert not compose("loss=yolo", *SMALL).model.get("end2end", False)
+    with pytest.raises(Exception, match=r"heads \['one2many', 'one2one'\] but DetectionCriterion"):
+        build(compose("model=yolo26_nano", *SMALL))
+    with pytest.raises(Exception, match=r"model.reg_max \(16\) and criterion.reg_max \(1\) differ"):
+        build(compose("loss=yolo26", "criterion.reg_max=1", "model.reg_max=16", *SMALL))

@@ -11,6 +11,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes
 
 from ..composite import Criterion
+from ..detection import HEADS, EndToEndCriterion
 from ..models import ModelEMA
 from .base import LossTask, rgb_uint8
 
@@ -30,6 +31,24 @@ def pad_to_equal_image_counts(metric: MeanAveragePrecision) -> None:
     empty_target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
     for _ in range(int(most) - count):
         metric.update([empty_pred], [empty_target])
+
+
+def check_heads(model: nn.Module, criterion: Criterion) -> None:
+    """Refuse a model whose heads the criterion does not train, when the run is built: an end-to-end model (two
+    heads) needs :class:`~detloss.detection.EndToEndCriterion` (``loss=yolo26``), a one-head model the YOLOv8
+    criterion; and both must agree on ``reg_max``. Models without ``heads()`` / ``reg_max`` are not checked."""
+    heads = getattr(model, "heads", None)
+    if callable(heads):
+        have, want = set(heads()), set(HEADS) if isinstance(criterion, EndToEndCriterion) else {"one2many"}
+        if have != want:
+            raise ValueError(
+                f"the model has the heads {sorted(have)} but {type(criterion).__name__} trains {sorted(want)}: "
+                "an end-to-end model (model.end2end=true, e.g. model=yolo26_nano) trains with loss=yolo26 or "
+                "loss=yolo26_vfl, a one-head model with the YOLOv8 losses"
+            )
+    model_bins, criterion_bins = getattr(model, "reg_max", None), getattr(criterion, "reg_max", None)
+    if model_bins is not None and criterion_bins is not None and model_bins != criterion_bins:
+        raise ValueError(f"model.reg_max ({model_bins}) and criterion.reg_max ({criterion_bins}) differ")
 
 
 class DetectionTask(LossTask):
@@ -72,6 +91,7 @@ class DetectionTask(LossTask):
         max_det: int = 300,
     ):
         super().__init__(model, criterion, optimizer, scheduler, class_names, num_previews, nan_guard, channels_last)
+        check_heads(model, criterion)
         # not a submodule: it is neither trained nor in train mode; checkpoints carry it (on_save_checkpoint)
         self.ema = ModelEMA(model, decay=ema_decay, tau=ema_tau) if ema else None
         self.map_per_class = map_per_class
