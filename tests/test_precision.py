@@ -182,7 +182,19 @@ def class_rows(distinct: bool) -> torch.Tensor:
 BINARY = {"bce": bce, "focal": focal, "varifocal": varifocal, "quality_focal": quality_focal}
 BOX = ("iou", "giou", "diou", "ciou", "siou", "eiou")
 REGION = ("dice", "generalized_dice", "tversky", "focal_tversky", "jaccard")
-COVERED = {*BINARY, *BOX, *REGION, "cross_entropy", "dfl", "hinge", "mse", "l1", "smooth_l1", "distance_l1", "weight_penalty"}
+COVERED = {
+    *BINARY,
+    *BOX,
+    *REGION,
+    "cross_entropy",
+    "dfl",
+    "hinge",
+    "mse",
+    "l1",
+    "smooth_l1",
+    "distance_l1",
+    "weight_penalty",
+}
 
 
 def test_every_registered_loss_is_covered():
