@@ -69,6 +69,20 @@ def test_equals_torchvision_values_and_gradients(kind, ref):
     torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)  # CIoU: α constant in both
 
 
+def test_one_minus_iou_is_torchvisions_less_eps_over_union():
+    # (U − I) / (U + eps) against torchvision's 1 − I / (U + eps): eps / (U + eps) less where the boxes overlap,
+    # equal (1) where they do not
+    pred, target = random_boxes(500, dtype=torch.float64)
+    target[:50] = pred[:50] + 200  # disjoint
+    ours = iou_loss(pred, target, "giou", reduction="none", eps=1e-3)
+    theirs = tv.generalized_box_iou_loss(pred, target, reduction="none", eps=1e-3)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    iou = 1 - iou_loss(pred, target, "iou", reduction="none", eps=1e-300)  # I / U
+    union = (area(pred) + area(target)) / (1 + iou)
+    expected = torch.where(iou > 0, 1e-3 / (union + 1e-3), 0.0)
+    torch.testing.assert_close(theirs - ours, expected, rtol=1e-9, atol=1e-15)
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "ciou"])
 def test_gradcheck(kind):
     pred, target = random_boxes(6, dtype=torch.float64)
@@ -106,7 +120,7 @@ def test_degenerate_boxes(kind):
     assert torch.isfinite(loss).all() and torch.isfinite(pred.grad).all()
     # identical boxes of zero area: IoU 0 and no penalty, so the loss is exactly 1
     assert loss[0].item() == pytest.approx(1.0) and loss[1].item() == pytest.approx(1.0)
-    assert loss[2].item() == pytest.approx(0.0, abs=1e-6)  # identical boxes
+    assert loss[2].item() == 0.0  # identical boxes
 
 
 @pytest.mark.parametrize("kind", KINDS)

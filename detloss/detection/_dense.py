@@ -82,8 +82,8 @@ class _Buffers:
 def _ciou_into(out: Tensor, p: _BoxTerms, g: _BoxTerms, tmp: Tensor, eps: float = 1e-7) -> Tensor:
     """The CIoU of every prediction with every ground truth, clamped at 0, written into ``out`` in place.
 
-    The formula of :func:`~detloss.losses.iou.box_iou_pairwise` (torchvision's ``eps`` placement, inverted boxes
-    and the fade of the aspect term included), written with four scratch blocks so that the dozens of elementwise
+    The formula of :func:`~detloss.losses.iou.box_iou_pairwise` (its ``1 − IoU = (U − I) / (U + eps)``, inverted
+    boxes and the fade of the aspect term included), written with four scratch blocks so that the dozens of elementwise
     steps stay in cache.
     """
     a, b, c, d = tmp
@@ -91,17 +91,18 @@ def _ciou_into(out: Tensor, p: _BoxTerms, g: _BoxTerms, tmp: Tensor, eps: float 
     out.sub_(torch.maximum(p.x1, g.x1, out=a)).clamp_(min=0)
     torch.minimum(p.y2, g.y2, out=b)
     out.mul_(b.sub_(torch.maximum(p.y1, g.y1, out=a)).clamp_(min=0))  # intersection
-    torch.add(p.area, g.area, out=a).sub_(out).add_(eps)
-    iou = out.div_(a)
+    torch.add(p.area, g.area, out=a).sub_(out).add_(eps)  # union + eps
+    iou = out.add_(torch.sign(out, out=b).mul_(eps)).div_(a)  # 1 − (U − I) / (U + eps), 0 where I = 0
     torch.maximum(p.hi_x, g.hi_x, out=a).sub_(torch.minimum(p.lo_x, g.lo_x, out=b)).square_()
     torch.maximum(p.hi_y, g.hi_y, out=b).sub_(torch.minimum(p.lo_y, g.lo_y, out=c)).square_()
     diag = a.add_(b).add_(eps)  # c², the enclosing box's diagonal squared
     torch.sub(g.cx, p.cx, out=b).square_()
     rho = b.add_(torch.sub(g.cy, p.cy, out=c).square_()).div_(diag)  # ρ² / c²
     v = torch.sub(g.atan, p.atan, out=c).square_().mul_(4 / math.pi**2)
-    # the fade t⁴ / (t⁴ + 1), t² = r² / (κ² c²) capped at 10⁴, as 1 / (1 + 1 / t⁴)
-    fade = torch.div(p.r2, diag, out=d).mul_(1 / DEGENERATE**2).clamp_(max=1e4).square_()
-    v.mul_(fade.reciprocal_().add_(1).reciprocal_())
+    # the fade s·(2 − s), s = min(1, r² / (κ² c² + eps))
+    fade = torch.mul(diag, DEGENERATE**2, out=d).add_(eps)
+    fade = torch.div(p.r2, fade, out=fade).clamp_(max=1)
+    v.mul_(fade).mul_(fade.sub_(2).neg_())
     alpha = torch.sub(v, iou, out=d).add_(1 + eps).reciprocal_().mul_(v)  # α = v / (1 − IoU + v), a constant
     return iou.sub_(rho.addcmul_(alpha, v)).clamp_(min=0)
 

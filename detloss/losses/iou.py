@@ -12,23 +12,40 @@ kind       loss                                                                 
 ``eiou``   DIoU + (w − w_gt)²/C_w² + (h − h_gt)²/C_h²                            Zhang et al., 2022
 =========  ===================================================================  ==============================
 
-C is the smallest box enclosing both, c its diagonal, ρ the distance between the centres. The values of
-``giou``, ``diou`` and ``ciou`` equal ``torchvision.ops.{generalized_box_iou,distance_box_iou,complete_box_iou}_loss``
-(same ``eps``) on boxes of positive area.
+C is the smallest box enclosing both, c its diagonal, ρ the distance between the centres, U = |A ∪ B| and
+I = |A ∩ B|. Each loss is a sum of non-negative terms, nothing subtracted from 1, so that a float32 value is
+precise relative to itself:
 
-Degenerate boxes, so that values stay finite and gradients bounded in every precision:
+* ``1 − IoU`` is ``(U − I) / (U + eps)`` (the two areas' excesses over ``I``, added), and exactly 1 where the boxes
+  do not overlap (``I = 0``, an empty union included);
+* the centre offset is ``((x1_gt − x1) + (x2_gt − x2)) / 2`` (and in ``y``), 0 for identical boxes anywhere.
 
-* a pair whose union is empty (two zero-area boxes) has IoU 0, so the loss is 1 plus its penalty (0 for identical
-  boxes); a pair of identical boxes has a zero gradient;
+The values of ``giou``, ``diou`` and ``ciou`` equal
+``torchvision.ops.{generalized_box_iou,distance_box_iou,complete_box_iou}_loss`` (same ``eps``) on overlapping
+boxes of positive area up to ``eps / (U + eps)``: torchvision's ``1 − I / (U + eps)`` is ``(U − I + eps) / (U + eps)``,
+whose slope ``eps·side / (U + eps)²`` on identical boxes the form above removes (both tend to ``1 − I / U``: this
+one from below, torchvision's from above); elsewhere they are equal but for rounding, and so are the ``eps``
+placements of ``v`` (``atan(w / (h + eps))``, as Ultralytics has it; torchvision has none), ``c² + eps`` and
+``|C| + eps``.
+
+Degenerate boxes, so that values stay finite and gradients bounded:
+
+* a pair of identical boxes has the loss 0 and a zero gradient, or the loss 1 and a zero gradient where their
+  area is 0 (``I = 0``); GIoU's ``|C| − U``, which is 0 wherever the union is a box, counts as 0 with a zero
+  gradient there (not as tied halves that cancel only up to rounding);
 * an inverted predicted box (``x2 < x1`` or ``y2 < y1``, which a head that regresses raw distances can output) has
   no area: its width and height count as 0, and the enclosing box ``C`` spans all corners of both boxes, so every
   loss stays bounded and ``>= 0`` on it (inverted *target* boxes are refused when validating);
-* the terms whose slope grows without bound as a box shrinks to nothing are faded out smoothly there, by the
-  factor ``t⁴ / (t⁴ + 1)`` of a size ``t`` in units of ``κ·c`` (``κ =`` :data:`DEGENERATE`, ``c`` the pair's
-  enclosing diagonal): CIoU's aspect term ``v`` by the predicted box's diagonal, GIoU's enclosing-area penalty by
-  the enclosing box's shorter side. Gradients then stay below about ``2 / (κ·c)``, and a term whose size is ``t``
-  moves by less than ``1 / t⁴`` (relative): nothing in float32 once a box is 1 % of ``c`` (``t = 10``);
-* a zero-height box has aspect angle ``atan(w / eps)``.
+* the terms whose slope grows as ``1 / size`` when a size shrinks to nothing are faded out there, by the factor
+  ``s·(2 − s)``, ``s = min(1, size² / unit²)``, ``unit² = κ²·c² + eps`` (``κ =`` :data:`DEGENERATE`): CIoU's
+  aspect term ``v`` by the predicted box's diagonal, GIoU's enclosing-area penalty by the enclosing box's shorter
+  side, SIoU's distance cost along each axis by the enclosing box's extent along it and its shape cost along each
+  axis by the larger of the two boxes' extents. The factor is exactly 1 from ``unit`` up (those terms are then
+  unchanged), and their gradients stay below about ``2 / unit``: ``2 / (κ·c)``, and at most ``2 / sqrt(eps)``
+  (the ``eps`` is an area there, as in ``c² + eps`` and ``|C| + eps``), which is finite in float16;
+* a zero-height box has aspect angle ``atan(w / eps)``;
+* not bounded: the slope of ``1 − IoU`` itself, ``~side / (U + eps)``, for thin boxes (``U`` ~ ``eps·side``);
+  bounding it would change the loss of identical or of ordinary boxes (``tests/test_fuzz.py`` gives the numbers).
 """
 
 from __future__ import annotations
@@ -68,6 +85,11 @@ def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float
     Shapes ``(..., 4)`` and ``(..., 4)``, broadcastable; returns ``(...)``. No checks and no upcasting: this is the
     inner routine the losses and the task-aligned assigner share.
     """
+    return 1 - _box_loss(pred, target, kind, eps)
+
+
+def _box_loss(pred: Tensor, target: Tensor, kind: str, eps: float) -> Tensor:
+    """The loss of each pair (module doc), as a sum of non-negative terms: nothing is subtracted from 1."""
     x1, y1, x2, y2 = pred.unbind(-1)
     x1g, y1g, x2g, y2g = target.unbind(-1)
     w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)  # an inverted box has no area
@@ -76,10 +98,13 @@ def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float
     inter = (torch.minimum(x2, x2g) - torch.maximum(x1, x1g)).clamp(min=0) * (
         torch.minimum(y2, y2g) - torch.maximum(y1, y1g)
     ).clamp(min=0)
-    union = w * h + wg * hg - inter
-    iou = inter / (union + eps)
+    area, area_g = w * h, wg * hg
+    union = area + area_g - inter
+    # 1 − IoU as (U − I) / (U + eps): 0 with a zero gradient for identical boxes (the tied minimum and maximum
+    # split their gradient in halves); 1 with a zero gradient, as torchvision's, for boxes that do not overlap
+    loss = torch.where(inter > 0, ((area - inter) + (area_g - inter)) / (union + eps), 1.0)
     if kind == "iou":
-        return iou
+        return loss
 
     # smallest box enclosing every corner of both (the corners of a valid box are its x1 <= x2, y1 <= y2)
     cw = _span(x1, x2, x1g, x2g)
@@ -88,26 +113,29 @@ def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float
     if kind == "giou":
         area_c = cw * ch
         side = torch.minimum(cw, ch)
-        return iou - (area_c - union) / (area_c + eps) * _fade(side * side, c2)
+        # |C| − |A ∪ B| >= 0 is 0, its minimum, where the union is a box (identical or nested boxes): the gradient
+        # there is 0, taken as such rather than as a sum of tied halves that rounds to ~1e-7·side / U
+        gap = area_c - union
+        return loss + torch.where(gap > 0, gap / (area_c + eps) * _fade(side * side, c2, eps), 0.0)
 
-    # centre offsets (target minus prediction)
-    dx = (x1g + x2g - x1 - x2) * 0.5
-    dy = (y1g + y2g - y1 - y2) * 0.5
+    # centre offsets (target minus prediction), 0 for identical boxes wherever they lie
+    dx = ((x1g - x1) + (x2g - x2)) * 0.5
+    dy = ((y1g - y1) + (y2g - y2)) * 0.5
     if kind == "siou":
-        return iou - 0.5 * (_siou_distance_cost(dx, dy, cw, ch, eps) + _siou_shape_cost(w, h, wg, hg, eps))
+        distance = _siou_distance_cost(dx, dy, cw, ch, c2, eps)
+        return loss + 0.5 * (distance + _siou_shape_cost(w, h, wg, hg, c2, eps))
 
-    rho2 = dx * dx + dy * dy
-    diou = iou - rho2 / c2
+    diou = loss + (dx * dx + dy * dy) / c2
     if kind == "diou":
         return diou
     if kind == "ciou":
         v = (4 / math.pi**2) * (torch.atan(wg / (hg + eps)) - torch.atan(w / (h + eps))).pow(2)
-        v = v * _fade(w * w + h * h, c2)
+        v = v * _fade(w * w + h * h, c2, eps)
         with torch.no_grad():
-            alpha = v / (1 - iou + v + eps)
-        return diou - alpha * v
+            alpha = v / (loss + v + eps)  # v / (1 − IoU + v)
+        return diou + alpha * v
     if kind == "eiou":
-        return diou - (w - wg).pow(2) / (cw * cw + eps) - (h - hg).pow(2) / (ch * ch + eps)
+        return diou + (w - wg).pow(2) / (cw * cw + eps) + (h - hg).pow(2) / (ch * ch + eps)
     raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
 
 
@@ -118,15 +146,15 @@ def _span(a1: Tensor, a2: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
     return torch.maximum(torch.maximum(a1, a2), torch.maximum(b1, b2)) - lo
 
 
-def _fade(size2: Tensor, c2: Tensor) -> Tensor:
-    """``t⁴ / (t⁴ + 1)`` with ``t² = size² / (κ²·c²)``: 0 for a size of 0, 1 − 1/t⁴ above ``κ·c``; times a term
-    of slope ``~1/size`` it has a slope below ``~2 / (κ·c)``. (``t²`` is capped at 10⁴: the factor is 1 in float32.)"""
-    t2 = (size2 / (DEGENERATE**2 * c2).clamp(min=torch.finfo(c2.dtype).tiny)).clamp(max=1e4)
-    t4 = t2 * t2
-    return t4 / (t4 + 1)
+def _fade(size2: Tensor, c2: Tensor, eps: float) -> Tensor:
+    """``s·(2 − s)`` with ``s = min(1, size² / unit²)``, ``unit² = κ²·c² + eps``: 0 for a size of 0, exactly 1 from
+    ``unit`` up, and flat there; below ``unit`` it is ``< 2·size² / unit²``, so times a term of slope ``~1/size`` it
+    has a slope below ``~2 / unit``, and its own slope is below ``~1.6 / unit``."""
+    s = (size2 / (DEGENERATE**2 * c2 + eps)).clamp(max=1)
+    return s * (2 - s)
 
 
-def _siou_distance_cost(dx: Tensor, dy: Tensor, cw: Tensor, ch: Tensor, eps: float) -> Tensor:
+def _siou_distance_cost(dx: Tensor, dy: Tensor, cw: Tensor, ch: Tensor, c2: Tensor, eps: float) -> Tensor:
     # angle cost Λ = sin(2·arcsin(sin a)) = 2·sin a·cos a, with a the smaller angle of the centre line to an axis
     sigma = torch.sqrt(dx * dx + dy * dy + eps)
     sin_x, sin_y = dx.abs() / sigma, dy.abs() / sigma
@@ -135,13 +163,18 @@ def _siou_distance_cost(dx: Tensor, dy: Tensor, cw: Tensor, ch: Tensor, eps: flo
     gamma = 2 - angle
     rho_x = (dx / (cw + eps)).pow(2)
     rho_y = (dy / (ch + eps)).pow(2)
-    return 2 - torch.exp(-gamma * rho_x) - torch.exp(-gamma * rho_y)
+    # each axis's cost 1 − exp(−γ·ρ), faded by the enclosing box's extent along that axis
+    cost_x = -torch.expm1(-gamma * rho_x) * _fade(cw * cw, c2, eps)
+    return cost_x - torch.expm1(-gamma * rho_y) * _fade(ch * ch, c2, eps)
 
 
-def _siou_shape_cost(w: Tensor, h: Tensor, wg: Tensor, hg: Tensor, eps: float) -> Tensor:
-    omega_w = (w - wg).abs() / (torch.maximum(w, wg) + eps)
-    omega_h = (h - hg).abs() / (torch.maximum(h, hg) + eps)
-    return (1 - torch.exp(-omega_w)).pow(4) + (1 - torch.exp(-omega_h)).pow(4)
+def _siou_shape_cost(w: Tensor, h: Tensor, wg: Tensor, hg: Tensor, c2: Tensor, eps: float) -> Tensor:
+    # each axis's cost (1 − exp(−ω))⁴, faded by the larger of the two extents along that axis
+    big_w, big_h = torch.maximum(w, wg), torch.maximum(h, hg)
+    omega_w = (w - wg).abs() / (big_w + eps)
+    omega_h = (h - hg).abs() / (big_h + eps)
+    cost_w = torch.expm1(-omega_w).pow(4) * _fade(big_w * big_w, c2, eps)
+    return cost_w + torch.expm1(-omega_h).pow(4) * _fade(big_h * big_h, c2, eps)
 
 
 @loss_function(IoUOptions)
@@ -177,7 +210,7 @@ def iou_loss(
         )
     if validate:
         _check_box_values(pred, target, weight)
-    loss = 1 - box_iou_pairwise(pred, target, options.kind, options.eps)
+    loss = _box_loss(pred, target, options.kind, options.eps)
     return reduce(apply_weight(loss, weight), reduction)
 
 
