@@ -13,8 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from .config import CONFIG_SOURCE
 from .runs import final_metrics, progress, summarise
-from .train import CONFIG_PATH, build, make_trainer
+from .train import build, make_trainer
 
 __all__ = ["evaluate", "main"]
 
@@ -36,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg).get(cfg.optimized_metric)
 

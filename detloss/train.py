@@ -1,9 +1,10 @@
 """``python -m detloss.train`` / ``detloss-train``: compose the config, build the parts, fit, record.
 
-Hydra composes ``configs/train.yaml`` with the command line; :func:`build` instantiates data, model, loss,
-criterion and task in that order (the model and criterion need the number of classes, which the data knows);
-:func:`train` fits and records the run (:mod:`detloss.runs`) and returns the final metrics; :func:`main` returns
-the optimised metric for sweepers. The DDP re-launch plumbing is in :mod:`detloss.launch`.
+Hydra composes ``configs/train.yaml`` (:mod:`detloss.config` says where the configs are) with the command line;
+:func:`build` instantiates data, model, loss, criterion and task in that order (the model and criterion need the
+number of classes, which the data knows); :func:`train` fits and records the run (:mod:`detloss.runs`) and returns
+the final metrics; :func:`main` returns the optimised metric for sweepers. The DDP re-launch plumbing is in
+:mod:`detloss.launch`.
 """
 
 from __future__ import annotations
@@ -21,21 +22,15 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from .config import CONFIG_DIR, CONFIG_SOURCE
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
 from .runs import failure_line, final_metrics, progress, save_config, summarise, write_failure, write_metrics
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "configs")
-
-# ``${detloss_or:a,b}``: ``a`` unless it is null, else ``b`` (``oc.select`` falls back for missing keys only);
-# configs/hydra/default.yaml uses it to put a run resumed with ``resume=RUN_DIR`` back into RUN_DIR.
-# ``${detloss_set:a}``: whether ``a`` is not null.
-if not OmegaConf.has_resolver("detloss_or"):
-    OmegaConf.register_new_resolver("detloss_or", lambda value, default: default if value is None else value)
-if not OmegaConf.has_resolver("detloss_set"):
-    OmegaConf.register_new_resolver("detloss_set", lambda value: value is not None)
+#: the folder of the shipped configs (kept under this name for the callers of earlier versions)
+CONFIG_PATH = str(CONFIG_DIR)
 
 __all__ = ["build", "check_image_size", "make_trainer", "train", "main"]
 
@@ -132,7 +127,7 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     return None if path is None else str(path)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train and return the optimised metric.
 
