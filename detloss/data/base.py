@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .collate import detection_collate, segmentation_collate
-from .transforms import apply_detection, apply_segmentation, one_thread
+from .transforms import PAD_VALUE, apply_detection, apply_segmentation, one_thread
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -153,6 +154,28 @@ class _DataModule(L.LightningDataModule):
         """Number of classes (for segmentation it counts the background, class 0)."""
         return len(self.class_names)
 
+    @property
+    def category_ids(self) -> list:
+        """The data's own id of each contiguous label ``0..C-1``, which predictions are written with: label ``i`` is
+        id ``i`` for YOLO labels (the class index), mask folders (the mask value) and the generated data; a COCO
+        file's category ids for :class:`~detloss.data.CocoDataModule`."""
+        return list(range(self.num_classes))
+
+    def describe(self) -> dict[str, Any]:
+        """What a model trained on this data must know of it to predict without it (checkpoints carry it):
+        ``kind`` (the ``task``: ``"detection"``, ``"segmentation"``), ``class_names``, ``category_ids``,
+        ``in_channels``, ``image_size``, and how an image is brought to it (``resize``: ``"letterbox"`` or
+        ``"resize"``; ``fill``: the padding grey); segmentation adds ``ignore_index``."""
+        return {
+            "kind": self.task,
+            "class_names": list(self.class_names),
+            "category_ids": list(self.category_ids),
+            "in_channels": int(self.in_channels),
+            "image_size": getattr(self, "image_size", None),
+            "resize": self.resize,
+            "fill": float(self.fill),
+        }
+
     def _loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
@@ -185,6 +208,7 @@ class DetectionDataModule(_DataModule):
     task = "detection"
     collate_fn = staticmethod(detection_collate)
     in_channels = 3
+    resize, fill = "letterbox", PAD_VALUE  # what the validation transforms do to an image
 
 
 class SegmentationDataModule(_DataModule):
@@ -192,8 +216,12 @@ class SegmentationDataModule(_DataModule):
 
     task = "segmentation"
     collate_fn = staticmethod(segmentation_collate)
+    resize, fill = "letterbox", 0.0  # what the validation transforms do to an image (a subclass may change them)
 
     def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False, ignore_index: int = 255):
         super().__init__(batch_size, num_workers, pin_memory)
         self.ignore_index = int(ignore_index)
         self.in_channels = 1
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"ignore_index": self.ignore_index}

@@ -190,3 +190,8 @@ class CocoDataModule(DetectionDataModule):
                 f"{train_ds.annotation_file}: {train_ds.category_ids}"
             )
         self.class_names = list(train_ds.class_names)
+
+    @property
+    def category_ids(self) -> list:
+        """The training file's category ids, in the order of the contiguous labels (sorted)."""
+        return list(self.train_dataset.category_ids)
