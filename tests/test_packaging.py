@@ -82,7 +82,7 @@ def test_the_wheel_carries_the_configs_and_its_entry_points_run_from_anywhere(in
         "data.image_size=64", "callbacks=none", "logger=none", "hydra.run.dir=run", cwd=tmp_path, env=env)  # fmt: skip
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "ok" and "val/map_50" in record["metrics"]
-    for entry in ("detloss-eval",):  # Hydra's help composes the config and lists the groups
+    for entry in ("detloss-eval", "detloss-predict"):  # Hydra's help composes the config and lists the groups
         shown = run(bin_dir / entry, "--help", cwd=tmp_path, env=env).stdout
         assert "== Configuration groups ==" in shown and "yolo_vfl" in shown and "ckpt_path" in shown, shown
     assert "usage" in run(bin_dir / "detloss-report", "--help", cwd=tmp_path, env=env).stdout
