@@ -84,6 +84,9 @@ class DetectionDataset(Dataset):
     """Base detection dataset: ``(image (3, H, W) float32 in [0, 1], {"boxes": (n, 4), "labels": (n,)})``.
 
     Subclasses implement ``__len__`` and ``load(index) -> (image, boxes (n, 4) float32 xyxy px, labels (n,) int64)``.
+    ``transforms`` takes a loaded sample (``(Image, {"boxes", "labels"})``, a v2 pipeline), or, when it has
+    ``uses_dataset = True`` (:class:`~detloss.data.augment.YoloAugment`, whose mosaic reads more samples), the
+    dataset and the index.
     """
 
     class_names: list[str]
@@ -100,6 +103,8 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of {len(self)} items")
+        if getattr(self.transforms, "uses_dataset", False):
+            return self.transforms(self, index % len(self))
         with one_thread():  # drawing / decoding and transforms of one sample
             image, boxes, labels = self.load(index % len(self))
             return apply_detection(self.transforms, image, boxes, labels)
@@ -148,6 +153,8 @@ class _DataModule(L.LightningDataModule):
         self.class_names: list[str] = []
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        #: callbacks the training needs for this data (the yolo augmentation's close-mosaic switch)
+        self.callbacks: list[L.Callback] = []
 
     @property
     def num_classes(self) -> int:
@@ -209,6 +216,17 @@ class DetectionDataModule(_DataModule):
     collate_fn = staticmethod(detection_collate)
     in_channels = 3
     resize, fill = "letterbox", PAD_VALUE  # what the validation transforms do to an image
+
+    def train_transforms(self, augment: str | bool, close_mosaic: int = 10, **options):
+        """The training transforms of ``augment`` (:func:`~detloss.data.augment.detection_train_transforms`:
+        ``none``, ``light``, ``yolo``; ``options`` are theirs); with ``yolo``, :attr:`callbacks` gets the switch
+        that turns the mosaic off for the last ``close_mosaic`` epochs."""
+        from .augment import CloseMosaic, YoloAugment, detection_train_transforms
+
+        transforms = detection_train_transforms(augment, self.image_size, **options)
+        if isinstance(transforms, YoloAugment) and close_mosaic:
+            self.callbacks = [CloseMosaic(transforms, close_mosaic)]
+        return transforms
 
 
 class SegmentationDataModule(_DataModule):
