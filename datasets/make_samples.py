@@ -6,6 +6,9 @@
   colourised mask side by side (red bright_round, blue dark_irregular, green ring_enhancing).
 * ``datasets/lesions3d/sample_{0..3}.png``: 3D cases 0-3 of seed 0 (the default ``data=lesions3d``) at 2x: rows
   FLAIR, T1ce and labels (red necrosis, blue edema, green enhancing) of three axial slices through the tumour.
+* ``datasets/augment_yolo.png``: 8 training samples of ``data.augment=yolo`` (mosaic, zoom 0.5-1.5 and shift 0.1,
+  HSV jitter, flip; detloss/data/augment.py) drawn from shapes images at 160 px (seed 0), their boxes on top:
+  the first row with the mosaic on, the second with it closed (the last ``close_mosaic`` epochs).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from detloss.data import LESION3D_LABELS, LESION_CLASSES, SHAPE_CLASSES, LesionsDataset, ShapesDataset
+from detloss.data.augment import YoloAugment
 from detloss.data.lesions3d import generate_case
 
 HERE = Path(__file__).resolve().parent
@@ -55,6 +60,31 @@ def lesions3d_sample(index: int) -> Image.Image:
     return both.resize((both.width * ZOOM, both.height * ZOOM), Image.NEAREST).quantize(colors=64)
 
 
+def augment_preview(count: int = 4, size: int = 160) -> Image.Image:
+    """``count`` samples with the mosaic on (top row) and ``count`` with it off, boxes and class names drawn."""
+    augment = YoloAugment(size, scale=(0.5, 1.5))
+    dataset = ShapesDataset(64, size, split="train", transforms=augment)
+    torch.manual_seed(0)
+    tiles = []
+    for on in (True, False):
+        augment.set_mosaic(on)
+        for index in range(count):
+            image, target = dataset[index]
+            tile = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+            tile = tile.resize((size * ZOOM, size * ZOOM), Image.NEAREST)
+            draw = ImageDraw.Draw(tile)
+            for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+                box = [v * ZOOM for v in box]
+                draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 255, 0))
+                draw.text((box[0] + 1, max(0, box[1] - 11)), SHAPE_CLASSES[label], fill=(255, 255, 0))
+            tiles.append(tile)
+    side, gap = size * ZOOM, 4
+    sheet = Image.new("RGB", (count * side + (count - 1) * gap, 2 * side + gap), (255, 255, 255))
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % count) * (side + gap), (i // count) * (side + gap)))
+    return sheet.quantize(colors=128)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="folder holding shapes/ and lesions/")
@@ -70,6 +100,9 @@ def main() -> None:
             path = args.out / name / f"sample_{index}.png"
             draw(dataset, index).save(path, optimize=True)
             print(f"{path} ({path.stat().st_size // 1024} kB)")
+    path = args.out / "augment_yolo.png"
+    augment_preview().save(path, optimize=True)
+    print(f"{path} ({path.stat().st_size // 1024} kB)")
 
 
 if __name__ == "__main__":

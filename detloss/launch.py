@@ -19,13 +19,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict, read_write
 
-__all__ = ["job_overrides", "in_multirun", "relaunch_this_job_only", "hydra_flags", "fresh_distributed_state"]
+__all__ = [
+    "VALUE_FLAGS",
+    "job_overrides",
+    "in_multirun",
+    "relaunch_this_job_only",
+    "hydra_flags",
+    "fresh_distributed_state",
+]
 
 #: what Lightning's DDP launcher sets in the launching process (and never unsets)
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _ENV_AT_START = {key: os.environ.get(key) for key in _LAUNCH_ENV}
 #: Hydra's command-line flags that take a value and must reach the ranks Lightning starts
-_VALUE_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
+VALUE_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
 
 
 def job_overrides() -> list[str]:
@@ -66,7 +73,7 @@ def hydra_flags(args: Sequence[str]) -> list[str]:
             continue
         else:
             kept.append(arg)
-            take_next = arg in _VALUE_FLAGS
+            take_next = arg in VALUE_FLAGS
     return kept
 
 

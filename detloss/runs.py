@@ -1,7 +1,8 @@
-"""The record a run leaves in its directory: ``config.yaml``, ``metrics.json``, ``error.txt``; and the summary it
-prints, or the one line of a failure.
+"""The record a run leaves in its directory: ``config.yaml``, ``metrics.json``, ``error.txt``, the config and data
+description inside every checkpoint; and the summary it prints, or the one line of a failure.
 
-``metrics.json`` is what sweeps and ``detloss-report`` read, so a run's outcome can be known without a logger.
+``metrics.json`` is what sweeps and ``detloss-report`` read, so a run's outcome can be known without a logger; the
+checkpoints carry what ``detloss-eval`` and ``detloss-predict`` rebuild the run from (:mod:`detloss.config`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from .config import CHECKPOINT_CONFIG, CHECKPOINT_DATA
 from .launch import job_overrides
 
 __all__ = [
+    "ConfigInCheckpoint",
     "final_metrics",
+    "resolved_config",
     "save_config",
     "run_record",
     "write_metrics",
@@ -38,10 +42,28 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if torch.as_tensor(v).numel() == 1}
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config with every interpolation resolved, as plain containers (``config.yaml``, checkpoints)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 @rank_zero_only
 def save_config(cfg: DictConfig, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+class ConfigInCheckpoint(L.Callback):
+    """Store the run's resolved config (``checkpoint["detloss_config"]``) and what the model knows of its data
+    (``checkpoint["detloss_data"]``: :meth:`~detloss.data.base.DetectionDataModule.describe`) in every checkpoint,
+    so that ``detloss-eval`` and ``detloss-predict`` rebuild the run from the checkpoint alone."""
+
+    def __init__(self, config: dict[str, Any], data: dict[str, Any]) -> None:
+        self.config, self.data = config, data
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_CONFIG] = self.config
+        checkpoint[CHECKPOINT_DATA] = self.data
 
 
 def run_record(cfg: DictConfig, status: str, seconds: float) -> dict[str, Any]:

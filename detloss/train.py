@@ -1,9 +1,10 @@
 """``python -m detloss.train`` / ``detloss-train``: compose the config, build the parts, fit, record.
 
-Hydra composes ``configs/train.yaml`` with the command line; :func:`build` instantiates data, model, loss,
-criterion and task in that order (the model and criterion need the number of classes, which the data knows);
-:func:`train` fits and records the run (:mod:`detloss.runs`) and returns the final metrics; :func:`main` returns
-the optimised metric for sweepers. The DDP re-launch plumbing is in :mod:`detloss.launch`.
+Hydra composes ``configs/train.yaml`` (:mod:`detloss.config` says where the configs are) with the command line;
+:func:`build` instantiates the data, then :func:`build_task` model, loss, criterion and task in that order (the
+model and criterion need the number of classes, which the data knows); :func:`train` fits and records the run
+(:mod:`detloss.runs`; every checkpoint carries the resolved config) and returns the final metrics; :func:`main`
+returns the optimised metric for sweepers. The DDP re-launch plumbing is in :mod:`detloss.launch`.
 """
 
 from __future__ import annotations
@@ -13,79 +14,96 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from .config import CONFIG_DIR, CONFIG_SOURCE
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
-from .runs import failure_line, final_metrics, progress, save_config, summarise, write_failure, write_metrics
+from .runs import (
+    ConfigInCheckpoint,
+    failure_line,
+    final_metrics,
+    progress,
+    resolved_config,
+    save_config,
+    summarise,
+    write_failure,
+    write_metrics,
+)
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "configs")
+#: the folder of the shipped configs (kept under this name for the callers of earlier versions)
+CONFIG_PATH = str(CONFIG_DIR)
 
-# ``${detloss_or:a,b}``: ``a`` unless it is null, else ``b`` (``oc.select`` falls back for missing keys only);
-# configs/hydra/default.yaml uses it to put a run resumed with ``resume=RUN_DIR`` back into RUN_DIR.
-# ``${detloss_set:a}``: whether ``a`` is not null.
-if not OmegaConf.has_resolver("detloss_or"):
-    OmegaConf.register_new_resolver("detloss_or", lambda value, default: default if value is None else value)
-if not OmegaConf.has_resolver("detloss_set"):
-    OmegaConf.register_new_resolver("detloss_set", lambda value: value is not None)
+__all__ = ["build", "build_task", "geometry", "check_image_size", "make_trainer", "train", "main"]
 
-__all__ = ["build", "geometry", "check_image_size", "make_trainer", "train", "main"]
 
 log = logging.getLogger(__name__)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The DataModule and the task that ``cfg`` describes (the same steps for every task).
+def build(cfg: DictConfig, pretrained: bool = True) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The DataModule and the task that ``cfg`` describes (the same steps for every task); see :func:`build_task`.
 
     Raises:
         ValueError: ``data.image_size`` is not a multiple of the model's ``size_multiple`` (see
             :func:`check_image_size`), besides what the parts themselves raise.
     """
     datamodule = instantiate(cfg.data)
+    return datamodule, build_task(cfg, datamodule.describe(), pretrained)
+
+
+def build_task(cfg: DictConfig, data: Mapping[str, Any], pretrained: bool = True) -> L.LightningModule:
+    """Model, loss, criterion and task of ``cfg`` for data that ``data`` describes (a DataModule's ``describe()``,
+    or what a checkpoint keeps of it: ``class_names``, ``in_channels``, ``image_size``), without the data itself.
+
+    ``pretrained=False`` leaves out the model's ``pretrained`` weights (``model.pretrained``), for a model whose
+    weights come from a checkpoint next (evaluation, prediction).
+    """
+    num_classes = len(data["class_names"])
+    weights = {} if pretrained or cfg.model.get("pretrained") is None else {"pretrained": None}
     model = instantiate(
-        cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels, **geometry(cfg, datamodule)
+        cfg.model, num_classes=num_classes, in_channels=data["in_channels"], **weights, **geometry(cfg, data)
     )
-    check_image_size(datamodule, model)
-    criterion = instantiate(cfg.criterion, num_classes=datamodule.num_classes, loss=instantiate(cfg.loss))
-    task = instantiate(
+    check_image_size(data.get("image_size"), model)
+    criterion = instantiate(cfg.criterion, num_classes=num_classes, loss=instantiate(cfg.loss))
+    return instantiate(
         cfg.task,
         model=model,
         criterion=criterion,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        class_names=datamodule.class_names,
+        class_names=list(data["class_names"]),
     )
-    return datamodule, task
 
 
-def geometry(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict:
-    """What a 3D model learns from volumetric data: its ``spacing`` (the data's median, which the pooling is planned
-    for) and ``patch_size``, where the model config leaves them ``null``. Volumes with a model that takes neither
-    fail here, naming the model."""
-    if getattr(datamodule, "spacing", None) is None:
+def geometry(cfg: DictConfig, data: Mapping[str, Any]) -> dict:
+    """What a 3D model learns from volumetric data (``data``: a DataModule's ``describe()``): its ``spacing`` (the
+    data's median, which the pooling is planned for) and ``patch_size``, where the model config leaves them ``null``.
+    Volumes with a model that takes neither fail here, naming the model."""
+    if data.get("spacing") is None:
         return {}
     if "spacing" not in cfg.model or "patch_size" not in cfg.model:
         raise ValueError(
-            f"data={type(datamodule).__name__} holds volumes; its model must take spacing and patch_size (e.g. "
+            f"data of kind {data.get('kind')!r} holds volumes; its model must take spacing and patch_size (e.g. "
             f"model=unet3d), got {cfg.model.get('_target_')}"
         )
-    given = {"spacing": datamodule.spacing, "patch_size": datamodule.patch_size}
+    given = {"spacing": list(data["spacing"]), "patch_size": list(data["patch_size"])}
     return {key: value for key, value in given.items() if cfg.model.get(key) is None}
 
 
-def check_image_size(datamodule: L.LightningDataModule, model: nn.Module) -> None:
+def check_image_size(size: int | None, model: nn.Module) -> None:
     """Refuse a ``data.image_size`` that ``model`` cannot take, when the run is built rather than in the first
     forward: a model that needs image sides of a multiple says so with ``size_multiple`` (the YOLO detector: its
-    largest stride; the U-Net: ``2**depth``), a DataModule gives its ``image_size``; either missing, no check."""
-    size, multiple = getattr(datamodule, "image_size", None), getattr(model, "size_multiple", None)
+    largest stride; the U-Net: ``2**depth``), the data gives its ``image_size``; either missing, no check."""
+    multiple = getattr(model, "size_multiple", None)
     if size is None or multiple is None or size % multiple == 0:
         return
     lower, upper = size // multiple * multiple, (size // multiple + 1) * multiple
@@ -129,7 +147,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     out_dir = Path(cfg.paths.output_dir)
     relaunch_this_job_only(out_dir)
     datamodule, task = build(cfg)
-    trainer = make_trainer(cfg, callbacks)
+    record = ConfigInCheckpoint(resolved_config(cfg), datamodule.describe())
+    trainer = make_trainer(cfg, [*callbacks, *getattr(datamodule, "callbacks", []), record])
     save_config(cfg, out_dir)
     trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg))
     metrics, done = final_metrics(trainer), progress(trainer)
@@ -149,7 +168,7 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     return None if path is None else str(path)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train and return the optimised metric.
 

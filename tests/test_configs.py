@@ -31,6 +31,10 @@ SEGMENTATION = {
     "task": ("segmentation",),
     "criterion": ("segmentation",),
 }
+#: groups that only a config of another group puts in the defaults list: what chooses them
+REACHED_THROUGH = {"model_head": ["loss=yolo26"]}
+#: how a group placed in another package is named in an override
+OVERRIDE_KEY = {"model_head": "model_head@model"}
 #: the Hydra plugin that an option of these groups needs
 PLUGINS = {
     "hparams_search": "hydra_plugins.hydra_optuna_sweeper",
@@ -55,7 +59,8 @@ def test_the_shipped_groups_are_all_found():
 def test_every_shipped_config_composes_and_resolves(tmp_path, group, option):
     if group in PLUGINS:
         pytest.importorskip(PLUGINS[group], reason=f"{group}={option} needs a Hydra plugin")
-    overrides = [f"paths.output_dir={tmp_path}", f"{group}={option}"]
+    key = OVERRIDE_KEY.get(group, group)
+    overrides = [f"paths.output_dir={tmp_path}", *REACHED_THROUGH.get(group, []), f"{key}={option}"]
     if option in VOLUMETRIC.get(group, ()):
         overrides.insert(0, "task=volumetric")
     elif segmentation(group, option) and group != "task":
@@ -63,7 +68,7 @@ def test_every_shipped_config_composes_and_resolves(tmp_path, group, option):
     if group == "data":
         overrides += PATHS.get(option, [])
     cfg = compose_config(*overrides, return_hydra_config=True)
-    assert cfg.hydra.runtime.choices[group] == option
+    assert cfg.hydra.runtime.choices[key] == option
     # every value outside hydra resolves (the paths above are only strings); of hydra, what the option sets
     OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     hydra_part = {"hydra": ["run.dir", "sweep.dir"], "hydra/launcher": ["launcher"], "hparams_search": ["sweeper"]}

@@ -204,6 +204,8 @@ def test_unet_rejects_bad_options_and_sizes():
         {"num_classes": 2, "base_channels": 0},
         {"num_classes": 2, "norm": "layer"},
         {"num_classes": 2, "up": "nearest"},
+        {"num_classes": 2, "background_prior": 1.0},
+        {"num_classes": 1, "background_prior": 0.9},
     ):
         with pytest.raises(ValueError):
             UNet(**kwargs)
@@ -302,3 +304,10 @@ def test_models_say_what_their_image_sides_must_be_multiples_of():
     assert [UNet(num_classes=2, depth=d).size_multiple for d in (1, 4, 5)] == [2, 16, 32]
     with pytest.raises(ValueError, match="divisible by 16"):
         UNet(num_classes=2, depth=4)(torch.zeros(1, 1, 24, 24))
+
+
+def test_unet_background_prior_sets_the_softmax_of_the_heads_bias():
+    model = UNet(1, 11, base_channels=4, depth=2, background_prior=0.9)
+    probs = model.head.bias.softmax(0)
+    assert probs[0].item() == pytest.approx(0.9) and torch.allclose(probs[1:], torch.full((10,), 0.01))
+    assert UNet(1, 11, base_channels=4, depth=2).head.bias.abs().max() < 1  # PyTorch's default without it

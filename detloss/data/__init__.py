@@ -4,7 +4,8 @@ Detection samples are ``(image (3, H, W) float32 in [0, 1], {"boxes": (n, 4) flo
 int64})`` and batch as ``(images (B, 3, S, S), [targets])``; segmentation samples are ``(image (C, H, W),
 mask (H, W) int64)`` with ``ignore_index`` 255 and batch as ``(images (B, C, S, S), masks (B, S, S))``; volumes
 (:mod:`.nnunet`, :mod:`.patches`) are ``(image (C, D, H, W), {"labels": (D, H, W), "spacing": (3,)})``. Every
-DataModule exposes ``num_classes``, ``class_names``, ``in_channels`` and ``task`` right after ``__init__``.
+DataModule exposes ``num_classes``, ``class_names``, ``category_ids`` (the data's own id of each label), ``in_channels``
+and ``task`` right after ``__init__``, and ``describe()``, what a checkpoint keeps of the data for prediction.
 """
 
 from .base import DetectionDataModule, DetectionDataset, SegmentationDataModule, SegmentationDataset, read_image

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .collate import detection_collate, segmentation_collate
-from .transforms import apply_detection, apply_segmentation, one_thread
+from .transforms import PAD_VALUE, apply_detection, apply_segmentation, one_thread
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -84,6 +85,9 @@ class DetectionDataset(Dataset):
     """Base detection dataset: ``(image (3, H, W) float32 in [0, 1], {"boxes": (n, 4), "labels": (n,)})``.
 
     Subclasses implement ``__len__`` and ``load(index) -> (image, boxes (n, 4) float32 xyxy px, labels (n,) int64)``.
+    ``transforms`` takes a loaded sample (``(Image, {"boxes", "labels"})``, a v2 pipeline), or, when it has
+    ``uses_dataset = True`` (:class:`~detloss.data.augment.YoloAugment`, whose mosaic reads more samples), the
+    dataset and the index.
     """
 
     class_names: list[str]
@@ -100,6 +104,8 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of {len(self)} items")
+        if getattr(self.transforms, "uses_dataset", False):
+            return self.transforms(self, index % len(self))
         with one_thread():  # drawing / decoding and transforms of one sample
             image, boxes, labels = self.load(index % len(self))
             return apply_detection(self.transforms, image, boxes, labels)
@@ -178,11 +184,35 @@ class _DataModule(L.LightningDataModule):
         self.class_names: list[str] = []
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        #: callbacks the training needs for this data (the yolo augmentation's close-mosaic switch)
+        self.callbacks: list[L.Callback] = []
 
     @property
     def num_classes(self) -> int:
         """Number of classes (for segmentation it counts the background, class 0)."""
         return len(self.class_names)
+
+    @property
+    def category_ids(self) -> list:
+        """The data's own id of each contiguous label ``0..C-1``, which predictions are written with: label ``i`` is
+        id ``i`` for YOLO labels (the class index), mask folders (the mask value) and the generated data; a COCO
+        file's category ids for :class:`~detloss.data.CocoDataModule`."""
+        return list(range(self.num_classes))
+
+    def describe(self) -> dict[str, Any]:
+        """What a model trained on this data must know of it to predict without it (checkpoints carry it):
+        ``kind`` (the ``task``: ``"detection"``, ``"segmentation"``), ``class_names``, ``category_ids``,
+        ``in_channels``, ``image_size``, and how an image is brought to it (``resize``: ``"letterbox"`` or
+        ``"resize"``; ``fill``: the padding grey); segmentation adds ``ignore_index``."""
+        return {
+            "kind": self.task,
+            "class_names": list(self.class_names),
+            "category_ids": list(self.category_ids),
+            "in_channels": int(self.in_channels),
+            "image_size": getattr(self, "image_size", None),
+            "resize": self.resize,
+            "fill": float(self.fill),
+        }
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None = None, batch_size: int | None = None) -> DataLoader:
         return DataLoader(
@@ -217,6 +247,18 @@ class DetectionDataModule(_DataModule):
     task = "detection"
     collate_fn = staticmethod(detection_collate)
     in_channels = 3
+    resize, fill = "letterbox", PAD_VALUE  # what the validation transforms do to an image
+
+    def train_transforms(self, augment: str | bool, close_mosaic: int = 10, **options):
+        """The training transforms of ``augment`` (:func:`~detloss.data.augment.detection_train_transforms`:
+        ``none``, ``light``, ``yolo``; ``options`` are theirs); with ``yolo``, :attr:`callbacks` gets the switch
+        that turns the mosaic off for the last ``close_mosaic`` epochs."""
+        from .augment import CloseMosaic, YoloAugment, detection_train_transforms
+
+        transforms = detection_train_transforms(augment, self.image_size, **options)
+        if isinstance(transforms, YoloAugment) and close_mosaic:
+            self.callbacks = [CloseMosaic(transforms, close_mosaic)]
+        return transforms
 
 
 class SegmentationDataModule(_DataModule):
@@ -224,8 +266,12 @@ class SegmentationDataModule(_DataModule):
 
     task = "segmentation"
     collate_fn = staticmethod(segmentation_collate)
+    resize, fill = "letterbox", 0.0  # what the validation transforms do to an image (a subclass may change them)
 
     def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False, ignore_index: int = 255):
         super().__init__(batch_size, num_workers, pin_memory)
         self.ignore_index = int(ignore_index)
         self.in_channels = 1
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"ignore_index": self.ignore_index}

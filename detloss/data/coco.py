@@ -155,8 +155,10 @@ class CocoDetection(DetectionDataset):
 class CocoDataModule(DetectionDataModule):
     """Train / val COCO datasets, letterboxed to ``image_size``.
 
-    ``augment`` turns on the training augmentations of :func:`detection_transforms` (colour ``jitter``,
-    ``hflip``, random zoom ``scale`` with shift ``translate``). ``class_names`` and ``num_classes`` come from the
+    ``augment`` chooses the training augmentations (:mod:`detloss.data.augment`): ``yolo`` (the default: mosaic
+    with probability ``mosaic``, turned off for the last ``close_mosaic`` epochs; zoom ``scale``, shift
+    ``translate``; HSV gains ``hsv``; flip ``hflip``), ``light`` (colour ``jitter``, ``hflip``, zoom ``scale`` with
+    shift ``translate``) or ``none``. ``class_names`` and ``num_classes`` come from the
     training file's categories; the validation file must declare the same category ids.
     """
 
@@ -170,17 +172,19 @@ class CocoDataModule(DetectionDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
-        augment: bool = True,
+        augment: str | bool = "yolo",
         hflip: float = 0.5,
         jitter: float = 0.2,
         scale: tuple[float, float] | None = (0.5, 1.5),
         translate: float = 0.1,
+        mosaic: float = 1.0,
+        close_mosaic: int = 10,
+        hsv: tuple[float, float, float] = (0.015, 0.7, 0.4),
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory)
         self.image_size = int(image_size)
-        train_tf = detection_transforms(
-            image_size, augment, hflip=hflip, jitter=jitter, scale=scale, translate=translate
-        )
+        options = dict(hflip=hflip, jitter=jitter, scale=scale, translate=translate, mosaic=mosaic, hsv=hsv)
+        train_tf = self.train_transforms(augment, close_mosaic, **options)
         self.train_dataset = CocoDetection(train_images, train_annotations, train_tf)
         self.val_dataset = CocoDetection(val_images, val_annotations, detection_transforms(image_size, False))
         train_ds, val_ds = self.train_dataset, self.val_dataset
@@ -190,3 +194,8 @@ class CocoDataModule(DetectionDataModule):
                 f"{train_ds.annotation_file}: {train_ds.category_ids}"
             )
         self.class_names = list(train_ds.class_names)
+
+    @property
+    def category_ids(self) -> list:
+        """The training file's category ids, in the order of the contiguous labels (sorted)."""
+        return list(self.train_dataset.category_ids)

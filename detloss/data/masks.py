@@ -163,6 +163,7 @@ class MaskDataModule(SegmentationDataModule):
         if in_channels is None:
             in_channels = _guess_channels(self.root / "images" / train_split)
         self.in_channels = int(in_channels)
+        self.resize, self.fill = mode, float(fill)
         common = dict(mode=mode, ignore_index=ignore_index, fill=fill)
         train_tf = segmentation_transforms(
             image_size, augment, hflip=hflip, vflip=vflip, rotate=rotate, jitter=jitter, **common

@@ -32,6 +32,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -284,6 +285,7 @@ class NnUNetDataModule(_DataModule):
     task = "volumetric"
     collate_fn = staticmethod(volume_collate)
     val_batch_size = 1  # whole volumes, of any size
+    resize, fill = "none", 0.0  # volumes keep their size: validation and prediction slide windows over them
 
     def __init__(
         self,
@@ -321,3 +323,12 @@ class NnUNetDataModule(_DataModule):
             self.source, self.train_cases, patch_size, patches_per_epoch, foreground_fraction, augment, ignore_index
         )
         self.val_dataset = VolumeDataset(self.source, self.val_cases)
+
+    def describe(self) -> dict[str, Any]:
+        """The base's description and what a 3D model is planned for: ``spacing`` (the training cases' median, mm,
+        ``(D, H, W)``), ``patch_size`` (the sliding window), ``ignore_index``."""
+        return super().describe() | {
+            "spacing": [float(v) for v in self.spacing],
+            "patch_size": list(self.patch_size),
+            "ignore_index": self.ignore_index,
+        }

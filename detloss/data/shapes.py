@@ -230,9 +230,10 @@ class ShapesDataset(DetectionDataset):
 class ShapesDataModule(DetectionDataModule):
     """Train / val splits of :class:`ShapesDataset` (independent streams of the same ``seed``).
 
-    ``augment`` adds colour jitter (``jitter``; no hue shift, the generator already draws every hue) and horizontal
-    flips (``hflip``) to the training images; the random zoom of :func:`detection_transforms` is off unless
-    ``scale`` is given, the generator already varies sizes and positions. Attributes: ``num_classes`` (5),
+    ``augment="light"`` (the default) adds colour jitter (``jitter``; no hue shift, the generator already draws
+    every hue) and horizontal flips (``hflip``) to the training images; the random zoom of
+    :func:`detection_transforms` is off unless ``scale`` is given, the generator already varies sizes and
+    positions. ``"yolo"`` and ``"none"`` as for :class:`~detloss.data.CocoDataModule`. Attributes: ``num_classes`` (5),
     ``class_names``, ``in_channels`` (3), ``task``.
     """
 
@@ -245,10 +246,12 @@ class ShapesDataModule(DetectionDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
-        augment: bool = True,
+        augment: str | bool = "light",
         hflip: float = 0.5,
         jitter: float = 0.2,
         scale: tuple[float, float] | None = None,
+        mosaic: float = 1.0,
+        close_mosaic: int = 10,
         max_objects: int = 8,
         p_empty: float = 0.1,
         min_size: float = 10.0,
@@ -262,7 +265,8 @@ class ShapesDataModule(DetectionDataModule):
         options = dict(
             max_objects=max_objects, p_empty=p_empty, min_size=min_size, max_size=max_size, noise=noise, clutter=clutter
         )
-        train_tf = detection_transforms(image_size, train=augment, hflip=hflip, jitter=jitter, hue=0.0, scale=scale)
+        augment_options = dict(hflip=hflip, jitter=jitter, hue=0.0, scale=scale, mosaic=mosaic)
+        train_tf = self.train_transforms(augment, close_mosaic, **augment_options)
         val_tf = detection_transforms(image_size, train=False)
         self.train_dataset = ShapesDataset(num_train, image_size, seed, split="train", transforms=train_tf, **options)
         self.val_dataset = ShapesDataset(num_val, image_size, seed, split="val", transforms=val_tf, **options)

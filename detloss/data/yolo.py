@@ -145,8 +145,8 @@ class YoloDetection(DetectionDataset):
 class YoloDataModule(DetectionDataModule):
     """Train / val splits of a YOLO folder ``root``, letterboxed to ``image_size``.
 
-    ``class_names`` / ``num_classes`` come from ``root/data.yaml`` at construction. ``augment`` turns on the
-    training augmentations of :func:`detection_transforms` (``jitter``, ``hflip``, zoom ``scale``, ``translate``).
+    ``class_names`` / ``num_classes`` come from ``root/data.yaml`` at construction. ``augment`` chooses the
+    training augmentations, ``yolo`` by default, as for :class:`~detloss.data.CocoDataModule`.
     """
 
     def __init__(
@@ -156,11 +156,14 @@ class YoloDataModule(DetectionDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
-        augment: bool = True,
+        augment: str | bool = "yolo",
         hflip: float = 0.5,
         jitter: float = 0.2,
         scale: tuple[float, float] | None = (0.5, 1.5),
         translate: float = 0.1,
+        mosaic: float = 1.0,
+        close_mosaic: int = 10,
+        hsv: tuple[float, float, float] = (0.015, 0.7, 0.4),
         train_split: str = "train",
         val_split: str = "val",
     ) -> None:
@@ -169,9 +172,8 @@ class YoloDataModule(DetectionDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"YOLO dataset root not found: {self.root}")
         self.class_names = read_yolo_names(self.root / "data.yaml")
-        train_tf = detection_transforms(
-            image_size, augment, hflip=hflip, jitter=jitter, scale=scale, translate=translate
-        )
+        options = dict(hflip=hflip, jitter=jitter, scale=scale, translate=translate, mosaic=mosaic, hsv=hsv)
+        train_tf = self.train_transforms(augment, close_mosaic, **options)
         self.train_dataset = self._split(train_split, train_tf)
         self.val_dataset = self._split(val_split, detection_transforms(image_size, False))
 

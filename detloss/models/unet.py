@@ -74,6 +74,11 @@ class UNet(nn.Module):
         depth: number of downsamplings (H and W must be divisible by ``2**depth``).
         norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (then the convs carry a bias).
         up: ``"transpose"`` (2×2 transposed conv) or ``"bilinear"``.
+        background_prior: the softmax probability of class 0 (the background) at initialisation, the rest shared
+            evenly by the other classes, set through the bias of the 1×1 head (the prior of RetinaNet's and
+            YOLO's class heads); ``None`` leaves PyTorch's default initialisation (logits near 0, each class
+            ``1/C``). Most pixels are background; starting at ``1/C`` the optimiser spends its first hundreds of
+            steps learning only that (README, "The 2D segmentation recipe on a user's data").
 
     ``forward(images [B, in_channels, H, W]) → logits [B, C, H, W]``, H and W multiples of ``size_multiple``
     (``2**depth``).
@@ -87,6 +92,7 @@ class UNet(nn.Module):
         depth: int = 4,
         norm: str | None = "batch",
         up: str = "transpose",
+        background_prior: float | None = None,
     ):
         super().__init__()
         if num_classes is None:
@@ -102,6 +108,10 @@ class UNet(nn.Module):
             raise ValueError(f"norm must be one of {NORMS} (or None), got {norm!r}")
         if up not in UPSAMPLINGS:
             raise ValueError(f"up must be one of {UPSAMPLINGS}, got {up!r}")
+        if background_prior is not None and not (0 < background_prior < 1 and num_classes > 1):
+            raise ValueError(
+                f"background_prior must lie in (0, 1), with num_classes > 1, got {background_prior!r} and {num_classes}"
+            )
         self.depth = depth
         #: what the image height and width must be multiples of: ``2**depth``, one halving per downsampling
         self.size_multiple = 2**depth
@@ -114,6 +124,10 @@ class UNet(nn.Module):
             Up(channels[i], channels[i - 1], channels[i - 1], up, norm) for i in range(depth, 0, -1)
         )
         self.head = nn.Conv2d(channels[0], num_classes, 1)
+        if background_prior is not None:
+            with torch.no_grad():
+                self.head.bias.fill_(math.log((1 - background_prior) / (num_classes - 1)))
+                self.head.bias[0] = math.log(background_prior)
 
     def forward(self, images: Tensor) -> Tensor:
         """``images [B, in_channels, H, W]`` → logits ``[B, C, H, W]``."""

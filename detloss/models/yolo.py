@@ -23,12 +23,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..detection.postprocess import postprocess
 from ..losses._utils import check_number
+from .pretrained import UltralyticsWeights, read_ultralytics
 
 __all__ = ["YOLODetector"]
 
@@ -129,6 +131,9 @@ class YOLODetector(nn.Module):
         max_channels: cap on the base widths before ``width`` applies.
         strides: the strides of the three output levels; the layout makes them (8, 16, 32), and the configs read
             them from here (``criterion.strides: ${model.strides}``), so this is their one source.
+        cls_hidden: width of the class branches; ``None``: YOLOv8's ``max(C3, min(num_classes, 100))``.
+        pretrained: an Ultralytics YOLOv8 checkpoint to start from (``model.pretrained=yolov8n.pt``; see
+            :meth:`load_ultralytics`); its layout must be this model's, and ``cls_hidden`` defaults to its.
 
     The presets are configs: ``configs/model/yolo_nano.yaml`` (width 0.25, depth 0.33; YOLOv8n: 3.16 M parameters
     at 80 classes) and ``yolo_small.yaml`` (width 0.5; YOLOv8s: 11.2 M).
@@ -148,8 +153,13 @@ class YOLODetector(nn.Module):
         max_channels: int = 1024,
         strides: Sequence[int] = STRIDES,
         end2end: bool = False,
+        cls_hidden: int | None = None,
+        pretrained: str | None = None,
     ):
         super().__init__()
+        weights = read_ultralytics(pretrained) if pretrained else None
+        if cls_hidden is None and weights is not None:
+            cls_hidden = weights.cls_hidden
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("max_channels", max_channels)):
             check_number(name, value, integer=True, ge=1)
         check_number("reg_max", reg_max, integer=True, ge=1)
@@ -160,7 +170,7 @@ class YOLODetector(nn.Module):
         self.num_classes, self.reg_max, self.strides, self.end2end = num_classes, reg_max, STRIDES, bool(end2end)
         #: what the image height and width must be multiples of: the largest stride
         self.size_multiple = max(STRIDES)
-        self.width, self.depth = float(width), float(depth)
+        self.width, self.depth, self.in_channels = float(width), float(depth), int(in_channels)
 
         c1, c2, c3, c4, c5 = (scale_channels(c, width, max_channels) for c in (64, 128, 256, 512, 1024))
         n1, n2, n3, n4, n_neck = (scale_depth(n, depth) for n in (3, 6, 6, 3, 3))
@@ -184,13 +194,64 @@ class YOLODetector(nn.Module):
 
         # decoupled head, one per level
         box_hidden = max(16, c3 // 4, 4 * reg_max)
-        cls_hidden = max(c3, min(num_classes, 100))
+        cls_hidden = max(c3, min(num_classes, 100)) if cls_hidden is None else cls_hidden
+        check_number("cls_hidden", cls_hidden, integer=True, ge=1)
         self.box_heads = nn.ModuleList(head_branch(c, box_hidden, 4 * reg_max) for c in self.channels)
         self.cls_heads = nn.ModuleList(head_branch(c, cls_hidden, num_classes) for c in self.channels)
         if self.end2end:
             self.one2one_box_heads = copy.deepcopy(self.box_heads)
             self.one2one_cls_heads = copy.deepcopy(self.cls_heads)
         self.reset_head_bias()
+        if weights is not None:
+            self.load_ultralytics(weights)
+
+    @classmethod
+    def from_ultralytics(cls, path: str | Path, num_classes: int | None = None, **kwargs) -> YOLODetector:
+        """The detector of an Ultralytics YOLOv8 checkpoint (``yolov8n.pt``, ``yolov8s.pt``, ...), its weights loaded.
+
+        Reading the file needs ``ultralytics`` (``pip install "detloss[pretrained]"``). ``num_classes``: ``None``
+        keeps the checkpoint's (80 for COCO); another count re-initialises the last layer of every class branch
+        (see :meth:`load_ultralytics`). ``kwargs`` go to the constructor (e.g. ``end2end``).
+        """
+        weights = read_ultralytics(path)
+        count = weights.num_classes if num_classes is None else num_classes
+        model = cls(num_classes=count, **weights.layout(), **kwargs)
+        model.load_ultralytics(weights)
+        return model
+
+    @torch.no_grad()
+    def load_ultralytics(self, weights: UltralyticsWeights | str | Path) -> None:
+        """Copy an Ultralytics YOLOv8 checkpoint's weights (:func:`~detloss.models.pretrained.read_ultralytics`) in.
+
+        Every weight and buffer of the checkpoint goes to the module of the same place in the layout; when the
+        class counts differ, the last convolution of each class branch keeps its fresh initialisation (bias at
+        the prior of :meth:`reset_head_bias`). An end-to-end model's one-to-one head starts as a copy of the
+        loaded head.
+
+        Raises:
+            ValueError: the checkpoint's layout is not this model's (naming both), or a tensor does not fit.
+        """
+        if not isinstance(weights, UltralyticsWeights):
+            weights = read_ultralytics(weights)
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("one2one_")}
+        fresh = set()
+        if weights.num_classes != self.num_classes:
+            fresh = {f"cls_heads.{i}.2.{p}" for i in range(len(self.strides)) for p in ("weight", "bias")}
+        wanted, given = set(own) - fresh, set(weights.state) - fresh
+        mine = {"width": self.width, "depth": self.depth, "reg_max": self.reg_max, "in_channels": self.in_channels}
+        mismatch = sorted(wanted ^ given) or [k for k in sorted(wanted) if own[k].shape != weights.state[k].shape]
+        if mismatch:
+            raise ValueError(
+                f"model.pretrained: {weights.path} does not fit this detector ({mine}, cls_hidden "
+                f"{self.cls_heads[0][0][0].out_channels}); its layout is {weights.layout()} (first difference: "
+                f"{mismatch[0]}); choose the model config of its size (yolov8n: model=yolo_nano, yolov8s: "
+                "model=yolo_small)"
+            )
+        for name in wanted:
+            own[name].copy_(weights.state[name])
+        if self.end2end:
+            self.one2one_box_heads.load_state_dict(self.box_heads.state_dict())
+            self.one2one_cls_heads.load_state_dict(self.cls_heads.state_dict())
 
     def heads(self) -> dict[str, tuple[nn.ModuleList, nn.ModuleList]]:
         """The (box, class) branches of each head: ``one2many``, and ``one2one`` with ``end2end``."""

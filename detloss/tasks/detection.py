@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,9 +37,10 @@ def pad_to_equal_image_counts(metric: MeanAveragePrecision) -> None:
 def check_heads(model: nn.Module, criterion: Criterion) -> None:
     """Refuse a model whose heads the criterion does not train, when the run is built: an end-to-end model (two
     heads) needs :class:`~detloss.detection.EndToEndCriterion` (``loss=yolo26``), a one-head model the YOLOv8
-    criterion; and both must agree on ``reg_max``. Models without ``heads()`` / ``reg_max`` are not checked."""
+    criterion; and both must agree on ``reg_max``. Models without a ``heads()`` method / ``reg_max`` are not
+    checked."""
     heads = getattr(model, "heads", None)
-    if callable(heads):
+    if inspect.ismethod(heads):  # YOLODetector.heads(); a user's model may hold a module of that name
         have, want = set(heads()), set(HEADS) if isinstance(criterion, EndToEndCriterion) else {"one2many"}
         if have != want:
             raise ValueError(

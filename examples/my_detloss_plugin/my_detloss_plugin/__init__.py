@@ -1,0 +1,8 @@
+"""A user's own parts for detloss: a loss term (:mod:`.losses`) and a detector (:mod:`.models`), and beside the
+package a config folder (``configs/``) that adds them to detloss's config groups. See detloss's README, "Use your
+own model and loss"."""
+
+from .losses import CenterDistanceLoss, center_distance_loss
+from .models import TinyDetector
+
+__all__ = ["CenterDistanceLoss", "center_distance_loss", "TinyDetector"]

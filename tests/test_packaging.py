@@ -1,0 +1,89 @@
+"""The wheel, as a user installs it: built from the source, installed without ``-e`` into a fresh environment, and
+its entry points run from a directory that holds nothing of the checkout (what CI checks, through ``make test``).
+
+The environment reuses this one's packages (``--system-site-packages``: torch and the rest are not downloaded
+again) and the wheel is built without build isolation, so nothing is downloaded at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: what a wheel is built from (the rest of the checkout stays out, so the wheel cannot lean on it)
+SOURCES = ("pyproject.toml", "README.md", "detloss", "configs")
+
+
+def listed_packages() -> list[str]:
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+
+
+def test_every_package_of_detloss_is_listed_in_pyproject():
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "detloss").rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert found | {"detloss.configs"} == set(listed_packages())
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without anything that would put the checkout on the path."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+def run(*cmd, cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A fresh virtual environment with the wheel installed (not editable); its ``bin`` folder and environment."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    source.mkdir()
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, source / name)
+    env = clean_env()
+    run(sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist",
+        cwd=source, env=env)  # fmt: skip
+    wheel = next((tmp / "dist").glob("detloss-*.whl"))
+    venv.create(tmp / "env", system_site_packages=True, with_pip=True)
+    bin_dir = tmp / "env" / "bin"
+    run(bin_dir / "python", "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", wheel, cwd=tmp, env=env)
+    return bin_dir, env
+
+
+def test_the_wheel_carries_the_configs_and_its_entry_points_run_from_anywhere(installed, tmp_path):
+    bin_dir, env = installed
+    where = run(bin_dir / "python", "-c", "import detloss, detloss.config as c; print(detloss.__file__); "
+                "print(c.CONFIG_SOURCE); print(c.CONFIG_DIR)", cwd=tmp_path, env=env).stdout.split()  # fmt: skip
+    assert Path(where[0]).is_relative_to(bin_dir.parent), where  # the wheel's detloss, not the checkout's
+    assert where[1] == "pkg://detloss.configs" and (Path(where[2]) / "loss" / "yolo.yaml").is_file()
+
+    run(bin_dir / "detloss-train", "++trainer.fast_dev_run=true", "data.num_train=16", "data.num_val=8",
+        "data.image_size=64", "callbacks=none", "logger=none", "hydra.run.dir=run", cwd=tmp_path, env=env)  # fmt: skip
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "ok" and "val/map_50" in record["metrics"]
+    for entry in ("detloss-eval", "detloss-predict"):  # Hydra's help composes the config and lists the groups
+        shown = run(bin_dir / entry, "--help", cwd=tmp_path, env=env).stdout
+        assert "== Configuration groups ==" in shown and "yolo_vfl" in shown and "ckpt_path" in shown, shown
+    assert "usage" in run(bin_dir / "detloss-report", "--help", cwd=tmp_path, env=env).stdout
+    assert not (tmp_path / "outputs").exists()
