@@ -42,7 +42,7 @@ __all__ = ["LESION3D_LABELS", "CHANNELS", "generate_case", "generate_lesions3d",
 
 LESION3D_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "enhancing": 3}
 CHANNELS = {"0": "FLAIR", "1": "T1ce"}
-VERSION = 1  # part of the cache key: bump when the drawing changes
+VERSION = 2  # part of the cache key: bump when the drawing changes (2: necrosis of BraTS-like size)
 #: intensities (FLAIR, T1ce) before texture, bias and noise
 TISSUE = {"brain": (0.35, 0.40), "ventricle": (0.12, 0.15), "edema": (0.75, 0.33)}
 TISSUE |= {"enhancing": (0.62, 0.85), "necrosis": (0.50, 0.12), "vessel": (0.40, 0.80)}
@@ -117,7 +117,7 @@ def generate_case(
         rho = np.sqrt(sum(((grid[a] - centre[a]) / axes[a]) ** 2 for a in range(3)))
         rho = rho + 1.2 * _smooth(rng, shape, cells)  # lobulated contour
         r_tc = r_wt * rng.uniform(0.55, 0.70)
-        r_ncr = r_tc * rng.uniform(0.45, 0.60)
+        r_ncr = r_tc * rng.uniform(0.60, 0.75)  # necrosis about a third of the core, as in BraTS
         whole, core, necrotic = (_soft(r - rho) for r in (r_wt, r_tc, r_ncr))
         regions = {"edema": whole - core, "enhancing": core - necrotic, "necrosis": necrotic}
         for c in range(2):
