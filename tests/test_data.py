@@ -201,6 +201,19 @@ def test_coco_labels_crowds_and_empty_images(tmp_path):
     assert ds[2][1]["boxes"].shape == (0, 4) and ds[2][1]["labels"].shape == (0,)
 
 
+def test_coco_dataset_keeps_flat_arrays_not_the_index(tmp_path):
+    # what a forked loader worker shares with the main process: a few numpy arrays, no per-image Python objects
+    # (which reference counting and the garbage collector would copy into every worker) and no pycocotools index
+    images, annotations = make_coco(tmp_path)
+    ds = CocoDetection(images, annotations)
+    assert not hasattr(ds, "coco")
+    arrays = (ds.files, ds.boxes, ds.labels, ds.offsets)
+    assert all(isinstance(a, np.ndarray) and a.dtype != object for a in arrays)
+    assert ds.offsets.tolist() == [0, 2, 3, 3] and ds.boxes.shape == (3, 4)
+    ds[0][1]["boxes"][0, 0] = -1.0  # a sample is a copy: the stored boxes stay as they were
+    assert ds.boxes[0, 0] == 4.0
+
+
 def test_coco_datamodule_batch(tmp_path):
     train = make_coco(tmp_path, "train")
     val = make_coco(tmp_path, "val")

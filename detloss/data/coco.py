@@ -106,8 +106,16 @@ class CocoDetection(DetectionDataset):
         transforms: v2 pipeline applied to each sample (e.g. :func:`detection_transforms`).
 
     Attributes:
-        coco: the ``pycocotools`` index; ``category_ids`` (sorted) and ``class_names`` (same order);
-        ``cat_to_label``: category id -> contiguous label; ``image_ids``: image id of each index, file order.
+        ``category_ids`` (sorted) and ``class_names`` (same order); ``cat_to_label``: category id -> contiguous
+        label; ``image_ids``: image id of each index, file order.
+
+    Memory: the dataset keeps what ``load`` reads and nothing else, in a few flat numpy arrays (file names, all
+    boxes and labels, and each image's offset into them), not the ``pycocotools`` index of the whole file (its
+    JSON, segmentation polygons included, is dropped once read) nor a Python object per image. Loader workers
+    are forked from the main process and share its pages until they write to them; Python writes to an object
+    whenever it touches it (reference counts, the garbage collector's pass over every container), so per-image
+    lists and dicts end up copied into every worker, while a numpy array is one object whatever its length
+    (README, "Where the time goes": memory).
     """
 
     def __init__(self, image_dir: str | Path, annotation_file: str | Path, transforms: Callable | None = None):
@@ -115,38 +123,54 @@ class CocoDetection(DetectionDataset):
         self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"COCO image directory not found: {self.image_dir}")
-        self.coco = load_coco(self.annotation_file)
-        self.category_ids = sorted(self.coco.cats)
+        coco = load_coco(self.annotation_file)
+        self.category_ids = sorted(coco.cats)
         self.cat_to_label = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
-        self.class_names = [str(self.coco.cats[c].get("name", c)) for c in self.category_ids]
-        self.image_ids = [img["id"] for img in self.coco.dataset["images"]]
-        self.paths: list[Path] = []
-        self.targets: list[tuple[np.ndarray, np.ndarray]] = []
+        self.class_names = [str(coco.cats[c].get("name", c)) for c in self.category_ids]
+        self.image_ids = [img["id"] for img in coco.dataset["images"]]
+        files, boxes, labels, counts = [], [], [], []
         for image_id in self.image_ids:
-            path = self.image_dir / self.coco.imgs[image_id]["file_name"]
-            if not path.is_file():
+            name = coco.imgs[image_id]["file_name"]
+            if not (self.image_dir / name).is_file():
+                path = self.image_dir / name
                 raise FileNotFoundError(f"{self.annotation_file}: image {image_id} file not found: {path}")
-            self.paths.append(path)
-            self.targets.append(self._target(image_id))
+            files.append(name)
+            kept = self._target(coco, image_id)
+            boxes += kept[0]
+            labels += kept[1]
+            counts.append(len(kept[1]))
+        self.files = np.array(files, dtype=str)  # fixed-width, one buffer
+        self.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
 
-    def _target(self, image_id) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes ``(n, 4)`` xyxy and labels ``(n,)`` of one image, crowds and boxes of zero width or height left
-        out (:func:`load_coco` refused negative ones)."""
+    def _target(self, coco: COCO, image_id) -> tuple[list, list]:
+        """Boxes xyxy and labels of one image, crowds and boxes of zero width or height left out
+        (:func:`load_coco` refused negative ones)."""
         boxes, labels = [], []
-        for ann in self.coco.imgToAnns.get(image_id, []):
+        for ann in coco.imgToAnns.get(image_id, []):
             x, y, w, h = ann["bbox"]
             if ann.get("iscrowd", 0) or w <= 0 or h <= 0:
                 continue
             boxes.append((x, y, x + w, y + h))
             labels.append(self.cat_to_label[ann["category_id"]])
-        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+        return boxes, labels
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
+
+    def path(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        return self.image_dir / str(self.files[index])
+
+    def target(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes ``(n, 4)`` xyxy and labels ``(n,)`` of sample ``index`` (views into the flat arrays)."""
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return self.boxes[start:end], self.labels[start:end]
 
     def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        image = read_image(self.paths[index], channels=3)
-        boxes, labels = self.targets[index]
+        image = read_image(self.path(index), channels=3)
+        boxes, labels = (a.copy() for a in self.target(index))
         height, width = image.shape[-2:]
         boxes, keep = clamp_boxes(torch.from_numpy(boxes), width, height)  # drops boxes that lay outside the image
         return image, boxes[keep], torch.from_numpy(labels)[keep]
