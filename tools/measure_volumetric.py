@@ -126,7 +126,8 @@ def part_inference(device_name: str) -> None:
     device = torch.device(device_name)
     spacing, roi = tuple(cfg.data.spacing), tuple(cfg.data.patch_size)
     model = instantiate(cfg.model, num_classes=CLASSES, in_channels=CHANNELS, spacing=spacing, patch_size=roi)
-    task = instantiate(cfg.task, model=model.to(device).eval(), criterion=None, optimizer=None)
+    criterion = instantiate(cfg.criterion, num_classes=CLASSES, loss=instantiate(cfg.loss))
+    task = instantiate(cfg.task, model=model.to(device).eval(), criterion=criterion, optimizer=None)
     shape = (160, 256, 256)
     volume = torch.randn(1, CHANNELS, *shape, device=device)
     with torch.no_grad():
