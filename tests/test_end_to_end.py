@@ -260,3 +260,21 @@ def test_the_sparse_and_the_dense_assignment_agree(topk2, num_gt):
         got[pairs] = (a.fg_mask(3, points.shape[0]), a.target_scores(3, NUM_CLASSES, points.shape[0]))
     assert torch.equal(got["dense"][0], got["sparse"][0]) and got["dense"][0].any()
     torch.testing.assert_close(got["dense"][1], got["sparse"][1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_criteria_compute_on_one_thread_on_cpu_and_restore_the_count(monkeypatch):
+    """Their many small ops run on one intra-op thread on the CPU (README, "The detection criterion": a 2-thread
+    fork/join per op costs many times the work on a busy machine), and the caller's thread count comes back."""
+    import detloss.detection.criterion as module
+
+    seen = []
+    normaliser = module._normaliser
+    monkeypatch.setattr(module, "_normaliser", lambda s: seen.append(torch.get_num_threads()) or normaliser(s))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        EndToEndCriterion(NUM_CLASSES)(heads(), boxes())
+        assert seen == [1, 1] and torch.get_num_threads() == 2  # one normaliser per head
+    finally:
+        torch.set_num_threads(threads)
+    assert DetectionCriterion.single_thread_on_cpu and EndToEndCriterion.single_thread_on_cpu

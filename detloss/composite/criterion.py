@@ -15,12 +15,13 @@ they depend on its arguments: one set per scale under deep supervision) and impl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..losses._utils import check_number
+from ..threads import one_thread
 from .loss import CompositeLoss, LossOutput, View
 
 __all__ = ["Criterion"]
@@ -53,5 +54,25 @@ class Criterion(nn.Module):
         """The views of one batch, by name (a subset of :attr:`views` is allowed where terms do not need all)."""
         raise NotImplementedError
 
+    #: compute on one intra-op thread when the outputs are on the CPU (:func:`detloss.threads.one_thread`): for
+    #: criteria of many small ops (the detection criteria), whose thread fork/join costs more than it gains on an idle
+    #: machine and many times the work on a busy one (README, "The detection criterion")
+    single_thread_on_cpu: bool = False
+
     def forward(self, outputs: Any, targets: Any) -> LossOutput:
+        if self.single_thread_on_cpu and _first_tensor(outputs).device.type == "cpu":
+            with one_thread():
+                return self.loss(self.build_views(outputs, targets))
         return self.loss(self.build_views(outputs, targets))
+
+
+def _first_tensor(outputs: Any) -> Tensor:
+    """The first tensor of a model's outputs: a tensor, or nested sequences and mappings of them."""
+    while not isinstance(outputs, Tensor):
+        if isinstance(outputs, Mapping):
+            outputs = next(iter(outputs.values()))
+        elif isinstance(outputs, Sequence) and len(outputs) > 0:
+            outputs = outputs[0]
+        else:
+            raise ValueError(f"the model's outputs hold no tensor: {type(outputs).__name__}")
+    return outputs

@@ -38,7 +38,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .transforms import PAD_VALUE, Letterbox, detection_transforms, one_thread
+from ..threads import one_thread
+from .transforms import PAD_VALUE, Letterbox, detection_transforms
 
 __all__ = ["AUGMENTS", "YoloAugment", "CloseMosaic", "KeepVisibleBoxes", "detection_train_transforms"]
 

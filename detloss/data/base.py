@@ -20,8 +20,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..threads import one_thread
 from .collate import detection_collate, segmentation_collate
-from .transforms import PAD_VALUE, apply_detection, apply_segmentation, one_thread
+from .transforms import PAD_VALUE, apply_detection, apply_segmentation
 
 __all__ = [
     "IMAGE_EXTENSIONS",

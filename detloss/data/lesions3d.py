@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..threads import one_thread
 from .nnunet import NnUNetDataModule
-from .transforms import one_thread
 
 __all__ = ["LESION3D_LABELS", "CHANNELS", "generate_case", "generate_lesions3d", "Lesions3DDataModule"]
 

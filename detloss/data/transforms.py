@@ -12,14 +12,14 @@ hand plain tensors back, the form the datasets return.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-import torch
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from ..threads import one_thread
 
 __all__ = [
     "PAD_VALUE",
@@ -31,7 +31,6 @@ __all__ = [
     "segmentation_transforms",
     "apply_detection",
     "apply_segmentation",
-    "one_thread",
 ]
 
 PAD_VALUE = 114 / 255
@@ -173,24 +172,6 @@ def segmentation_transforms(
         if rotate > 0:
             ops.append(v2.RandomRotation(rotate, fill={tv_tensors.Image: fill, tv_tensors.Mask: ignore_index}))
     return v2.Compose(ops)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run per-sample tensor ops on one intra-op thread, then restore the thread count.
-
-    A sample's tensors are too small to gain from intra-op threads; in the main process (``num_workers=0``) the
-    threads' synchronisation costs 10-20x the work on a busy machine. DataLoader workers use one thread anyway.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def apply_detection(

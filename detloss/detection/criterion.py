@@ -211,6 +211,7 @@ class DetectionCriterion(Criterion):
     """
 
     views = frozenset({"box", "dist", "cls"})
+    single_thread_on_cpu = True
 
     def __init__(
         self,
@@ -277,6 +278,7 @@ class EndToEndCriterion(Criterion):
     """
 
     views = frozenset(f"{head}/{view}" for head in HEADS for view in ("box", "dist", "cls"))
+    single_thread_on_cpu = True
 
     def __init__(
         self,
