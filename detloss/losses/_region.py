@@ -61,14 +61,21 @@ class Counts(NamedTuple):
     mismatch: Tensor
 
 
-def region_stats(logits: Tensor, target: Tensor, o: RegionOptions, weight: Tensor | None, validate: bool) -> Counts:
-    """The soft :class:`Counts`, in the (float32 or float64) dtype of the maths; with ``validate`` the target
-    values and the weight are checked (one host sync)."""
+def checked_logits(logits: Tensor, target) -> Tensor:
+    """``logits`` as float ``(B, C, *spatial)``, and ``target`` a tensor: the shape checks every region and
+    distance loss makes first."""
     logits = as_float("logits", logits)
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if logits.ndim < 3:
         raise ValueError(f"logits must have shape (B, C, *spatial), got {tuple(logits.shape)}")
+    return logits
+
+
+def region_stats(logits: Tensor, target: Tensor, o: RegionOptions, weight: Tensor | None, validate: bool) -> Counts:
+    """The soft :class:`Counts`, in the (float32 or float64) dtype of the maths; with ``validate`` the target
+    values and the weight are checked (one host sync)."""
+    logits = checked_logits(logits, target)
     num_classes = logits.shape[1]
     if o.mode == "binary" and num_classes != 1:
         raise ValueError(f"logits of mode='binary' must have shape (B, 1, *spatial), got {tuple(logits.shape)}")
@@ -197,11 +204,7 @@ def dense_inputs(
     ``(B, 1, *spatial)`` for class indices, ``(B, C', *spatial)`` for a dense target; the target is 0 where ignored.
     ``checks`` (``None``: no value checks) gets the value checks; the caller runs them.
     """
-    logits = as_float("logits", logits)
-    if not isinstance(target, Tensor):
-        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if logits.ndim < 3:
-        raise ValueError(f"logits must have shape (B, C, *spatial), got {tuple(logits.shape)}")
+    logits = checked_logits(logits, target)
     num_classes = logits.shape[1]
     if not include_background and num_classes == 1:
         raise ValueError("include_background=False needs logits with at least 2 channels, got 1")
