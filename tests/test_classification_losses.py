@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision.ops as tv
 
 from detloss.losses import _modulated_bce as M
+from detloss.losses import _stable as S
 from detloss.losses.bce import BCEWithLogitsLoss, bce_with_logits
 from detloss.losses.cross_entropy import CrossEntropyLoss, cross_entropy
 from detloss.losses.focal import FocalLoss, focal_loss
@@ -50,7 +51,7 @@ def route(monkeypatch):
     """Force the fused kernel's route: small blocks, sparse (background + fix-up) or dense (general formula)."""
 
     def set_route(sparse: bool, block: int = 1000):
-        monkeypatch.setattr(M, "BLOCK", block)
+        monkeypatch.setattr(S, "BLOCK", block)
         monkeypatch.setattr(M, "SPARSE_MIN_NUMEL", 0 if sparse else 1 << 62)
         monkeypatch.setattr(M, "SPARSE_MAX_DENSITY", 1.0 if sparse else 0.0)
 
@@ -182,6 +183,33 @@ def test_cross_entropy_equals_torch_indices(reduction, smoothing, weighted):
     torch.testing.assert_close(loss(x, y2), F.cross_entropy(x, y2, weight=cw, **opts), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("block", [7 * 5, 3 * 5 * 4])  # blocks within a sample's pixels, or of whole samples
+def test_index_nll_in_blocks_equals_torch(monkeypatch, block):
+    """The blocked forward of ``index_nll`` (``_stable.row_blocks``), its gradient prepared there, against torch:
+    (N, C), (N, C, d1, d2) with blocks cutting the pixels or several samples per block, and the weighted two-bin
+    form of the DFL; a second backward through a retained graph recomputes the handed-over gradient."""
+    monkeypatch.setattr(S, "BLOCK", block)
+    g = torch.Generator().manual_seed(3)
+    for shape in [(23, 5), (3, 5, 4, 6), (2, 5, 1, 3)]:
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+        y = torch.randint(0, 5, shape[:1] + shape[2:], generator=g)
+        ours = _values_and_grads(lambda z: cross_entropy(z, y, reduction="none"), x)
+        theirs = _values_and_grads(lambda z: F.cross_entropy(z, y, reduction="none"), x)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    x = (torch.randn(9, 4, 16, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    left = torch.randint(0, 15, (9, 4, 1), generator=g)
+    w = torch.rand(9, 4, 1, generator=g, dtype=torch.float64)
+    index, weight = torch.cat([left, left + 1], -1), torch.cat([w, 1 - w], -1)
+    ours = S.index_nll(x, index, -1, weight=weight)
+    theirs = -(torch.log_softmax(x, -1).gather(-1, index) * weight).sum(-1, keepdim=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
+    upstream = torch.rand_like(ours)
+    want = torch.autograd.grad(theirs, x, upstream)[0]
+    for _ in range(2):  # the second backward recomputes: the first handed its buffer over
+        torch.testing.assert_close(torch.autograd.grad(ours, x, upstream, retain_graph=True)[0], want)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cross_entropy_equals_torch_probabilities(reduction):
     g = torch.Generator().manual_seed(1)
@@ -299,7 +327,7 @@ def test_fused_equals_reference_weighted_float64(route, name, sparse):
 @pytest.mark.parametrize("name", MODULATED)
 def test_fused_default_blocks_large_input(name):
     # the default block size, more than two blocks and a remainder, the sparse route chosen by itself
-    t = sparse_scores((2 * M.BLOCK + 12_345,), density=1e-3)
+    t = sparse_scores((2 * S.BLOCK + 12_345,), density=1e-3)
     x = logits_like(t)
     opts, ab = _options(name, 2.0)
     assert M._is_sparse(t)

@@ -28,6 +28,7 @@ from torch import nn
 
 import detloss.losses as L
 from detloss.losses import _modulated_bce as M
+from detloss.losses import _stable as S
 from detloss.segmentation.distance import class_masks, mask_distance
 
 GRID = [-100.0, -30.0, -15.0, -10.0, -1.0, 0.0, 1.0, 10.0, 15.0, 30.0, 100.0]
@@ -228,7 +229,7 @@ def route(monkeypatch):
     requires grad). Returns the keywords of :func:`evaluate`."""
 
     def set_route(name: str) -> dict:
-        monkeypatch.setattr(M, "BLOCK", 16)
+        monkeypatch.setattr(S, "BLOCK", 16)
         monkeypatch.setattr(M, "SPARSE_MIN_NUMEL", 0 if name == "sparse" else 1 << 62)
         monkeypatch.setattr(M, "SPARSE_MAX_DENSITY", 1.0)
         return {"target_grad": name == "reference"}

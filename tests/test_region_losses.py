@@ -315,7 +315,43 @@ GRAD_CASES = [
     (focal_tversky_loss, {"alpha": 0.7, "beta": 0.3, "gamma": 0.75}),
     (focal_tversky_loss, {"gamma": 2.0, "class_weights": [1.0, 2.0, 0.5]}),
     (jaccard_loss, {"squared": True}),
+    (dice_loss, {"ignore_index": 255, "include_background": False, "batch_dice": True}),  # fused counts, all options
+    (tversky_loss, {"alpha": 0.3, "beta": 0.7, "ignore_index": 255}),
 ]
+
+
+@pytest.mark.parametrize("first", [0, 1])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_softmax_counts_equal_the_composed_form(first, masked):
+    """``_stable.softmax_counts`` (the multiclass index-label path) against ``softmax_pair`` and the products,
+    values and gradients, with tied largest logits and every output's gradient in use."""
+    from detloss.losses._stable import softmax_counts, softmax_pair
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)
+    x[0, :2, 0, 0] = 3.0  # a tie for the largest logit
+    lab = torch.randint(0, 4, (3, 1, 5, 6), generator=g)
+    onehot = (lab == torch.arange(first, 4).view(1, -1, 1, 1)).double()
+    valid = (torch.rand(3, 1, 5, 6, generator=g) > 0.2).double() if masked else None
+    if valid is not None:
+        onehot = onehot * valid
+    dims = (0, 2, 3)
+    upstream = [torch.rand(1, 4 - first, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    def composed(z):
+        p, q = softmax_pair(z, 1)
+        p, q = p[:, first:], q[:, first:]
+        off = p * (1 - onehot) * (1 if valid is None else valid)
+        return [v.sum(dims, keepdim=True).flatten(1) for v in (p * onehot, off, q * onehot)]
+
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    ours, theirs = softmax_counts(a, onehot, valid, first, dims), composed(b)
+    for u, v in zip(ours, theirs):
+        torch.testing.assert_close(u, v, rtol=1e-13, atol=1e-15)
+    sum(u.mul(w).sum() for u, w in zip(ours, upstream)).backward()
+    sum(v.mul(w).sum() for v, w in zip(theirs, upstream)).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("fn, opts", GRAD_CASES, ids=[f"{f.__name__}-{i}" for i, (f, _) in enumerate(GRAD_CASES)])

@@ -19,14 +19,10 @@ backward. :class:`_FusedModulatedBCE` instead computes the loss and its derivati
 
     dL/dx = (p − t) · m  +  BCE · ∂m/∂p · p(1 − p)
 
-together, block by block on CPU (the temporaries of a block of :data:`BLOCK` elements stay in cache, so the only
-full-size memory traffic is reading ``x`` and ``t`` and writing the derivative), keeps the derivative for the
-backward, and the backward scales that buffer in place and hands it over as the gradient.
-
-The blocks are small enough that ATen runs each op on the calling thread, on purpose. Blocks large enough to be
-split over OpenMP threads are faster on idle cores, but every op then ends in a fork/join, and while another
-process keeps the cores busy (data-loader workers during training) each join can wait for a scheduler tick,
-which costs far more than the threads save (README, "Speed of the losses").
+together, block by block on CPU (the temporaries of a block of :data:`._stable.BLOCK` elements stay in cache, so
+the only full-size memory traffic is reading ``x`` and ``t`` and writing the derivative; each op of a block runs on
+the calling thread, on purpose: see :data:`._stable.BLOCK`), keeps the derivative for the backward, and the backward
+scales that buffer in place and hands it over as the gradient.
 
 Two more things keep it fast on detection-sized inputs, where almost every target is 0:
 
@@ -47,7 +43,7 @@ loses 3 of float32's 7 digits, and is 0 instead of 3e-7 at ``x = 15``; so does `
 * ``1 − p`` is ``σ(−x)``, never ``1 − σ(x)``;
 * ``BCE = x⁺·(1 − t) − x⁻·t + log1p(e^−|x|)`` (``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)``), three terms ``>= 0``;
 * ``p − t = p·(1 − t) − (1 − p)·t`` and the focal base ``p + t − 2pt = p·(1 − t) + (1 − p)·t``;
-* ``p^e`` in the background kernel is ``exp(e · log p)``, not ``exp(e · (x − softplus(x)))``.
+* ``p^e`` in the background kernel is ``exp(e · log p)`` with ``log p = x⁻ − log1p(e^−|x|)``, not ``x − softplus(x)``.
 
 :func:`reference` keeps the same care in composed form (``softplus`` on the side of ``x`` where it does not
 cancel, :func:`._stable.sigmoid_pair` for ``p`` and ``1 − p``); ``tests/test_precision.py`` holds both paths to
@@ -65,16 +61,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._stable import bce_terms, sigmoid_pair
+from . import _stable
+from ._stable import bce_terms, log1p, sigmoid_pair
 from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_same_shape, reduce
 
 __all__ = ["BCE", "FOCAL", "QUALITY", "VARIFOCAL", "checked_inputs", "modulated_bce", "reference"]
 
 BCE, FOCAL, VARIFOCAL, QUALITY = "bce", "focal", "varifocal", "quality"
 
-#: elements per block on CPU: ~128 KiB per float32 temporary, so a block's few temporaries stay in L2; and just
-#: under ATen's grain size (32,768), below which an op runs on the calling thread (see the module doc)
-BLOCK = 32_704
 #: inputs at least this large take the sparse route (background kernel + fix-up of the ``t ≠ 0`` elements) ...
 SPARSE_MIN_NUMEL = 1 << 16
 #: ... when at most this fraction of the target (estimated from a strided sample) is non-zero
@@ -186,33 +180,39 @@ def _background_block(x: Tensor, c: float, e: float, loss_out: Tensor | None, gr
 
         L = c · sp · p^e,    dL/dx = c · p^e · (p + e · sp · σ(−x))
 
-    (``σ(−x)`` for ``1 − p``, and ``p^e`` as ``exp(e · log p)``, keep full precision: module doc, "Precision").
-    Writes ``loss_out`` (or returns the block's sum when it is ``None``) and ``grad_out`` (when given).
+    Every quantity keeps full relative precision (module doc, "Precision"): ``p = σ(x)`` and ``1 − p = σ(−x)``
+    each from ``sigmoid``; ``l = log1p(e^−|x|)`` with ``e^−|x| = min(p, 1 − p) / max(p, 1 − p)`` (two vectorised
+    sigmoids cost less than one ``exp``) and :func:`._stable.log1p`; ``sp = x⁺ + l`` and ``log p = x⁻ − l``, each
+    a sum of terms of one sign; ``p^e`` as ``exp(e · log p)`` (or multiplies for ``e`` in {1, 2}, ``pow`` for 3
+    and 0.5). Writes ``loss_out`` (or returns the block's sum when it is ``None``) and ``grad_out`` (when given).
     """
-    sp = F.softplus(x, threshold=40.0)  # = BCE(x, 0); x itself above 40, where log1p(e^-x) < 5e-18
     p = torch.sigmoid(x)
+    q = torch.neg(x).sigmoid_()
+    lg = log1p(torch.minimum(p, q).div_(torch.maximum(p, q)))  # log1p(e^−|x|)
+    sp = torch.clamp_min(x, 0).add_(lg)
     if e == 0:
-        cpe = torch.full_like(p, c)
+        cpe = None
     elif e == 1:
         cpe = p if c == 1 else p * c
     elif e == 2:
-        cpe = torch.addcmul(x.new_zeros(()), p, p, value=c)
+        cpe = torch.mul(p, p) if c == 1 else torch.mul(p, c).mul_(p)
     else:
-        # p^e = exp(e · log p): log of a p of full relative precision, where x − softplus(x) (= log p) would
-        # cancel for x > 0; F.logsigmoid costs as much as the softplus, and pow is no faster
-        cpe = torch.pow(p, e) if e in (3, 0.5) else torch.log(p).mul_(e).exp_()
+        cpe = torch.pow(p, e) if e in (3, 0.5) else torch.clamp_max(x, 0).sub_(lg).mul_(e).exp_()
         if c != 1:
             cpe.mul_(c)
     if grad_out is not None:
-        if e == 0:
+        if cpe is None:
             torch.mul(p, c, out=grad_out)
         else:
-            r = torch.neg(x).sigmoid_().mul_(sp)  # sp·(1 − p)
+            r = q.mul_(sp)  # sp·(1 − p)
             torch.add(p, r, alpha=e, out=r)
             torch.mul(r, cpe, out=grad_out)
     if loss_out is None:
-        return sp.mul_(cpe).sum()  # (torch.dot would save a pass, but sums less accurately)
-    torch.mul(sp, cpe, out=loss_out)
+        return sp.sum() * c if cpe is None else sp.mul_(cpe).sum()  # (torch.dot would sum less accurately)
+    if cpe is None:
+        torch.mul(sp, c, out=loss_out)
+    else:
+        torch.mul(sp, cpe, out=loss_out)
     return None
 
 
@@ -220,14 +220,14 @@ def _nonzero(t: Tensor) -> Tensor:
     """Indices of the non-zeros of a mostly-zero 1-D ``t``, as ``torch.nonzero(t).squeeze(1)``.
 
     Finds the rows of 64 that hold a non-zero first (their max and min, block by block on the calling thread, see
-    :data:`BLOCK`), then the non-zeros within those rows: cheaper than ``torch.nonzero`` on a mostly-zero
+    :data:`._stable.BLOCK`), then the non-zeros within those rows: cheaper than ``torch.nonzero`` on a mostly-zero
     detection-sized score map, and no OpenMP fork/join per block.
     """
     n = t.numel()
     head = n - n % 64
     rows = t[:head].view(-1, 64)
     hi, lo = rows.new_empty(rows.shape[0]), rows.new_empty(rows.shape[0])
-    step = max(1, BLOCK // 64)
+    step = max(1, _stable.BLOCK // 64)
     for r0 in range(0, rows.shape[0], step):
         r = slice(r0, r0 + step)
         torch.amax(rows[r], 1, out=hi[r])
@@ -239,7 +239,7 @@ def _nonzero(t: Tensor) -> Tensor:
 
 
 def _blocks(n: int, device: torch.device):
-    step = BLOCK if device.type == "cpu" else max(n, 1)
+    step = _stable.BLOCK if device.type == "cpu" else max(n, 1)
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from ._stable import sigmoid_pair, softmax_pair
+from ._stable import sigmoid_pair, softmax_counts, softmax_pair
 from ._utils import Checks, apply_weight, as_float, reduce
 
 if TYPE_CHECKING:
@@ -86,8 +86,11 @@ def region_stats(logits: Tensor, target: Tensor, o: RegionOptions, weight: Tenso
     if validate:
         checks.weight(weight)
     first = 0 if o.include_background else 1
-    probs, comp = softmax_pair(logits, 1) if o.mode == "multiclass" else sigmoid_pair(logits)  # p and 1 − p
-    probs, comp = probs[:, first:], comp[:, first:]
+
+    def pair() -> tuple[Tensor, Tensor]:  # p and 1 − p, each to full precision
+        probs, comp = softmax_pair(logits, 1) if o.mode == "multiclass" else sigmoid_pair(logits)
+        return probs[:, first:], comp[:, first:]
+
     dims = tuple(range(2, logits.ndim))
     if o.batch_dice:
         dims = (0, *dims)
@@ -103,13 +106,16 @@ def region_stats(logits: Tensor, target: Tensor, o: RegionOptions, weight: Tenso
         labels = labels.unsqueeze(1)  # (B, 1, *spatial)
         classes = torch.arange(first, num_classes, device=labels.device).view(1, -1, *([1] * (logits.ndim - 2)))
         # A float one-hot costs one (B, C', ...) buffer; float * bool products are slower on CPU.
-        onehot = (labels == classes).to(probs.dtype)  # a label equal to ignore_index matches no class kept ...
+        onehot = (labels == classes).to(logits.dtype)  # a label equal to ignore_index matches no class kept ...
         valid = None
         if o.ignore_index is not None:
-            valid = (labels != o.ignore_index).to(probs.dtype)
+            valid = (labels != o.ignore_index).to(logits.dtype)
             if first <= o.ignore_index < num_classes:  # ... unless ignore_index is itself a class index
                 onehot = onehot * valid
-        return _counts(probs, comp, onehot, valid, o.squared, total)
+        if o.mode == "multiclass" and not o.squared:  # the common case, fused
+            inter, fp, fn = softmax_counts(logits, onehot, valid, first, dims)
+            return Counts(inter, total(onehot), fp, fn, fp + fn)
+        return _counts(*pair(), onehot, valid, o.squared, total)
 
     # dense target: one-hot, soft, multilabel or binary
     if o.mode == "multiclass" and target.shape != logits.shape:
@@ -127,7 +133,7 @@ def region_stats(logits: Tensor, target: Tensor, o: RegionOptions, weight: Tenso
         )
     check_dense_ignore_index(o.ignore_index)
     valid = None if o.ignore_index is None else target != o.ignore_index
-    t = target.to(probs.dtype)
+    t = target.to(logits.dtype)
     if valid is not None:
         t = torch.where(valid, t, 0.0)
     if validate:
@@ -136,7 +142,7 @@ def region_stats(logits: Tensor, target: Tensor, o: RegionOptions, weight: Tenso
         else:
             checks.unit_interval("target", t)
         checks.run()
-    return _counts(probs, comp, t[:, first:], None if valid is None else valid[:, first:], o.squared, total)
+    return _counts(*pair(), t[:, first:], None if valid is None else valid[:, first:], o.squared, total)
 
 
 def _counts(p: Tensor, q: Tensor, t: Tensor, valid: Tensor | None, squared: bool, total) -> Counts:

@@ -35,16 +35,68 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sigmoid_pair", "softmax_pair", "neg_log_softmax", "index_nll", "bce_terms", "ratio"]
+__all__ = [
+    "sigmoid_pair",
+    "softmax_pair",
+    "softmax_counts",
+    "neg_log_softmax",
+    "index_nll",
+    "bce_terms",
+    "log1p",
+    "ratio",
+    "BLOCK",
+]
+
+#: Elements per block of the blocked CPU kernels (here and in ``_modulated_bce.py``): ~128 KiB per float32
+#: temporary, so a block's few temporaries stay in L2, and just under ATen's grain size (32,768), below which an op
+#: runs on the calling thread. Blocks large enough to be split over OpenMP threads are faster on idle cores, but every
+#: op then ends in a fork/join, and while another process keeps the cores busy (data-loader workers during training)
+#: each join can wait for a scheduler tick, which costs far more than the threads save (README, "Speed of the losses").
+BLOCK = 32_704
+
+
+def row_blocks(x: Tensor, dim: int):
+    """``(x3, blocks)``: ``x`` viewed as ``(outer, x.shape[dim], inner)`` and the index pairs ``(outer slice, inner
+    slice)`` that cut it into blocks of about :data:`BLOCK` elements, each holding whole rows along ``dim`` (one block
+    off the CPU)."""
+    dim = dim % x.ndim
+    size = x.shape[dim]
+    outer, inner = x.shape[:dim].numel(), x.shape[dim + 1 :].numel()
+    x3 = x.reshape(outer, size, inner)
+    if x.device.type != "cpu" or x.numel() <= BLOCK:
+        return x3, [(slice(None), slice(None))]
+    per = max(1, BLOCK // max(size, 1))  # rows per block
+    if inner >= per:
+        return x3, [(slice(o, o + 1), slice(i, i + per)) for o in range(outer) for i in range(0, inner, per)]
+    step = max(1, per // inner)
+    return x3, [(slice(o, o + step), slice(None)) for o in range(0, outer, step)]
+
+
+def log1p(u: Tensor) -> Tensor:
+    """``log(1 + u)`` for ``u >= 0``, to a few units of rounding, for plain (non-recorded) computation.
+
+    ATen's CPU ``log1p`` (and ``softplus``, ``logsigmoid``, ``binary_cross_entropy_with_logits``, which use it)
+    runs element by element, about 8× slower than its vectorised ``log``. This is Goldberg's method instead
+    ("What every computer scientist should know about floating-point arithmetic", 1991, theorem 4): with
+    ``w = fl(1 + u)``, ``w − 1`` is exact and ``log(w) / (w − 1)`` varies slowly, so ``u · log(w) / (w − 1)`` keeps
+    the relative precision that ``log(w)`` alone loses for small ``u``. Where ``w`` rounds to 1 the quotient is
+    ``tiny / tiny = 1`` and the result ``u`` (exact there to half a unit of rounding).
+    """
+    w = u + 1
+    tiny = torch.finfo(w.dtype).tiny
+    return torch.log(w).add_(tiny).div_(w.sub_(1).add_(tiny)).mul_(u)
 
 
 def bce_terms(x: Tensor, t: Tensor) -> Tensor:
     """``BCE(x, t) = t·softplus(−x) + (1 − t)·softplus(x)`` elementwise, for plain (non-recorded) computation.
 
     Computed as ``x·([x > 0] − t) + log1p(exp(−|x|))``, i.e. ``x⁺·(1 − t) − x⁻·t + log1p(e^−|x|)``: three terms
-    ``>= 0`` for ``t`` in [0, 1], so nothing cancels. (Not for autograd, which would see a kink at 0.)
+    ``>= 0`` for ``t`` in [0, 1], so nothing cancels. (Not for autograd, which would see a kink at 0.) The step
+    ``[x > 0]`` is ``(sign(x) + 1) / 2`` (0.5 at ``x = 0``, where it is multiplied by 0): arithmetic, where a
+    comparison and a cast cost more than the rest together.
     """
-    return F.softplus(-x.abs()).addcmul_(x, (x > 0).to(x.dtype) - t)
+    step = torch.sign(x).add_(1).mul_(0.5)
+    return log1p(torch.abs(x).neg_().exp_()).addcmul_(x, step.sub_(t))
 
 
 class _SigmoidPair(torch.autograd.Function):
@@ -71,19 +123,23 @@ def sigmoid_pair(x: Tensor) -> tuple[Tensor, Tensor]:
     return _SigmoidPair.apply(x)
 
 
-def _softmax_parts(x: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _softmax_parts(x: Tensor, dim: int, out: tuple[Tensor, Tensor, Tensor] | None = None):
     """``(m, p, rest, top)``: ``m`` the max (keepdim); ``top`` 1.0 where ``x == m``, else 0.0; ``rest = s'``
     (keepdim: the sum of ``exp(x − m)`` without one largest term, 1; other tied ones count 1 each) and
-    ``p = softmax(x) = exp(x − m) / (1 + s')``, computed in one buffer.
+    ``p = softmax(x) = exp(x − m) / (1 + s')``, computed in one buffer; ``out``: buffers for ``(m, p, rest)``.
 
-    Speed, measured on CPU across the channels of ``(B, C, H, W)``: ``amax`` and a float mask, because ``max``
-    with indices, ``scatter``, ``masked_fill`` and ``where`` are each several times slower than an arithmetic
-    pass. ``e − top`` is exact (0 where ``e = 1``), so the sum leaves the largest terms out without a mask.
+    Speed, measured on CPU across the channels of ``(B, C, H, W)``: ``amax``, because ``max`` with indices,
+    ``scatter``, ``masked_fill`` and ``where`` are each several times slower than an arithmetic pass; ``top`` is
+    ``floor(exp(x − m))`` (the exponentials lie in (0, 1], 1 exactly at the largest logits), where a comparison and
+    a cast to float cost four arithmetic passes. A logit within half a unit of rounding of the largest, whose
+    exponential rounds to 1, counts as tied: ``rest`` is the same either way. ``e − top`` is exact (0 where
+    ``e = 1``), so the sum leaves the largest terms out without a mask.
     """
-    m = x.amax(dim, keepdim=True)
-    top = (x == m).to(x.dtype)
-    e = torch.sub(x, m).exp_()
-    rest = torch.sub(e, top).sum(dim, keepdim=True).add_(top.sum(dim, keepdim=True).sub_(1))  # ties − 1 first
+    m = torch.amax(x, dim, keepdim=True, out=None if out is None else out[0])
+    e = torch.sub(x, m, out=None if out is None else out[1]).exp_()
+    top = e.floor()
+    rest = torch.sum(torch.sub(e, top), dim, keepdim=True, out=None if out is None else out[2])
+    rest.add_(top.sum(dim, keepdim=True).sub_(1))  # ties − 1 first
     return m, e.div_(1 + rest), rest, top
 
 
@@ -105,22 +161,74 @@ class _SoftmaxPair(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gp: Tensor | None, gq: Tensor | None):
         p, top = ctx.saved_tensors
-        dim = ctx.dim
         if gp is None:
             g = -gq
         elif gq is None:
             g = gp
         else:
             g = gp - gq
-        # g − Σ g·p = (g − r) − Σ (g − r)·p for any r; r = g at the largest logit(s) leaves nothing to cancel
-        r = (g * top).sum(dim, keepdim=True) / top.sum(dim, keepdim=True)
-        delta = g - r
-        return p * (delta - (delta * p).sum(dim, keepdim=True)), None
+        return _softmax_backward(g, p, top, ctx.dim), None
+
+
+def _softmax_backward(g: Tensor, p: Tensor, top: Tensor, dim: int) -> Tensor:
+    """The gradient in the logits of ``Σ g·softmax``: ``p·(g − Σ g·p)``, as ``p·(δ − Σ δ·p)`` with ``δ = g − r``,
+    which is the same for any ``r``; ``r = g`` at the largest logit(s) leaves nothing to cancel."""
+    r = (g * top).sum(dim, keepdim=True) / top.sum(dim, keepdim=True)
+    delta = g - r
+    return p * (delta - (delta * p).sum(dim, keepdim=True))
 
 
 def softmax_pair(x: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:
     """``(softmax(x), 1 − softmax(x))`` over ``dim``, both to full relative precision, and so their gradient."""
     return _SoftmaxPair.apply(x, dim)
+
+
+class _SoftmaxCounts(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, onehot: Tensor, valid: Tensor | None, first: int, dims: tuple[int, ...]):
+        _, p, rest, top = _softmax_parts(x, 1)
+        pk, topk = p[:, first:], top[:, first:]
+        pt = pk * onehot
+        p_off = pk - pt  # p·(1 − t), exact for t in {0, 1}
+        if valid is not None:
+            p_off.mul_(valid)
+        q_t = torch.lerp(1 - pk, rest * pk, topk).mul_(onehot)  # (1 − p)·t, as _complement
+
+        def total(v: Tensor) -> Tensor:
+            return v.sum(dims, keepdim=True).flatten(1)
+
+        ctx.save_for_backward(p, top, onehot, valid)
+        ctx.first = first
+        return total(pt), total(p_off), total(q_t)
+
+    @staticmethod
+    def backward(ctx, g_inter: Tensor | None, g_fp: Tensor | None, g_fn: Tensor | None):
+        p, top, onehot, valid = ctx.saved_tensors
+        first = ctx.first
+        shape = (-1, onehot.shape[1]) + (1,) * (onehot.ndim - 2)
+        zero = p.new_zeros(())
+        on = (zero if g_inter is None else g_inter.reshape(shape)) - (zero if g_fn is None else g_fn.reshape(shape))
+        off = zero if g_fp is None else g_fp.reshape(shape)
+        if valid is not None:
+            off = off * valid
+        # the gradient in p of the three sums (in 1 − p with a minus): g_inter − g_fn where t = 1, g_fp·m elsewhere
+        g_k = torch.lerp(torch.broadcast_to(off, onehot.shape), on.broadcast_to(onehot.shape), onehot)
+        g = g_k if first == 0 else torch.cat([g_k.new_zeros(g_k.shape[:1] + (first,) + g_k.shape[2:]), g_k], 1)
+        return _softmax_backward(g, p, top, 1), None, None, None, None
+
+
+def softmax_counts(
+    x: Tensor, onehot: Tensor, valid: Tensor | None, first: int, dims: tuple[int, ...]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The soft counts of ``p = softmax(x)`` over dim 1 against a one-hot target: ``(Σ p·t, Σ p·(1 − t)·m,
+    Σ (1 − p)·t)`` over ``dims`` (keepdim, then flattened to ``(B', C')``), for the classes from ``first`` on.
+
+    ``x``: ``(B, C, *spatial)``; ``onehot``: exactly 0 or 1, ``(B, C − first, *spatial)``, 0 where ignored;
+    ``valid``: ``None`` or a 0/1 mask broadcasting to ``onehot``. The same values as :func:`softmax_pair` and the
+    products, and the same precision, from one function whose backward takes 2 full-size passes where autograd
+    through the products takes 8 (README, "Speed of the losses").
+    """
+    return _SoftmaxCounts.apply(x, onehot, valid, first, dims)
 
 
 def _others_sum(g: Tensor, dim: int) -> Tensor:
@@ -158,18 +266,50 @@ def neg_log_softmax(x: Tensor, dim: int = 1) -> Tensor:
     return _NegLogSoftmax.apply(x, dim)
 
 
+def _index_nll(x: Tensor, index: Tensor, weight: Tensor | None, dim: int, need_grad: bool):
+    """``(nll, grad)`` of :func:`index_nll`; ``grad`` (``None`` unless ``need_grad``) is the gradient for an output
+    gradient of 1. The softmax is computed in blocks of whole rows (:func:`row_blocks`) into the buffer that
+    becomes the gradient; what happens at the indices is done once, on the small ``index``-shaped tensors."""
+    x3, blocks = row_blocks(x, dim)
+    index3 = index.reshape(x3.shape[0], index.shape[dim], x3.shape[2])
+    m, rest = x3.new_empty(x3.shape[0], 1, x3.shape[2]), x3.new_empty(x3.shape[0], 1, x3.shape[2])
+    p = torch.empty_like(x3)
+    for o, i in blocks:
+        _softmax_parts(x3[o, :, i], 1, out=(m[o, :, i], p[o, :, i], rest[o, :, i]))
+    x_i = x3.gather(1, index3)
+    nll = (m - x_i).add_(rest.log1p())
+    shape = list(index.shape)
+    if weight is not None:
+        weight3 = weight.reshape(index3.shape)
+        nll = (weight3 * nll).sum(1, keepdim=True)
+        shape[dim % x.ndim] = 1
+    if not need_grad:
+        return nll.view(shape), None
+    p_i = p.gather(1, index3)
+    top_i = torch.sub(x_i, m).exp_().floor_()  # as _softmax_parts found it
+    q_i = torch.lerp(1 - p_i, rest / (1 + rest), top_i)  # 1 − p_i to full precision
+    if weight is None:  # p off the label, −(1 − p_y) at it
+        p.scatter_(1, index3, q_i.neg_())
+    else:  # p_k·W off the indices; at index i: p_i·(W − w_i) − (1 − p_i)·w_i, W − w_i summed, not subtracted
+        at_index = p_i.mul_(_others_sum(weight3, 1)).sub_(q_i.mul_(weight3))
+        p.mul_(weight3.sum(1, keepdim=True)).scatter_(1, index3, at_index)
+    return nll.view(shape), p.view(x.shape)
+
+
 class _IndexNLL(torch.autograd.Function):
+    """The forward computes the gradient for an output gradient of 1 on the way, when one will be wanted; the
+    backward scales that buffer in place and hands it over (as ``_modulated_bce.py`` does)."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor, weight: Tensor | None, dim: int):
-        m, p, rest, top = _softmax_parts(x, dim)
-        nll = (m - x.gather(dim, index)).add_(rest.log1p())
-        ctx.save_for_backward(x, index, weight, p, rest, top)
+    def forward(ctx, x: Tensor, index: Tensor, weight: Tensor | None, dim: int, need_grad: bool):
+        nll, ctx.grad = _index_nll(x, index, weight, dim, need_grad)
+        ctx.save_for_backward(x, index, weight)
         ctx.dim = dim
-        return nll if weight is None else (weight * nll).sum(dim, keepdim=True)
+        return nll
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        x, index, weight, p, rest, top = ctx.saved_tensors
+        x, index, weight = ctx.saved_tensors
         dim = ctx.dim
         if torch.is_grad_enabled():  # create_graph: a differentiable (plain) form
             with torch.enable_grad():
@@ -177,15 +317,11 @@ class _IndexNLL(torch.autograd.Function):
                 if weight is not None:
                     plain = (weight * plain).sum(dim, keepdim=True)
                 (grad,) = torch.autograd.grad(plain, x, g, create_graph=True)
-            return grad, None, None, None
-        p_i = p.gather(dim, index)
-        q_i = torch.where(top.gather(dim, index) > 0, rest / (1 + rest), 1 - p_i)
-        if weight is None:  # one index, weight 1: p·g, and −(1 − p_y)·g at the label
-            return (p * g).scatter_(dim, index, q_i.mul_(g).neg_()), None, None, None
-        # p_k·W·g off the indices; at index i: (p_i·(W − w_i) − (1 − p_i)·w_i)·g, W − w_i summed, not subtracted
-        total = weight.sum(dim, keepdim=True)
-        at_index = (p_i * _others_sum(weight, dim) - q_i * weight) * g
-        return (p * (total * g)).scatter_(dim, index, at_index), None, None, None
+            return grad, None, None, None, None
+        grad, ctx.grad = ctx.grad, None  # hand the buffer over: autograd may keep it as x.grad, no copy
+        if grad is None:  # a second backward through a retained graph: recompute
+            _, grad = _index_nll(x, index, weight, dim, True)
+        return grad.mul_(g), None, None, None, None
 
 
 def index_nll(x: Tensor, index: Tensor, dim: int = 1, weight: Tensor | None = None) -> Tensor:
@@ -193,7 +329,8 @@ def index_nll(x: Tensor, index: Tensor, dim: int = 1, weight: Tensor | None = No
     precision in value and gradient; the result has ``index``'s shape. With ``weight`` (``index``'s shape, the
     indices along ``dim`` distinct) it is ``Σ_j weight_j · (−log p_{index_j})`` along ``dim`` (size 1 there), e.g.
     the two neighbouring bins of the distribution focal loss."""
-    return _IndexNLL.apply(x, index, weight, dim)
+    need_grad = torch.is_grad_enabled() and x.requires_grad
+    return _IndexNLL.apply(x, index, weight, dim, need_grad)
 
 
 class _Ratio(torch.autograd.Function):
