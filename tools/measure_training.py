@@ -3,9 +3,11 @@
     python tools/measure_training.py                      # detection and segmentation defaults, on this machine
     python tools/measure_training.py --task segmentation -- trainer.max_epochs=10   # extra overrides after --
     python tools/measure_training.py --task volumetric    # the 3D default (tools/measure_volumetric.py: and more)
+    python tools/measure_training.py --seeds 0 1 2        # one job per seed, then mean ± sample std per task
 
 Each job is `python -m detloss.train` in a subprocess (exactly what a user runs), timed from start to exit;
-its `metrics.json` gives the final validation metrics. Output: one Markdown row per job.
+its `metrics.json` gives the final validation metrics. Output: one Markdown row per job and, with several seeds,
+one row per task with the mean ± sample standard deviation of the wall time and of each metric over the seeds.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -38,27 +41,59 @@ def run(task: str, overrides: list[str], out_root: Path) -> dict:
     return {"task": task, "seconds": seconds, "record": record, "command": " ".join(cmd[1:]), "dir": run_dir}
 
 
+def _minutes(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=["detection", "segmentation", "volumetric", "both"], default="both")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="one job per seed (default: the config's)")
     parser.add_argument("--out", default="outputs/measure")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (after --)")
     args = parser.parse_args(argv)
     tasks = ["detection", "segmentation"] if args.task == "both" else [args.task]
-    print(f"machine: {os.cpu_count()} CPUs; overrides: {args.overrides or 'none'}")
+    seeds = args.seeds or [None]
+    print(f"machine: {os.cpu_count()} CPUs; overrides: {args.overrides or 'none'}; seeds: {args.seeds or 'default'}")
     print()
-    print("| task | wall time | epochs | steps | key metrics |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    print("| task | seed | wall time | epochs | steps | key metrics |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    summary = []
     for task in tasks:
-        r = run(task, args.overrides, Path(args.out))
-        m = r["record"]["metrics"]
-        keys = KEYS[task] + sorted(k for k in m if k.startswith("val/dice/"))
-        shown = ", ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
-        minutes, seconds = divmod(int(round(r["seconds"])), 60)
-        print(
-            f"| {task} | {minutes} min {seconds:02d} s | {r['record']['epochs']} | {r['record']['steps']} | {shown} |",
-            flush=True,
-        )
+        runs = []
+        for seed in seeds:
+            extra = [] if seed is None else [f"seed={seed}"]
+            r = run(task, [*args.overrides, *extra], Path(args.out))
+            runs.append(r)
+            m = r["record"]["metrics"]
+            keys = KEYS[task] + sorted(k for k in m if k.startswith("val/dice/"))
+            shown = ", ".join(f"{k} {m[k]:.3f}" for k in keys if m.get(k) is not None)
+            seed_shown = r["record"].get("seed", seed)
+            print(
+                f"| {task} | {seed_shown} | {_minutes(r['seconds'])} | {r['record']['epochs']} | "
+                f"{r['record']['steps']} | {shown} |",
+                flush=True,
+            )
+        if len(runs) > 1:
+            metrics = [r["record"]["metrics"] for r in runs]
+            keys = KEYS[task] + sorted(k for k in metrics[0] if k.startswith("val/dice/"))
+            shown = ", ".join(
+                f"{k} {_spread([m[k] for m in metrics], '.3f')}"
+                for k in keys
+                if all(m.get(k) is not None for m in metrics)
+            )
+            seconds = [r["seconds"] for r in runs]
+            wall = f"{_minutes(statistics.mean(seconds))} ± {statistics.stdev(seconds):.0f} s"
+            summary.append(f"| {task} | mean ± std of {len(runs)} | {wall} | | | {shown} |")
+    for row in summary:
+        print(row, flush=True)
     return 0
 
 
