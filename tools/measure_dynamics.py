@@ -2,6 +2,7 @@
 
     python tools/measure_dynamics.py                  # both parts, into outputs/dynamics/
     python tools/measure_dynamics.py --part sweep     # only the fixed-vs-learned segmentation sweep
+    python tools/measure_dynamics.py --part yolo26 stal --det-epochs 6   # YOLOv8 against YOLO26; STAL off and on
 
 1. ``sweep``: a Hydra multirun ``task=segmentation loss=dice_ce,dice_ce_uncertainty seed=0,1,2`` of short runs
    (fixed Dice + CE weights against uncertainty weighting, 3 seeds each), then ``detloss-report`` on it: its
@@ -9,6 +10,13 @@
 2. ``diagnostics``: the default detection run, shortened, with ``callbacks=diagnostics``; its report's
    ``grad_share.png`` is the README's figure, and the cost of the diagnostics is the sum of the logged
    ``diag/seconds`` over the run's wall time (also against a run without them, same length).
+3. ``yolo26``: a Hydra multirun ``loss=yolo,yolo26 seed=0,1,2`` on ``shapes`` (the YOLOv8 and the YOLO26
+   formulation on one backbone; YOLO26 evaluated NMS-free), shortened (``--det-train`` images, ``--det-epochs``
+   epochs), then ``detloss-report`` on it: its table and plot are the README's comparison.
+4. ``stal``: ``loss=yolo26 callbacks=diagnostics`` with STAL off and on
+   (``criterion.one2many_assigner.min_box_side=0,16``, same length as ``yolo26``); per head and COCO size bin the
+   share of ground truths without a positive anchor and the positives per ground truth, averaged over the logged
+   steps, and the final mAP; each run's ``diag_assign.png`` is copied.
 
 The figures are copied to ``tools/results/`` (what the README links). Each job is ``python -m detloss.train``
 in a subprocess, exactly as a user runs it.
@@ -89,17 +97,77 @@ def diagnostics(out: Path, epochs: int) -> None:
     )
 
 
+def yolo26(out: Path, epochs: int, num_train: int) -> None:
+    sweep_dir = out / "yolo26_sweep"
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    seconds = train(
+        "-m",
+        "loss=yolo,yolo26",
+        "seed=0,1,2",
+        f"data.num_train={num_train}",
+        f"cpu_max_epochs={epochs}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    report_dir = report(sweep_dir)
+    RESULTS.mkdir(exist_ok=True)
+    for png in report_dir.glob("sweep_*.png"):
+        shutil.copy(png, RESULTS / f"yolo26_{png.name}")
+    print(f"## yolo26: 6 jobs of {epochs} epochs on {num_train} images in {seconds / 60:.1f} min\n")
+    print((report_dir / "report.md").read_text())
+
+
+def stal(out: Path, epochs: int, num_train: int) -> None:
+    print(f"## STAL: loss=yolo26 callbacks=diagnostics, {epochs} epochs on {num_train} images\n")
+    print("| STAL (`min_box_side`) | val/map_50 | val/map_small | key | mean over the logged steps |")
+    print("| --- | ---: | ---: | --- | ---: |")
+    for side in (0, 16):
+        run_dir = out / f"stal_{side}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        train(
+            "loss=yolo26",
+            "callbacks=diagnostics",
+            f"criterion.one2many_assigner.min_box_side={side}",
+            f"data.num_train={num_train}",
+            f"cpu_max_epochs={epochs}",
+            f"hydra.run.dir={run_dir}",
+        )
+        final = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+        rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+        keys = sorted({k for r in rows for k in r if k.startswith("diag/assign/")})
+        for key in keys:
+            values = [float(r[key]) for r in rows if r.get(key)]
+            mean = sum(values) / len(values) if values else float("nan")
+            small = final.get("val/map_small")
+            print(
+                f"| {side} | {final['val/map_50']:.3f} | {'—' if small is None else f'{small:.3f}'} | "
+                f"`{key}` | {mean:.3f} |"
+            )
+        report_dir = report(run_dir)
+        RESULTS.mkdir(exist_ok=True)
+        if (report_dir / "diag_assign.png").is_file():
+            shutil.copy(report_dir / "diag_assign.png", RESULTS / f"stal_{side}_diag_assign.png")
+    print()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["sweep", "diagnostics", "both"], default="both")
+    parser.add_argument(
+        "--part", choices=["sweep", "diagnostics", "yolo26", "stal", "both"], default=["both"], nargs="+"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/dynamics"))
     parser.add_argument("--seg-epochs", type=int, default=4)
     parser.add_argument("--det-epochs", type=int, default=4)
+    parser.add_argument("--det-train", type=int, default=800, help="training images of the yolo26 and stal parts")
     args = parser.parse_args(argv)
-    if args.part in ("sweep", "both"):
+    parts = set(args.part)
+    if parts & {"sweep", "both"}:
         sweep(args.out, args.seg_epochs)
-    if args.part in ("diagnostics", "both"):
+    if parts & {"diagnostics", "both"}:
         diagnostics(args.out, args.det_epochs)
+    if "yolo26" in parts:
+        yolo26(args.out, args.det_epochs, args.det_train)
+    if "stal" in parts:
+        stal(args.out, args.det_epochs, args.det_train)
     return 0
 
 

@@ -129,13 +129,15 @@ class _Head:
         bin_logits = bins.view(batch_size, a, 4, r)
 
         points, stride = self._anchors(feats, cls_logits.dtype, device)
-        with torch.no_grad():  # every anchor's box, for the assigner only
-            boxes = decode_boxes(bin_logits, points)  # (B, A, 4), grid units
+        detached = bin_logits.detach()
+
+        def pred_boxes(batch: Tensor, anchor: Tensor) -> Tensor:  # pixels; the assigner decodes only what it needs
+            return decode_boxes(detached[batch, anchor], points[anchor]) * stride[anchor]
+
         levels = [(f.shape[2], f.shape[3], s) for f, s in zip(feats, self.strides)]
         assignment = self.assigner(
-            cls_logits.detach(), boxes.detach() * stride, points * stride, packed.boxes, packed.labels, packed.mask,
-            levels,
-        )  # fmt: skip
+            cls_logits.detach(), pred_boxes, points * stride, packed.boxes, packed.labels, packed.mask, levels
+        )
 
         # the slots' boxes are decoded again, in the graph: the gradient never touches the other anchors
         b, anc = assignment.batch, assignment.anchor
