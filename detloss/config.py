@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -78,6 +79,10 @@ _PREFIX = "detloss_checkpoint_"  # of the temporary folder of a checkpoint's opt
 # ``${detloss_or:a,b}``: ``a`` unless it is null, else ``b`` (``oc.select`` falls back for missing keys only);
 # configs/hydra/default.yaml uses it to put a run resumed with ``resume=RUN_DIR`` back into RUN_DIR.
 # ``${detloss_set:a}``: whether ``a`` is not null.
+# ``${detloss_workers:n}``: data-loader workers for file-based data, at most ``n`` and two fewer than the machine's
+# CPUs (0 on 2 cores), so that the workers never take the cores the training's own threads run on.
+if not OmegaConf.has_resolver("detloss_workers"):
+    OmegaConf.register_new_resolver("detloss_workers", lambda cap: max(0, min(int(cap), (os.cpu_count() or 1) - 2)))
 if not OmegaConf.has_resolver("detloss_or"):
     OmegaConf.register_new_resolver("detloss_or", lambda value, default: default if value is None else value)
 if not OmegaConf.has_resolver("detloss_set"):

@@ -53,21 +53,22 @@ def report(path: Path) -> Path:
     return path / "report"
 
 
-def sweep(out: Path, epochs: int) -> None:
-    sweep_dir = out / "seg_sweep"
+def multirun(out: Path, name: str, *overrides: str) -> tuple[float, Path]:
+    """A Hydra multirun into ``out/name`` and ``detloss-report`` on it; its sweep plots are copied to ``RESULTS``
+    as ``<name>_sweep_*.png``. Returns the wall time and the report's folder."""
+    sweep_dir = out / name
     shutil.rmtree(sweep_dir, ignore_errors=True)
-    seconds = train(
-        "-m",
-        "task=segmentation",
-        "loss=dice_ce,dice_ce_uncertainty",
-        "seed=0,1,2",
-        f"trainer.max_epochs={epochs}",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
+    seconds = train("-m", *overrides, f"hydra.sweep.dir={sweep_dir}")
     report_dir = report(sweep_dir)
     RESULTS.mkdir(exist_ok=True)
     for png in report_dir.glob("sweep_*.png"):
-        shutil.copy(png, RESULTS / f"seg_{png.name}")
+        shutil.copy(png, RESULTS / f"{name.split('_')[0]}_{png.name}")
+    return seconds, report_dir
+
+
+def sweep(out: Path, epochs: int) -> None:
+    overrides = ("task=segmentation", "loss=dice_ce,dice_ce_uncertainty", "seed=0,1,2", f"trainer.max_epochs={epochs}")
+    seconds, report_dir = multirun(out, "seg_sweep", *overrides)
     print(f"## sweep: 6 jobs of {epochs} epochs in {seconds / 60:.1f} min\n")
     print((report_dir / "report.md").read_text())
 
@@ -98,20 +99,8 @@ def diagnostics(out: Path, epochs: int) -> None:
 
 
 def yolo26(out: Path, epochs: int, num_train: int) -> None:
-    sweep_dir = out / "yolo26_sweep"
-    shutil.rmtree(sweep_dir, ignore_errors=True)
-    seconds = train(
-        "-m",
-        "loss=yolo,yolo26",
-        "seed=0,1,2",
-        f"data.num_train={num_train}",
-        f"cpu_max_epochs={epochs}",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
-    report_dir = report(sweep_dir)
-    RESULTS.mkdir(exist_ok=True)
-    for png in report_dir.glob("sweep_*.png"):
-        shutil.copy(png, RESULTS / f"yolo26_{png.name}")
+    overrides = ("loss=yolo,yolo26", "seed=0,1,2", f"data.num_train={num_train}", f"cpu_max_epochs={epochs}")
+    seconds, report_dir = multirun(out, "yolo26_sweep", *overrides)
     print(f"## yolo26: 6 jobs of {epochs} epochs on {num_train} images in {seconds / 60:.1f} min\n")
     print((report_dir / "report.md").read_text())
 

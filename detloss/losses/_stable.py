@@ -109,13 +109,14 @@ class _SigmoidPair(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gp: Tensor | None, gq: Tensor | None):
         p, q = ctx.saved_tensors
-        if gp is None:
-            g = -gq
-        elif gq is None:
-            g = gp
-        else:
-            g = gp - gq
-        return g * p * q
+        return _pair_grad(gp, gq) * p * q
+
+
+def _pair_grad(gp: Tensor | None, gq: Tensor | None) -> Tensor:
+    """The gradient in ``p`` of an output pair ``(p, 1 − p)``: ``g_p − g_q``, a missing one counting as 0."""
+    if gp is None:
+        return -gq
+    return gp if gq is None else gp - gq
 
 
 def sigmoid_pair(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,13 +162,7 @@ class _SoftmaxPair(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gp: Tensor | None, gq: Tensor | None):
         p, top = ctx.saved_tensors
-        if gp is None:
-            g = -gq
-        elif gq is None:
-            g = gp
-        else:
-            g = gp - gq
-        return _softmax_backward(g, p, top, ctx.dim), None
+        return _softmax_backward(_pair_grad(gp, gq), p, top, ctx.dim), None
 
 
 def _softmax_backward(g: Tensor, p: Tensor, top: Tensor, dim: int) -> Tensor:
