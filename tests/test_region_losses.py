@@ -352,6 +352,14 @@ def test_fused_softmax_counts_equal_the_composed_form(first, masked):
     sum(u.mul(w).sum() for u, w in zip(ours, upstream)).backward()
     sum(v.mul(w).sum() for v, w in zip(theirs, upstream)).backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-15)
+    # second order (create_graph): the fused function differentiates the composed form
+    a2 = x.clone().requires_grad_()
+    first_grad = torch.autograd.grad(softmax_counts(a2, onehot, valid, first, dims)[0].sum(), a2, create_graph=True)[0]
+    b2 = x.clone().requires_grad_()
+    want = torch.autograd.grad(composed(b2)[0].sum(), b2, create_graph=True)[0]
+    torch.testing.assert_close(
+        torch.autograd.grad(first_grad.square().sum(), a2)[0], torch.autograd.grad(want.square().sum(), b2)[0]
+    )
 
 
 @pytest.mark.parametrize("fn, opts", GRAD_CASES, ids=[f"{f.__name__}-{i}" for i, (f, _) in enumerate(GRAD_CASES)])

@@ -25,8 +25,14 @@ computed from terms of one sign instead, so that its relative error stays a few 
 
 The functions take float32 or float64 input (the losses upcast half precision first). When the graph of a
 gradient is wanted (``create_graph=True``), :func:`sigmoid_pair`, :func:`softmax_pair` and :func:`ratio`
-differentiate their own backward; :func:`neg_log_softmax` and :func:`index_nll` differentiate the plain
-``F.log_softmax`` form instead (the same derivatives, without this care for precision).
+differentiate their own backward; :func:`softmax_counts` differentiates :func:`softmax_pair` and the products,
+:func:`neg_log_softmax` and :func:`index_nll` the plain ``F.log_softmax`` form (the same derivatives, without this
+care for precision).
+
+Speed (README, "Speed of the losses"): :func:`log1p` replaces ATen's CPU ``log1p``, which is not vectorised; the
+largest logits of a softmax are found as ``floor(exp(x − max))``; :func:`index_nll` computes its softmax in blocks of
+:data:`BLOCK` elements into the buffer that becomes its gradient; :func:`softmax_counts` fuses the soft counts of the
+region losses with the softmax so that their backward is two full-size passes.
 """
 
 from __future__ import annotations
@@ -192,14 +198,22 @@ class _SoftmaxCounts(torch.autograd.Function):
         def total(v: Tensor) -> Tensor:
             return v.sum(dims, keepdim=True).flatten(1)
 
-        ctx.save_for_backward(p, top, onehot, valid)
-        ctx.first = first
+        ctx.save_for_backward(x, p, top, onehot, valid)
+        ctx.first, ctx.dims = first, dims
         return total(pt), total(p_off), total(q_t)
 
     @staticmethod
     def backward(ctx, g_inter: Tensor | None, g_fp: Tensor | None, g_fn: Tensor | None):
-        p, top, onehot, valid = ctx.saved_tensors
+        x, p, top, onehot, valid = ctx.saved_tensors
         first = ctx.first
+        if torch.is_grad_enabled():  # create_graph: differentiate the composed form (p is not an output here)
+            with torch.enable_grad():
+                pk, qk = (v[:, first:] for v in softmax_pair(x, 1))
+                off = pk * (1 - onehot) * (1 if valid is None else valid)
+                counts = [v.sum(ctx.dims, keepdim=True).flatten(1) for v in (pk * onehot, off, qk * onehot)]
+                pairs = [(c, g) for c, g in zip(counts, (g_inter, g_fp, g_fn)) if g is not None]
+                (grad,) = torch.autograd.grad([c for c, _ in pairs], x, [g for _, g in pairs], create_graph=True)
+            return grad, None, None, None, None
         shape = (-1, onehot.shape[1]) + (1,) * (onehot.ndim - 2)
         zero = p.new_zeros(())
         on = (zero if g_inter is None else g_inter.reshape(shape)) - (zero if g_fn is None else g_fn.reshape(shape))
