@@ -243,23 +243,40 @@ def test_l1_view_is_in_fractions_of_the_input():
     assert (target[fg].abs() < 1).all() and not math.isnan(float(pred.sum()))
 
 
-@pytest.mark.parametrize("topk2, num_gt", [(None, 6), (None, 30), (1, 6), (2, 4)])
+@pytest.mark.parametrize("topk2, num_gt", [(None, 6), (None, 30), (1, 6), (2, 4), (None, 60)])
 def test_the_sparse_and_the_dense_assignment_agree(topk2, num_gt):
-    """The CPU path (candidate pairs only) and the no-sync path (every pair, in blocks) assign alike."""
-    outputs, targets = heads(seed=num_gt), boxes(num_gt=num_gt, seed=num_gt + 1, empty=(1,))
+    """The CPU path (candidate pairs only) and the no-sync path (every pair, in blocks) assign alike, with the
+    predicted boxes given as a tensor or as the function the criteria pass (which the sparse path calls for the
+    candidate pairs, or for every anchor once the pairs outnumber twice the anchors: the 60-box case)."""
+    outputs, targets = heads(seed=num_gt), boxes(num_gt=num_gt, seed=num_gt + 1, empty=(1,), high=90.0)
     maps = outputs["one2many"]
     x = torch.cat([m.flatten(2) for m in maps], 2)
     points, stride = make_anchors(maps, STRIDES)
     pred = torch.cat([points - x[:, :2].transpose(1, 2), points + x[:, 2:4].transpose(1, 2)], -1) * stride
     packed = pack_targets(targets, 3, torch.device("cpu"))
     levels = [(m.shape[2], m.shape[3], s) for m, s in zip(maps, STRIDES)]
-    got = {}
+    got, asked = {}, []
+
+    def pred_boxes(batch, anchor):
+        asked.append(batch.numel())
+        return pred[batch, anchor]
+
     for pairs in ("dense", "sparse"):
-        assigner = TaskAlignedAssigner(topk=10, topk2=topk2, min_box_side=16, pairs=pairs)
-        a = assigner(x[:, 4:], pred, points * stride, packed.boxes, packed.labels, packed.mask, levels)
-        got[pairs] = (a.fg_mask(3, points.shape[0]), a.target_scores(3, NUM_CLASSES, points.shape[0]))
-    assert torch.equal(got["dense"][0], got["sparse"][0]) and got["dense"][0].any()
-    torch.testing.assert_close(got["dense"][1], got["sparse"][1], rtol=1e-5, atol=1e-6)
+        for form, boxes_in in (("tensor", pred), ("function", pred_boxes)):
+            assigner = TaskAlignedAssigner(topk=10, topk2=topk2, min_box_side=16, pairs=pairs)
+            a = assigner(x[:, 4:], boxes_in, points * stride, packed.boxes, packed.labels, packed.mask, levels)
+            got[pairs, form] = (a.fg_mask(3, points.shape[0]), a.target_scores(3, NUM_CLASSES, points.shape[0]))
+    want = got["dense", "tensor"]
+    assert want[0].any()
+    for key, (fg, scores) in got.items():
+        assert torch.equal(fg, want[0]), key
+        torch.testing.assert_close(scores, want[1], rtol=1e-5, atol=1e-6)
+    every = 3 * points.shape[0]
+    assert asked[0] == every  # the dense path decodes every anchor
+    if num_gt <= 6:  # the sparse path: the candidate pairs, fewer than the anchors ...
+        assert asked[1] < every
+    if num_gt == 60:  # ... or every anchor once the pairs are many
+        assert asked[1] == every
 
 
 def test_the_criteria_compute_on_one_thread_on_cpu_and_restore_the_count(monkeypatch):

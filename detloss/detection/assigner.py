@@ -147,10 +147,7 @@ class TaskAlignedAssigner(nn.Module):
         if self.pairs == "sparse" or (self.pairs == "auto" and device.type == "cpu"):
             args = (pred_logits, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask, cand)
             return self._assign_sparse(*args, levels)
-        batch_size, num_anchors = pred_logits.shape[0], pred_logits.shape[2]
-        batch = torch.arange(batch_size, device=device).repeat_interleave(num_anchors)
-        every = pred_boxes(batch, torch.arange(num_anchors, device=device).repeat(batch_size))
-        every = every.float().view(batch_size, num_anchors, 4)
+        every = _every_box(pred_boxes, *pred_logits.shape[::2], device)
         return self._assign_dense(pred_logits, every, anchor_points, gt_boxes, gt_labels, gt_mask, cand)
 
     def inside(self, points: Tensor, cand: Tensor, gt_mask: Tensor) -> Tensor:
@@ -201,7 +198,11 @@ class TaskAlignedAssigner(nn.Module):
         k = min(self.topk, num_anchors)
         b, g, a = self._candidates(anchor_points, cand, gt_mask, levels)  # sorted by (b, g, a)
         owner = b * num_gt + g
-        u = pair_ciou(pred_boxes(b, a).float(), gt_boxes[b, g])
+        if b.numel() <= 2 * batch_size * num_anchors:  # decode the candidate pairs' boxes only ...
+            boxes = pred_boxes(b, a).float()
+        else:  # ... unless many ground truths share each anchor (200 per 640 px image): decode every anchor once
+            boxes = _every_box(pred_boxes, batch_size, num_anchors, pred_logits.device)[b, a]
+        u = pair_ciou(boxes, gt_boxes[b, g])
         t = pow_(pred_logits[b, gt_labels[b, g], a].sigmoid(), self.alpha).mul_(pow_(u, self.beta))
 
         # each ground truth claims its top-k candidates of positive alignment (ties: the lower anchor)
@@ -327,6 +328,13 @@ def _top_per_owner(
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device) - start
     return fg & (rank < k)
+
+
+def _every_box(pred_boxes, batch_size: int, num_anchors: int, device: torch.device) -> Tensor:
+    """``(B, A, 4)`` float32: every anchor's box from the assigner's ``pred_boxes`` function."""
+    batch = torch.arange(batch_size, device=device).repeat_interleave(num_anchors)
+    every = pred_boxes(batch, torch.arange(num_anchors, device=device).repeat(batch_size))
+    return every.float().view(batch_size, num_anchors, 4)
 
 
 def _first_of_each(key: Tensor, valid: Tensor, num_keys: int) -> Tensor:
