@@ -71,7 +71,7 @@ CHECKPOINT_GROUPS = {
     "model": ("model",),
     "data": ("data",),
     "loss": ("loss", "criterion"),
-    "task": ("task_name", "optimized_metric", "cpu_max_epochs", "task"),
+    "task": ("task_name", "optimized_metric", "cpu_max_epochs", "adamw_lr", "task"),
 }
 
 _PREFIX = "detloss_checkpoint_"  # of the temporary folder of a checkpoint's options
