@@ -225,6 +225,45 @@ def test_gradients_reach_the_right_channels():
     assert (cls_grad != 0).all()  # every class logit of every anchor is trained
 
 
+@pytest.mark.parametrize("sync", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_head_maps_read_and_write_the_slots_of_every_level(sync, channels_last):
+    # the slots' side channels are read straight from the per-level maps and their gradients added back there,
+    # repeated anchors accumulating: against plain indexing of an anchor-major concatenation, and by gradcheck
+    from detloss.detection.criterion import _HeadMaps
+
+    g = torch.Generator().manual_seed(0)
+    sides, classes, sizes = 3, 2, ((4, 4), (2, 2), (1, 1))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    feats = [
+        torch.randn(2, sides + classes, h, w, generator=g, dtype=torch.float64)
+        .contiguous(memory_format=fmt)
+        .requires_grad_()
+        for h, w in sizes
+    ]
+    batch = torch.tensor([0, 1, 1, 0, 1, 1, 0])
+    anchor = torch.tensor([0, 15, 16, 19, 20, 20, 5])  # every level, anchor 20 twice
+    cls = torch.cat([f.detach()[:, sides:].flatten(2) for f in feats], 2)
+
+    def ours(*maps):
+        return _HeadMaps.apply(sides, sync, cls, batch, anchor, *maps)
+
+    def plain(*maps):
+        flat = torch.cat([f.flatten(2) for f in maps], 2)  # (B, S + C, A)
+        return flat[:, sides:], flat.transpose(1, 2)[batch, anchor, :sides]
+
+    for a, b in zip(ours(*feats), plain(*feats)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    w_cls = torch.randn(cls.shape, generator=g, dtype=torch.float64)
+    w_sides = torch.randn(len(anchor), sides, generator=g, dtype=torch.float64)
+    outputs = (ours(*feats), plain(*feats))
+    grads = [torch.autograd.grad((c * w_cls).sum() + (s * w_sides).sum(), feats) for c, s in outputs]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+        assert a.is_contiguous(memory_format=fmt)
+    assert torch.autograd.gradcheck(lambda *m: ours(*m)[1], feats)
+
+
 @pytest.mark.parametrize(
     "mutate, match",
     [

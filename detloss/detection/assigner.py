@@ -144,11 +144,15 @@ class TaskAlignedAssigner(nn.Module):
             boxes = pred_boxes.float()
             pred_boxes = lambda batch, anchor: boxes[batch, anchor]  # noqa: E731
         cand = self._candidate_boxes(gt_boxes)
-        if self.pairs == "sparse" or (self.pairs == "auto" and device.type == "cpu"):
+        if self.is_sparse(device):
             args = (pred_logits, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask, cand)
             return self._assign_sparse(*args, levels)
         every = _every_box(pred_boxes, *pred_logits.shape[::2], device)
         return self._assign_dense(pred_logits, every, anchor_points, gt_boxes, gt_labels, gt_mask, cand)
+
+    def is_sparse(self, device: torch.device) -> bool:
+        """Whether the assignment on ``device`` takes the sparse path (host syncs, none on the dense path)."""
+        return self.pairs == "sparse" or (self.pairs == "auto" and device.type == "cpu")
 
     def inside(self, points: Tensor, cand: Tensor, gt_mask: Tensor) -> Tensor:
         """``(..., A)`` bool: the anchor centre lies strictly inside the candidate box (``cand (..., 1, 4)``)."""

@@ -48,40 +48,81 @@ HEADS = ("one2many", "one2one")
 """The heads of an end-to-end detector; a YOLOv8 head is a one-to-many head."""
 
 
-class _SplitHead(torch.autograd.Function):
-    """Per-level head maps -> ``bins (B, A, 4·R)`` (anchor-major, for a softmax over the last dim) and
-    ``cls (B, C, A)`` (channel-major, as the head wrote them).
+def _read_sides(feats: Sequence[Tensor], num_sides: int, batch: Tensor, anchor: Tensor, sync: bool) -> Tensor:
+    """``(P, num_sides)``: the side channels of the pairs ``(batch[i], anchor[i])``, read from the per-level maps
+    (anchors numbered level by level, row-major within a level, as :func:`~detloss.detection.make_anchors`).
 
-    One copy forward; the backward writes each level's gradient straight into one fresh tensor, where
-    slicing and concatenating through autograd would zero-fill and add full-size gradients twice.
+    With ``sync`` each level reads only its own pairs, found with a host sync (for the sparse assignment, which
+    syncs anyway); without, every level reads every pair at a clamped index and keeps its own, with no host sync.
+    """
+    out = feats[0].new_zeros(anchor.shape[0], num_sides)
+    for f, (local, inside) in zip(feats, _per_level([f.shape[2] * f.shape[3] for f in feats], anchor)):
+        flat = f.flatten(2)  # (B, channels, H·W): a view of a contiguous or channels-last map
+        if sync:
+            i = inside.nonzero().squeeze(1)
+            out[i] = flat[batch[i], :num_sides, local[i]]
+        else:
+            out = torch.where(inside.unsqueeze(1), flat[batch, :num_sides, local], out)
+    return out
+
+
+def _per_level(sizes: Sequence[int], anchor: Tensor):
+    """For each level of ``sizes[l]`` anchors: each anchor's index within the level (clamped into it), and which
+    anchors are on it."""
+    start = 0
+    for size in sizes:
+        local = anchor - start
+        yield local.clamp(0, size - 1), (local >= 0) & (local < size)
+        start += size
+
+
+class _HeadMaps(torch.autograd.Function):
+    """The two things the views read from a head's per-level maps ``[B, S + C, H, W]`` (``S`` side channels):
+    ``cls (B, C, A)``, all the class channels (concatenated beforehand, without grad, for the assigner), and
+    ``sides (M, S)``, the side channels of the ``M`` slots alone.
+
+    Backward writes each level's gradient straight into one fresh map: the class gradient copied in, the slots'
+    side gradients added at their anchors, zeros elsewhere. Gathering the slots from an anchor-major copy of every
+    anchor's sides instead would cost that copy forward, and backward a zero-filled tensor of its size, a scatter
+    into it and a transposing copy back.
     """
 
     @staticmethod
-    def forward(ctx, num_bins: int, *feats: Tensor):
-        batch = feats[0].shape[0]
-        sizes = [f.shape[2] * f.shape[3] for f in feats]
-        bins = torch.cat([f[:, :num_bins].reshape(batch, num_bins, -1).transpose(1, 2) for f in feats], 1)
-        cls = torch.cat([f[:, num_bins:].reshape(batch, f.shape[1] - num_bins, -1) for f in feats], 2)
-        ctx.num_bins, ctx.sizes, ctx.shapes = num_bins, sizes, [f.shape for f in feats]
-        return bins, cls
+    def forward(ctx, num_sides: int, sync: bool, cls: Tensor, batch: Tensor, anchor: Tensor, *feats: Tensor):
+        ctx.num_sides, ctx.sync, ctx.maps = num_sides, sync, [(f.shape, _memory_format(f)) for f in feats]
+        ctx.save_for_backward(batch, anchor)
+        return cls.view_as(cls), _read_sides(feats, num_sides, batch, anchor, sync)
 
     @staticmethod
-    def backward(ctx, grad_bins: Tensor | None, grad_cls: Tensor | None):
+    def backward(ctx, grad_cls: Tensor | None, grad_sides: Tensor | None):
+        batch, anchor = ctx.saved_tensors
+        s, ref = ctx.num_sides, grad_cls if grad_cls is not None else grad_sides
         grads, start = [], 0
-        for size, shape in zip(ctx.sizes, ctx.shapes):
-            g = grad_bins.new_empty(shape) if grad_bins is not None else grad_cls.new_empty(shape)
-            flat = g.view(shape[0], shape[1], size)
-            if grad_bins is None:
-                flat[:, : ctx.num_bins].zero_()
-            else:
-                flat[:, : ctx.num_bins].copy_(grad_bins[:, start : start + size].transpose(1, 2))
+        sizes = [shape[2] * shape[3] for shape, _ in ctx.maps]
+        for (shape, memory_format), size, (local, inside) in zip(ctx.maps, sizes, _per_level(sizes, anchor)):
+            g = torch.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=memory_format)
+            flat = g.flatten(2)
             if grad_cls is None:
-                flat[:, ctx.num_bins :].zero_()
+                flat[:, s:].zero_()
             else:
-                flat[:, ctx.num_bins :].copy_(grad_cls[:, :, start : start + size])
+                flat[:, s:].copy_(grad_cls[:, :, start : start + size])
+            sides = flat[:, :s].zero_().transpose(1, 2)  # (B, H·W, S)
+            if grad_sides is not None:
+                if ctx.sync:
+                    i = inside.nonzero().squeeze(1)
+                    sides.index_put_((batch[i], local[i]), grad_sides[i], accumulate=True)
+                else:
+                    sides.index_put_((batch, local), grad_sides * inside.unsqueeze(1), accumulate=True)
             grads.append(g)
             start += size
-        return (None, *grads)
+        return (None, None, None, None, None, *grads)
+
+
+def _memory_format(f: Tensor) -> torch.memory_format:
+    """Channels-last for a channels-last map (so its gradient needs no conversion in the conv's backward)."""
+    if not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def default_detection_loss() -> CompositeLoss:
@@ -124,24 +165,25 @@ class _Head:
         batch_size, device = feats[0].shape[0], feats[0].device
         feats = [f if f.dtype in (torch.float32, torch.float64) else f.float() for f in feats]
         r = self.reg_max
-        bins, cls_logits = _SplitHead.apply(4 * r, *feats)  # (B, A, 4R), (B, C, A): one copy, no permutes
-        a = cls_logits.shape[2]
-        bin_logits = bins.view(batch_size, a, 4, r)
-
-        points, stride = self._anchors(feats, cls_logits.dtype, device)
-        detached = bin_logits.detach()
+        with torch.no_grad():  # (B, C, A), for the assigner; _HeadMaps puts it in the graph after the assignment
+            cls_values = torch.cat([f[:, 4 * r :].flatten(2) for f in feats], 2)
+        a = cls_values.shape[2]
+        points, stride = self._anchors(feats, cls_values.dtype, device)
+        detached, sync = [f.detach() for f in feats], self.assigner.is_sparse(device)
 
         def pred_boxes(batch: Tensor, anchor: Tensor) -> Tensor:  # pixels; the assigner decodes only what it needs
-            return decode_boxes(detached[batch, anchor], points[anchor]) * stride[anchor]
+            sides = _read_sides(detached, 4 * r, batch, anchor, sync).view(-1, 4, r)
+            return decode_boxes(sides, points[anchor]) * stride[anchor]
 
         levels = [(f.shape[2], f.shape[3], s) for f, s in zip(feats, self.strides)]
         assignment = self.assigner(
-            cls_logits.detach(), pred_boxes, points * stride, packed.boxes, packed.labels, packed.mask, levels
+            cls_values, pred_boxes, points * stride, packed.boxes, packed.labels, packed.mask, levels
         )
 
         # the slots' boxes are decoded again, in the graph: the gradient never touches the other anchors
         b, anc = assignment.batch, assignment.anchor
-        slot_bins = bin_logits[b, anc]  # (M, 4, R)
+        cls_logits, slot_sides = _HeadMaps.apply(4 * r, sync, cls_values, b, anc, *feats)
+        slot_bins = slot_sides.view(-1, 4, r)  # (M, 4, R)
         slot_points, slot_stride = points[anc], stride[anc]
         weight = assignment.scores
         target_boxes = assignment.boxes / slot_stride  # grid units of each anchor's level
@@ -149,7 +191,7 @@ class _Head:
             dist_view = (slot_bins, bbox2dist(slot_points, target_boxes, r - 1))
         else:  # L1: distances in fractions of the input's width and height, unclamped
             size = (
-                torch.tensor([feats[0].shape[3], feats[0].shape[2]] * 2, dtype=bins.dtype, device=device)
+                torch.tensor([feats[0].shape[3], feats[0].shape[2]] * 2, dtype=slot_sides.dtype, device=device)
                 * self.strides[0]
             )
             scale = slot_stride / size  # (M, 4)
