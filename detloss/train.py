@@ -18,11 +18,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# CPU tensors of 2 MB and more on transparent huge pages: a fresh 40 MB activation or gradient then costs a few dozen
-# page faults instead of ten thousand (README, "Where the time goes"). torch reads this once, when it is imported,
-# hence here, before; THP_MEM_ALLOC_ENABLE=0 in the environment keeps the default allocation.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 import hydra
 import lightning as L
 from hydra.utils import instantiate

@@ -281,29 +281,3 @@ def test_the_yolo26_loss_brings_its_heads_and_a_mismatch_fails_when_built(compos
         build(compose("model=yolo26_nano", *SMALL))
     with pytest.raises(Exception, match=r"model.reg_max \(16\) and criterion.reg_max \(1\) differ"):
         build(compose("loss=yolo26", "criterion.reg_max=1", "model.reg_max=16", *SMALL))
-
-
-@pytest.mark.parametrize("env, expected", [(None, "1"), ("0", "0")])
-def test_the_training_entry_point_puts_large_cpu_tensors_on_huge_pages_unless_told(env, expected):
-    # torch reads THP_MEM_ALLOC_ENABLE once, when it is imported: detloss.train must set it before that, and leave
-    # a value from the environment alone
-    import os
-    import subprocess
-    import sys
-
-    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if env is not None:
-        environ["THP_MEM_ALLOC_ENABLE"] = env
-    probe = (  # the value the environment holds at the moment torch is first imported
-        "import os, sys\n"
-        "seen = []\n"
-        "class Hook:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' and not seen:\n"
-        "            seen.append(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
-        "sys.meta_path.insert(0, Hook())\n"
-        "import detloss.train\n"
-        "print(seen[0])\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], env=environ, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected

@@ -28,13 +28,10 @@ batch size over the mean step time without the data wait.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as `python -m detloss.train` allocates (detloss/train.py)
 
 import lightning as L
 import torch
