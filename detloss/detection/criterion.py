@@ -55,7 +55,8 @@ def _read_sides(feats: Sequence[Tensor], num_sides: int, batch: Tensor, anchor: 
     With ``sync`` each level reads only its own pairs, found with a host sync (for the sparse assignment, which
     syncs anyway); without, every level reads every pair at a clamped index and keeps its own, with no host sync.
     """
-    out = feats[0].new_zeros(anchor.shape[0], num_sides)
+    # with sync every pair is written once (the levels partition the anchors); without, zeros are where's base
+    out = (feats[0].new_empty if sync else feats[0].new_zeros)(anchor.shape[0], num_sides)
     for f, (local, inside) in zip(feats, _per_level([f.shape[2] * f.shape[3] for f in feats], anchor)):
         flat = f.flatten(2)  # (B, channels, H·W): a view of a contiguous or channels-last map
         if sync:

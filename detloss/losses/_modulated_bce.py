@@ -186,7 +186,8 @@ def _background_block(x: Tensor, c: float, e: float, loss_out: Tensor | None, gr
     a sum of terms of one sign; ``p^e`` as ``exp(e · log p)`` (or multiplies for ``e`` in {1, 2}, ``pow`` for 3
     and 0.5). Writes ``loss_out`` (or returns the block's sum when it is ``None``) and ``grad_out`` (when given).
     """
-    p = torch.sigmoid(x)
+    into_grad = grad_out is not None and e == 0 and c == 1  # BCE: the derivative is p itself
+    p = torch.sigmoid(x, out=grad_out) if into_grad else torch.sigmoid(x)
     q = torch.neg(x).sigmoid_()
     lg = log1p(torch.minimum(p, q).div_(torch.maximum(p, q)))  # log1p(e^−|x|)
     sp = torch.clamp_min(x, 0).add_(lg)
@@ -200,7 +201,7 @@ def _background_block(x: Tensor, c: float, e: float, loss_out: Tensor | None, gr
         cpe = torch.pow(p, e) if e in (3, 0.5) else torch.clamp_max(x, 0).sub_(lg).mul_(e).exp_()
         if c != 1:
             cpe.mul_(c)
-    if grad_out is not None:
+    if grad_out is not None and not into_grad:
         if cpe is None:
             torch.mul(p, c, out=grad_out)
         else:
