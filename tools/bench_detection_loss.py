@@ -30,6 +30,14 @@ measured, and stops them:
 * joined with ``+``: e.g. ``train+busy2``.
 
     python tools/bench_detection_loss.py --load none train train+busy2 --no-memory
+
+``--parts`` times the parts of detloss' YOLOv8 criterion instead (no other implementation; median over the repeats,
+ms): the assignment (candidates, their boxes decoded, top-k), the dense target scores, the class term's forward
+(BCE's value and derivative in one pass), the rest of the forward; the backward of the head maps (the class
+gradient copied into each level's gradient map, the slots' side gradients added) and the rest of the backward.
+Each part is timed by a wrapper around the function that does it.
+
+    python tools/bench_detection_loss.py --parts --gts 20 200
 Peak memory is measured for each implementation in a fresh subprocess: on CPU the growth of the peak resident
 set (``ru_maxrss``) over the step, on a GPU ``torch.cuda.max_memory_allocated`` over the step.
 """
@@ -275,6 +283,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", default=["detloss", "ultralytics", "detloss-yolo26", "ultralytics-yolo26"])
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--load", nargs="+", default=["none"], help="background load conditions (module docstring)")
+    parser.add_argument("--parts", action="store_true", help="time the parts of detloss' criterion (module doc)")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -291,6 +300,9 @@ def main(argv=None) -> int:
         f"median of {args.repeats}"
     )
     print()
+    if args.parts:
+        parts(args, device)
+        return 0
     print(
         "| load | GTs / image | implementation | fwd + bwd (ms) | vs detloss | peak memory (MiB) | box | cls "
         "| dfl / l1 | max rel. diff |"
@@ -327,6 +339,78 @@ def measure(args, device: torch.device, names: list[str], load: str) -> None:
                 f"{cls:.6f} | {dfl:.6f} | {diff:.1e} |",
                 flush=True,
             )
+
+
+PARTS = ("assignment", "target scores", "class term", "rest of forward", "head maps backward", "rest of backward")
+
+
+def parts(args, device: torch.device) -> None:
+    """The parts of detloss' YOLOv8 criterion, each timed by a wrapper around the function that does it."""
+    from detloss.detection import DetectionCriterion, assigner, criterion
+    from detloss.losses import _modulated_bce
+
+    clock: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            _sync(device)
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                _sync(device)
+                clock[name] = clock.get(name, 0.0) + time.perf_counter() - start
+
+        return wrapper
+
+    crit = DetectionCriterion(NUM_CLASSES, validate=False).to(device)
+    patches = [
+        (crit.assigner, "forward", timed("assignment", crit.assigner.forward)),
+        (assigner.Assignment, "target_scores", timed("target scores", assigner.Assignment.target_scores)),
+        (_modulated_bce, "_fused_forward", timed("class term", _modulated_bce._fused_forward)),
+        (criterion._HeadMaps, "backward", staticmethod(timed("head maps backward", criterion._HeadMaps.backward))),
+    ]
+    originals = [(obj, attr, vars(obj).get(attr)) for obj, attr, _ in patches]  # None: an instance's method
+    for obj, attr, wrapped in patches:
+        setattr(obj, attr, wrapped)
+    print("| GTs / image | " + " | ".join(PARTS) + " | forward | backward | fwd + bwd |")
+    print("| ---: |" + " ---: |" * (len(PARTS) + 3))
+    try:
+        for num_gt in args.gts:
+            feats, targets = make_inputs(num_gt, device)
+            rows = []
+            for i in range(args.warmup + args.repeats):
+                clock.clear()
+                maps = [f.detach().requires_grad_() for f in feats["v8"]]
+                _sync(device)
+                t0 = time.perf_counter()
+                total = crit(maps, targets).total
+                _sync(device)
+                t1 = time.perf_counter()
+                total.backward()
+                _sync(device)
+                t2 = time.perf_counter()
+                if i >= args.warmup:
+                    forward, backward = t1 - t0, t2 - t1
+                    row = dict(clock, forward=forward, backward=backward)
+                    row["rest of forward"] = forward - sum(clock.get(p, 0.0) for p in PARTS[:3])
+                    row["rest of backward"] = backward - clock.get("head maps backward", 0.0)
+                    rows.append(row)
+            cols = [*PARTS, "forward", "backward"]
+            med = {c: statistics.median(r.get(c, 0.0) for r in rows) * 1e3 for c in cols}
+            whole = statistics.median(r["forward"] + r["backward"] for r in rows) * 1e3
+            print(f"| {num_gt} | " + " | ".join(f"{med[c]:.1f}" for c in cols) + f" | {whole:.1f} |", flush=True)
+    finally:
+        for obj, attr, original in originals:
+            if original is None:
+                delattr(obj, attr)  # the instance attribute shadowed the class's method
+            else:
+                setattr(obj, attr, original)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":
