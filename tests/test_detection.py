@@ -261,6 +261,11 @@ def test_head_maps_read_and_write_the_slots_of_every_level(sync, channels_last):
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
         assert a.is_contiguous(memory_format=fmt)
+    for pick in (0, 1):  # one output alone (a composite without a class term, or without box terms)
+        w = (w_cls, w_sides)[pick]
+        alone = [torch.autograd.grad((o[pick] * w).sum(), feats) for o in (ours(*feats), plain(*feats))]
+        for a, b in zip(*alone):
+            torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda *m: ours(*m)[1], feats)
 
 

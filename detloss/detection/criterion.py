@@ -92,10 +92,13 @@ class _HeadMaps(torch.autograd.Function):
     def forward(ctx, num_sides: int, sync: bool, cls: Tensor, batch: Tensor, anchor: Tensor, *feats: Tensor):
         ctx.num_sides, ctx.sync, ctx.maps = num_sides, sync, [(f.shape, _memory_format(f)) for f in feats]
         ctx.save_for_backward(batch, anchor)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a full-size zero tensor
         return cls.view_as(cls), _read_sides(feats, num_sides, batch, anchor, sync)
 
     @staticmethod
     def backward(ctx, grad_cls: Tensor | None, grad_sides: Tensor | None):
+        if grad_cls is None and grad_sides is None:
+            return (None,) * (5 + len(ctx.maps))
         batch, anchor = ctx.saved_tensors
         s, ref = ctx.num_sides, grad_cls if grad_cls is not None else grad_sides
         grads, start = [], 0
