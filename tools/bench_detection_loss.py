@@ -182,13 +182,11 @@ def available(names):
 
 def step(run, feats, targets, device):
     leaves = {key: [f.detach().requires_grad_() for f in maps] for key, maps in feats.items()}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     start = time.perf_counter()
     total, terms = run(leaves, targets)
     total.backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     return time.perf_counter() - start, [float(t.detach()) for t in terms]
 
 
@@ -409,6 +407,7 @@ def parts(args, device: torch.device) -> None:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock reads what it did (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

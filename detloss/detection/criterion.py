@@ -50,30 +50,33 @@ HEADS = ("one2many", "one2one")
 
 def _read_sides(feats: Sequence[Tensor], num_sides: int, batch: Tensor, anchor: Tensor, sync: bool) -> Tensor:
     """``(P, num_sides)``: the side channels of the pairs ``(batch[i], anchor[i])``, read from the per-level maps
-    (anchors numbered level by level, row-major within a level, as :func:`~detloss.detection.make_anchors`).
-
-    With ``sync`` each level reads only its own pairs, found with a host sync (for the sparse assignment, which
-    syncs anyway); without, every level reads every pair at a clamped index and keeps its own, with no host sync.
-    """
+    (anchors numbered level by level, row-major within a level, as :func:`~detloss.detection.make_anchors`)."""
     # with sync every pair is written once (the levels partition the anchors); without, zeros are where's base
     out = (feats[0].new_empty if sync else feats[0].new_zeros)(anchor.shape[0], num_sides)
-    for f, (local, inside) in zip(feats, _per_level([f.shape[2] * f.shape[3] for f in feats], anchor)):
-        flat = f.flatten(2)  # (B, channels, H·W): a view of a contiguous or channels-last map
+    sizes = [f.shape[2] * f.shape[3] for f in feats]
+    for f, (rows, local, which) in zip(feats, _level_pairs(sizes, batch, anchor, sync)):
+        values = f.flatten(2)[rows, :num_sides, local]  # flatten: a view of a contiguous or channels-last map
         if sync:
-            i = inside.nonzero().squeeze(1)
-            out[i] = flat[batch[i], :num_sides, local[i]]
+            out[which] = values
         else:
-            out = torch.where(inside.unsqueeze(1), flat[batch, :num_sides, local], out)
+            out = torch.where(which.unsqueeze(1), values, out)
     return out
 
 
-def _per_level(sizes: Sequence[int], anchor: Tensor):
-    """For each level of ``sizes[l]`` anchors: each anchor's index within the level (clamped into it), and which
-    anchors are on it."""
+def _level_pairs(sizes: Sequence[int], batch: Tensor, anchor: Tensor, sync: bool):
+    """For each level of ``sizes[l]`` anchors, the pairs on it as ``(rows, local, which)``: their images, their
+    indices within the level and which pairs they are. With ``sync`` those pairs alone, ``which`` their indices
+    (found with a host sync, for the sparse assignment, which syncs anyway); without, every pair at an index clamped
+    into the level, ``which`` a mask of those truly on it (no host sync)."""
     start = 0
     for size in sizes:
         local = anchor - start
-        yield local.clamp(0, size - 1), (local >= 0) & (local < size)
+        on_level = (local >= 0) & (local < size)
+        if sync:
+            which = on_level.nonzero().squeeze(1)
+            yield batch[which], local[which], which
+        else:
+            yield batch, local.clamp(0, size - 1), on_level
         start += size
 
 
@@ -103,7 +106,8 @@ class _HeadMaps(torch.autograd.Function):
         s, ref = ctx.num_sides, grad_cls if grad_cls is not None else grad_sides
         grads, start = [], 0
         sizes = [shape[2] * shape[3] for shape, _ in ctx.maps]
-        for (shape, memory_format), size, (local, inside) in zip(ctx.maps, sizes, _per_level(sizes, anchor)):
+        levels = _level_pairs(sizes, batch, anchor, ctx.sync)
+        for (shape, memory_format), size, (rows, local, which) in zip(ctx.maps, sizes, levels):
             g = torch.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=memory_format)
             flat = g.flatten(2)
             if grad_cls is None:
@@ -112,11 +116,8 @@ class _HeadMaps(torch.autograd.Function):
                 flat[:, s:].copy_(grad_cls[:, :, start : start + size])
             sides = flat[:, :s].zero_().transpose(1, 2)  # (B, H·W, S)
             if grad_sides is not None:
-                if ctx.sync:
-                    i = inside.nonzero().squeeze(1)
-                    sides.index_put_((batch[i], local[i]), grad_sides[i], accumulate=True)
-                else:
-                    sides.index_put_((batch, local), grad_sides * inside.unsqueeze(1), accumulate=True)
+                added = grad_sides[which] if ctx.sync else grad_sides * which.unsqueeze(1)
+                sides.index_put_((rows, local), added, accumulate=True)
             grads.append(g)
             start += size
         return (None, None, None, None, None, *grads)
