@@ -38,8 +38,10 @@ gradient copied into each level's gradient map, the slots' side gradients added)
 Each part is timed by a wrapper around the function that does it.
 
     python tools/bench_detection_loss.py --parts --gts 20 200
-Peak memory is measured for each implementation in a fresh subprocess: on CPU the growth of the peak resident
-set (``ru_maxrss``) over the step, on a GPU ``torch.cuda.max_memory_allocated`` over the step.
+Peak memory is measured for each implementation in a fresh subprocess, over a step after a warm-up step: on CPU
+the growth of the peak resident set (``VmHWM``) over the step plus the blocks that detloss' buffer pool
+(:mod:`detloss.buffers`) kept from the warm-up and reuses, on a GPU ``torch.cuda.max_memory_allocated`` over the
+step.
 """
 
 from __future__ import annotations
@@ -206,16 +208,27 @@ def peak_memory_worker(name: str, num_gt: int, device_name: str, threads: int) -
     else:
         import gc
 
+        from detloss import buffers
+
         gc.collect()
         base = _rss_now()
         step(run, feats, targets, device)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        # the blocks of detloss' buffer pool were touched in the warm-up and are reused: count them as the step's
+        peak = _rss_peak() - base + buffers.pooled_bytes()
     print(json.dumps({"peak_mib": peak / 2**20}))
 
 
 def _rss_now() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _rss_peak() -> int:
+    """This process's peak resident set (``VmHWM``). Not ``ru_maxrss``: Linux carries that over ``exec`` from the
+    forked parent, so a worker started by a large parent would report the parent's size as its peak."""
+    with open("/proc/self/status") as f:
+        kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    return int(kib) * 1024
 
 
 def peak_memory(name: str, num_gt: int, device: str, threads: int) -> float:

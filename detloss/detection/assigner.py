@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .. import buffers
 from ..losses._utils import check_choice, check_number
 from ._dense import dense_metrics, pair_ciou, pow_
 
@@ -60,7 +61,8 @@ class Assignment(NamedTuple):
 
     def target_scores(self, batch_size: int, num_classes: int, num_anchors: int) -> Tensor:
         """Dense ``(B, C, A)`` target scores (one-hot class × score on foreground anchors, 0 elsewhere)."""
-        dense = torch.zeros(batch_size * num_classes * num_anchors, dtype=self.scores.dtype, device=self.scores.device)
+        n = batch_size * num_classes * num_anchors
+        dense = buffers.empty((n,), dtype=self.scores.dtype, device=self.scores.device).zero_()
         index = (self.batch * num_classes + self.labels) * num_anchors + self.anchor
         dense.index_put_((index,), self.scores, accumulate=True)  # non-fg slots add 0
         return dense.view(batch_size, num_classes, num_anchors)

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .. import buffers
 from ..composite import CompositeLoss, Criterion, ProgLoss, View
 from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss, DistanceL1Loss
 from ..losses._utils import check_number
@@ -108,7 +109,7 @@ class _HeadMaps(torch.autograd.Function):
         sizes = [shape[2] * shape[3] for shape, _ in ctx.maps]
         levels = _level_pairs(sizes, batch, anchor, ctx.sync)
         for (shape, memory_format), size, (rows, local, which) in zip(ctx.maps, sizes, levels):
-            g = torch.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=memory_format)
+            g = buffers.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=memory_format)
             flat = g.flatten(2)
             if grad_cls is None:
                 flat[:, s:].zero_()
@@ -170,9 +171,10 @@ class _Head:
         batch_size, device = feats[0].shape[0], feats[0].device
         feats = [f if f.dtype in (torch.float32, torch.float64) else f.float() for f in feats]
         r = self.reg_max
+        a = sum(f.shape[2] * f.shape[3] for f in feats)
+        cls_values = buffers.empty((batch_size, self.num_classes, a), dtype=feats[0].dtype, device=device)
         with torch.no_grad():  # (B, C, A), for the assigner; _HeadMaps puts it in the graph after the assignment
-            cls_values = torch.cat([f[:, 4 * r :].flatten(2) for f in feats], 2)
-        a = cls_values.shape[2]
+            torch.cat([f[:, 4 * r :].flatten(2) for f in feats], 2, out=cls_values)
         points, stride = self._anchors(feats, cls_values.dtype, device)
         detached, sync = [f.detach() for f in feats], self.assigner.is_sparse(device)
 
