@@ -1,12 +1,12 @@
-"""detloss.buffers: a pooled block is handed out again only once nothing holds its memory."""
+"""detloss.losses.buffers: a pooled block is handed out again only once nothing holds its memory."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from detloss import buffers
 from detloss.detection import DetectionCriterion, EndToEndCriterion
+from detloss.losses import buffers
 
 SHAPE = (4, 8, 1024)  # 128 KiB in float32
 

@@ -40,7 +40,7 @@ Each part is timed by a wrapper around the function that does it.
     python tools/bench_detection_loss.py --parts --gts 20 200
 Peak memory is measured for each implementation in a fresh subprocess, over a step after a warm-up step: on CPU
 the growth of the peak resident set (``VmHWM``) over the step plus the blocks that detloss' buffer pool
-(:mod:`detloss.buffers`) kept from the warm-up and reuses, on a GPU ``torch.cuda.max_memory_allocated`` over the
+(:mod:`detloss.losses.buffers`) kept from the warm-up and reuses, on a GPU ``torch.cuda.max_memory_allocated`` over the
 step.
 """
 
@@ -208,7 +208,7 @@ def peak_memory_worker(name: str, num_gt: int, device_name: str, threads: int) -
     else:
         import gc
 
-        from detloss import buffers
+        from detloss.losses import buffers
 
         gc.collect()
         base = _rss_now()

@@ -61,8 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import buffers
-from . import _stable
+from . import _stable, buffers
 from ._stable import bce_terms, log1p, sigmoid_pair
 from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_same_shape, reduce
 

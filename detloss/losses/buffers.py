@@ -1,10 +1,10 @@
-"""Reuse of the large CPU buffers that a detection step allocates afresh at every call.
+"""Reuse of the large CPU buffers that the fused losses and the detection criterion allocate at every call.
 
 The CPU allocator of torch has no cache: it asks glibc, which serves every block above its mmap threshold (at most
 32 MiB) with a fresh ``mmap`` and gives it back with ``munmap`` when the tensor dies. Every page of such a block
 then faults on its first touch, and the kernel zeroes it: for the criterion's dense ``(B, C, A)`` tensors at batch
 16, 640 px and 80 classes (43 MB each) that is about 10 500 faults per tensor per step, a large part of the
-criterion's time (README, "Speed of the criterion"). :func:`empty` instead hands out the memory of a block that an
+criterion's time (README, "The detection criterion"). :func:`empty` instead hands out the memory of a block that an
 earlier call allocated, once nothing holds it any more.
 
 "Nothing holds it" is decided by the storage's reference count, which counts every tensor on that memory (views,
@@ -13,7 +13,7 @@ caller still holds, a graph kept with ``retain_graph=True`` or a gradient kept a
 twice: the call allocates a fresh block instead. The pool keeps at most :data:`CAPACITY` blocks, dropping the
 least recently used; :func:`clear` releases them all. On other devices (whose allocators cache), for blocks under
 :data:`MIN_BYTES` (which glibc serves from its heap), inside ``torch.compile`` and where torch cannot report the
-count, :func:`empty` is ``torch.empty``; ``detloss.buffers.CAPACITY = 0`` turns the pool off.
+count, :func:`empty` is ``torch.empty``; ``detloss.losses.buffers.CAPACITY = 0`` turns the pool off.
 """
 
 from __future__ import annotations
