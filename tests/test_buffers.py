@@ -106,9 +106,9 @@ def test_small_blocks_and_other_devices_are_not_pooled(monkeypatch):
     assert t.device.type == "meta" and buffers._blocks == []
 
 
-def _maps(seed: int, channels: int, batch: int = 2):
+def _maps(seed: int, channels: int, batch: int = 2, memory_format=torch.contiguous_format):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, channels, s, s, generator=g) for s in (16, 8, 4)]
+    return [torch.randn(batch, channels, s, s, generator=g).contiguous(memory_format=memory_format) for s in (16, 8, 4)]
 
 
 def _targets(batch: int = 2):
@@ -117,18 +117,21 @@ def _targets(batch: int = 2):
 
 
 def _step(criterion, feats, retain: bool = False):
-    leaves = [f.clone().requires_grad_() for f in feats]
+    leaves = [f.clone().requires_grad_() for f in feats]  # clone keeps the memory format
     out = criterion(leaves, _targets())
     out.total.backward(retain_graph=retain)
+    for leaf in leaves:  # the gradient maps keep the head's layout, pooled or not
+        assert leaf.grad.stride() == leaf.stride()
     return out, leaves
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("pooled", [False, True])
-def test_the_criterion_gives_the_same_steps_with_and_without_the_pool(pool, monkeypatch, pooled):
+def test_the_criterion_gives_the_same_steps_with_and_without_the_pool(pool, monkeypatch, pooled, memory_format):
     if not pooled:
         monkeypatch.setattr(buffers, "MIN_BYTES", 1 << 40)
     criterion = DetectionCriterion(5, reg_max=4)
-    first, second = _maps(0, 4 * 4 + 5), _maps(1, 4 * 4 + 5)
+    first, second = (_maps(seed, 4 * 4 + 5, memory_format=memory_format) for seed in (0, 1))
     ref = [criterion(f, _targets()).total.item() for f in (first, second)]
 
     # step 1's outputs and gradients are kept while step 2 runs: step 2 must not write over them
