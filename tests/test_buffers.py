@@ -47,6 +47,18 @@ def test_a_block_of_the_same_size_serves_another_shape(pool):
     assert u.data_ptr() == ptr and u.shape == (32, 1024)
 
 
+class _PooledGradient(torch.autograd.Function):
+    """A backward that hands a pooled buffer over as the gradient (as the fused losses do)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _take().copy_(grad)
+
+
 @pytest.mark.parametrize("holder", ["tensor", "view", "detach", "saved for backward", "grad", "numpy"])
 def test_a_held_block_is_never_handed_out_twice(pool, holder):
     t = _take()
@@ -72,16 +84,6 @@ def test_a_held_block_is_never_handed_out_twice(pool, holder):
     leaf.grad = None
     both = _take(), _take()  # the block taken by the check above is free too
     assert ptr in {t.data_ptr() for t in both}
-
-
-class _PooledGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _take().copy_(grad)
 
 
 def test_the_pool_keeps_at_most_capacity_blocks_least_recently_used_out(pool, monkeypatch):

@@ -38,10 +38,11 @@ gradient copied into each level's gradient map, the slots' side gradients added)
 Each part is timed by a wrapper around the function that does it.
 
     python tools/bench_detection_loss.py --parts --gts 20 200
+
 Peak memory is measured for each implementation in a fresh subprocess, over a step after a warm-up step: on CPU
 the growth of the peak resident set (``VmHWM``) over the step plus the blocks that detloss' buffer pool
-(:mod:`detloss.losses.buffers`) kept from the warm-up and reuses, on a GPU ``torch.cuda.max_memory_allocated`` over the
-step.
+(:mod:`detloss.losses.buffers`) kept from the warm-up and reuses; on a GPU ``torch.cuda.max_memory_allocated``
+over the step.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ HEADS = ("one2many", "one2one")
 def _read_sides(feats: Sequence[Tensor], num_sides: int, batch: Tensor, anchor: Tensor, sync: bool) -> Tensor:
     """``(P, num_sides)``: the side channels of the pairs ``(batch[i], anchor[i])``, read from the per-level maps
     (anchors numbered level by level, row-major within a level, as :func:`~detloss.detection.make_anchors`)."""
-    # with sync every pair is written once (the levels partition the anchors); without, zeros are where's base
+    # with sync each pair is written once (the levels partition the anchors); without, torch.where fills zeros
     out = (feats[0].new_empty if sync else feats[0].new_zeros)(anchor.shape[0], num_sides)
     sizes = [f.shape[2] * f.shape[3] for f in feats]
     for f, (rows, local, which) in zip(feats, _level_pairs(sizes, batch, anchor, sync)):
