@@ -266,6 +266,36 @@ def test_ema_matches_the_formula():
     assert ema.module[1].num_batches_tracked.item() == model[1].num_batches_tracked.item() == 3
 
 
+def test_ema_follows_the_model_after_its_tensors_are_replaced():
+    # the module pairing is kept between updates; the tensors are not: a dtype or memory-format change replaces
+    # parameters' data and buffers, on the model and on the average, and both must still be followed
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    ema = ModelEMA(model, decay=0.0)
+    ema.update(model)
+    model.double().to(memory_format=torch.channels_last)
+    ema.module.double()
+    model.train()(torch.randn(2, 3, 5, 5, dtype=torch.float64))
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    for (name, v), ev in zip(model.state_dict().items(), ema.module.state_dict().values()):
+        assert torch.equal(v, ev), name
+
+
+def test_ema_averages_a_tied_weight_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    model[1].weight = model[0].weight
+    ema = ModelEMA(model, decay=0.5, tau=1e-9)  # the decay is 0.5 from the first update
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(2.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module[0].weight, start + 1.0)
+    assert ema.module[1].weight is ema.module[0].weight
+
+
 def test_ema_state_dict_round_trip_and_unwrap():
     torch.manual_seed(0)
     model = tiny_model()

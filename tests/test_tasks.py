@@ -210,3 +210,47 @@ def test_detection_map_of_an_absent_size_is_left_out():
     result = quiet_trainer().validate(task, loader, verbose=False)[0]
     assert result["val/map_small"] == pytest.approx(1.0)
     assert "val/map_large" not in result and "val/map_medium" not in result  # torchmetrics says -1
+
+
+def test_the_map_backends_give_the_same_values():
+    # faster_coco_eval, the default, against pycocotools: every size bin, empty images (no boxes, no predictions,
+    # or only one of them), tied scores, and more than 100 detections of a class in an image (COCO keeps the top 100)
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from detloss.tasks.detection import MAP_BACKENDS
+
+    g = torch.Generator().manual_seed(0)
+    preds, targets = [], []
+    for i in range(40):
+        n = 0 if i % 7 == 0 else int(torch.randint(1, 6, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 200
+        wh = torch.rand(n, 2, generator=g) ** 2 * 150 + 2  # small, medium and large
+        boxes, labels = torch.cat([xy, xy + wh], 1), torch.randint(0, 3, (n,), generator=g)
+        m = 0 if i % 11 == 0 else 150 if i % 5 == 0 else 20
+        pick = torch.randint(0, max(n, 1), (m,), generator=g)
+        near = boxes[pick] if n else torch.rand(m, 4, generator=g) * 100
+        shaken = near + torch.randn(m, 4, generator=g) * wh.mean().nan_to_num(20.0) * 0.1
+        shaken[:, 2:] = torch.maximum(shaken[:, 2:], shaken[:, :2] + 1)
+        scores = (torch.rand(m, generator=g) * 10).round() / 10  # ties
+        classes = labels[pick] if n and i % 3 else torch.randint(0, 3, (m,), generator=g)
+        preds.append({"boxes": shaken, "scores": scores, "labels": classes})
+        targets.append({"boxes": boxes, "labels": labels})
+    results = []
+    for backend in MAP_BACKENDS:
+        metric = MeanAveragePrecision(backend=backend, class_metrics=True)
+        metric.warn_on_many_detections = False
+        metric.update(preds, targets)
+        results.append(metric.compute())
+    first, second = results
+    assert first["map_50"] > 0.05 and first["map_small"] >= 0 and first["map_large"] >= 0
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], msg=key)
+
+
+def test_detection_task_refuses_an_unknown_map_backend():
+    from detloss.detection import DetectionCriterion
+    from detloss.models import YOLODetector
+    from detloss.tasks import DetectionTask
+
+    with pytest.raises(ValueError, match="map_backend must be one of"):
+        DetectionTask(YOLODetector(num_classes=2), DetectionCriterion(2), torch.optim.AdamW, map_backend="coco")

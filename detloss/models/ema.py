@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -55,6 +56,7 @@ class ModelEMA:
         self.module.requires_grad_(False)
         for param in self.module.parameters():
             param.grad = None
+        self._paired: tuple | None = None  # see _module_pairs
 
     def current_decay(self) -> float:
         """``decay · (1 − exp(−updates / tau))``."""
@@ -62,20 +64,42 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """One step of the average towards ``model``'s current weights."""
+        """One step of the average towards ``model``'s current weights: one fused op over all the tensors."""
         self.updates += 1
-        d = self.current_decay()
-        model = unwrap(model)
-        params = dict(model.named_parameters())
-        for name, ema_param in self.module.named_parameters():
-            param = params[name].detach()
-            if ema_param.is_floating_point():
-                ema_param.lerp_(param.to(ema_param.dtype), 1 - d)
-            else:
-                ema_param.copy_(param)
-        buffers = dict(model.named_buffers())
-        for name, ema_buffer in self.module.named_buffers():
-            ema_buffer.copy_(buffers[name])
+        averaged, live, copied, sources, seen = [], [], [], [], set()
+        for ema_module, module in self._module_pairs(unwrap(model)):
+            for key, ema_param in ema_module._parameters.items():
+                if ema_param is None or id(ema_param) in seen:  # a weight tied between modules is averaged once
+                    continue
+                seen.add(id(ema_param))
+                param = module._parameters[key]
+                if ema_param.is_floating_point():
+                    averaged.append(ema_param)
+                    live.append(param.to(ema_param.dtype))
+                else:
+                    copied.append(ema_param)
+                    sources.append(param)
+            for key, ema_buffer in ema_module._buffers.items():
+                if ema_buffer is not None:
+                    copied.append(ema_buffer)
+                    sources.append(module._buffers[key])
+        if averaged:
+            torch._foreach_lerp_(averaged, live, 1 - self.current_decay())
+        if copied:
+            torch._foreach_copy_(copied, sources)
+
+    def _module_pairs(self, model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+        """Each submodule of the average that holds tensors, with ``model``'s submodule of the same name.
+
+        The tensors themselves are read from the modules at every update (moving a module may replace its
+        buffers), but the walk by name, which costs more than the update (a few hundred modules), is done once per
+        model.
+        """
+        if self._paired is None or self._paired[0]() is not model:
+            modules = dict(model.named_modules())
+            pairs = [(m, modules[n]) for n, m in self.module.named_modules() if m._parameters or m._buffers]
+            self._paired = (weakref.ref(model), pairs)
+        return self._paired[1]
 
     def to(self, *args: Any, **kwargs: Any) -> ModelEMA:
         """Move the averaged model (``nn.Module.to`` arguments)."""
