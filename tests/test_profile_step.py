@@ -18,5 +18,6 @@ def test_parts_are_positive_and_sum_to_at_most_the_step(tmp_path):
     assert result["data wait"] >= 0 and result["other"] >= -1e-9
     assert sum(result[p] for p in PARTS[1:]) <= result["step"] * (1 + 1e-9)
     assert 0 < result["val metric update"] <= result["val batch"]
+    assert result["val metric compute"] > 0  # the mAP at the validation's end
     assert result["loader img/s"] > 0 and math.isclose(result["step img/s"], 8 / result["step"])
     assert rows("tiny", result)[0].startswith("| tiny | 8 |")

@@ -18,7 +18,8 @@ validation metrics' ``update``; nothing of the loop is re-implemented. Per train
 - step: ``on_train_batch_start`` → that end, so the parts (besides the data wait) sum to at most the step; the
   rest (logging, the NaN guard's check, zero_grad) is "other".
 
-And per validation batch: the metric updates (every torchmetrics ``Metric`` of the task) and the whole batch.
+And per validation batch: the metric updates (every torchmetrics ``Metric`` of the task) and the whole batch; per
+validation: the metrics' ``compute`` at its end (detection: the COCO evaluation behind the mAP).
 
 The loader alone: the training DataLoader at the configured ``num_workers``, iterated for ``--loader-batches``
 batches after its first (worker start-up excluded), in images per second, against what the step consumes: the
@@ -55,6 +56,8 @@ class StepProfiler(L.Callback):
         self._t: dict[str, float] = {}
         self._end: float | None = None
         self._metric_time = 0.0
+        self._compute_time = 0.0
+        self.computes: list[float] = []
 
     # -------------------------------------------------------------------------------------------- wrapping
 
@@ -74,15 +77,16 @@ class StepProfiler(L.Callback):
         task.criterion.register_forward_pre_hook(lambda *_: self._t.__setitem__("crit_start", time.perf_counter()))
         task.criterion.register_forward_hook(lambda *_: self._t.__setitem__("crit_end", time.perf_counter()))
         for metric in (m for m in task.modules() if isinstance(m, Metric)):
-            metric.update = self._timed(metric.update)
+            metric.update = self._timed(metric.update, "_metric_time")
+            metric.compute = self._timed(metric.compute, "_compute_time")
 
-    def _timed(self, update):
+    def _timed(self, method, total: str):
         def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return update(*args, **kwargs)
+                return method(*args, **kwargs)
             finally:
-                self._metric_time += time.perf_counter() - start
+                setattr(self, total, getattr(self, total) + time.perf_counter() - start)
 
         return timed
 
@@ -122,6 +126,13 @@ class StepProfiler(L.Callback):
 
     # ----------------------------------------------------------------------------------------- validation
 
+    def on_validation_epoch_start(self, trainer, task):
+        self._compute_time = 0.0
+
+    def on_validation_end(self, trainer, task):  # after the task's on_validation_epoch_end, where metrics compute
+        if not trainer.sanity_checking:
+            self.computes.append(self._compute_time)
+
     def on_validation_batch_start(self, trainer, task, batch, batch_idx, dataloader_idx=0):
         self._metric_time, self._val_start = 0.0, time.perf_counter()
 
@@ -141,6 +152,8 @@ class StepProfiler(L.Callback):
         if self.val:
             out["val metric update"] = sum(v["metric update"] for v in self.val) / len(self.val)
             out["val batch"] = sum(v["batch"] for v in self.val) / len(self.val)
+        if self.computes:
+            out["val metric compute"] = sum(self.computes) / len(self.computes)
         return out
 
 
@@ -189,19 +202,21 @@ def profile(overrides, warmup: int = 3, steps: int = 20, val_batches: int = 4, l
 
 
 def rows(name: str, r: dict) -> list[str]:
-    ms = {k: 1e3 * v for k, v in r.items() if k in (*PARTS, "step", "val metric update", "val batch")}
+    timed = (*PARTS, "step", "val metric update", "val batch", "val metric compute")
+    ms = {k: 1e3 * v for k, v in r.items() if k in timed}
     parts = " | ".join(f"{ms[p]:.1f}" for p in PARTS)
     return [
         f"| {name} | {r['batch size']} | {parts} | {ms['step']:.1f} | {ms.get('val metric update', float('nan')):.1f} "
-        f"/ {ms.get('val batch', float('nan')):.1f} | {r['loader img/s']:.0f} ({r['num_workers']} workers) | "
+        f"/ {ms.get('val batch', float('nan')):.1f} | {ms.get('val metric compute', float('nan')):.0f} | "
+        f"{r['loader img/s']:.0f} ({r['num_workers']} workers) | "
         f"{r['step img/s']:.0f} |"
     ]
 
 
 HEADER = [
     "| run | batch | data wait (ms) | forward | criterion | backward | optimizer (+EMA) | other | step (ms) | "
-    "val: metric update / batch (ms) | loader alone (img/s) | step consumes (img/s) |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "val: metric update / batch (ms) | val: metric compute (ms) | loader alone (img/s) | step consumes (img/s) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 
 
