@@ -239,7 +239,7 @@ class ShapesDataModule(DetectionDataModule):
 
     def __init__(
         self,
-        num_train: int = 2000,
+        num_train: int = 4000,
         num_val: int = 256,
         image_size: int = 128,
         seed: int = 0,
