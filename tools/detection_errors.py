@@ -36,6 +36,7 @@ from torchvision.ops import batched_nms, box_iou
 
 from detloss.config import CHECKPOINT_CONFIG, read_checkpoint
 from detloss.predict import load_task
+from detloss.tasks import DetectionTask
 
 KINDS = ("tp", "duplicate", "wrong_class", "localisation", "background")
 FALSE_POSITIVES = KINDS[1:]
@@ -93,13 +94,11 @@ def error_breakdown(
         shown = pred["scores"] >= score
         for i, kind in enumerate(KINDS):
             counts[kind] += int((shown & (kinds == i)).sum())
+        found = kinds == KINDS.index("tp")
+        keeps = {"all": torch.ones_like(found), "without_all": found}
+        keeps.update({f"without_{k}": kinds != KINDS.index(k) for k in FALSE_POSITIVES})
         for variant, metric in metrics.items():
-            if variant == "all":
-                keep = torch.ones_like(kinds, dtype=torch.bool)
-            elif variant == "without_all":
-                keep = kinds == KINDS.index("tp")
-            else:
-                keep = kinds != KINDS.index(variant.removeprefix("without_"))
+            keep = keeps[variant]
             metric.update([{k: pred[k][keep] for k in ("boxes", "scores", "labels")}], [target])
     map_50 = {v: float(m.compute()["map_50"]) for v, m in metrics.items()}
     return {"objects": objects, "score": score, "counts": counts, "map_50": map_50}
@@ -119,7 +118,7 @@ def validation_pairs(checkpoint_path: str, overrides: Sequence[str] = (), nms: f
         raise ValueError(f"ckpt_path: {checkpoint_path} carries no run config (written by an older detloss)")
     cfg = OmegaConf.merge(OmegaConf.create(checkpoint[CHECKPOINT_CONFIG]), OmegaConf.from_dotlist(list(overrides)))
     task, _ = load_task(cfg, checkpoint)
-    if not hasattr(task, "map_metric"):
+    if not isinstance(task, DetectionTask):
         raise ValueError(f"ckpt_path: {checkpoint_path} is a {type(task).__name__} checkpoint, not a detector's")
     datamodule = instantiate(cfg.data)
     datamodule.setup("validate")
