@@ -2,9 +2,11 @@
 
 "Degenerate but valid": zero-area, point and identical boxes, inverted *predicted* boxes (targets stay valid),
 images without objects, empty masks, every pixel ignored, all-background score maps, logits at ±100, a single
-class, a batch of one, empty tensors. Each example runs forward and backward in one of four precisions: float32,
-float16 and bfloat16 leaves, or float32 leaves under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the
-prediction cast to bfloat16 inside the region, as a layer's output would be, or left float32). The properties:
+class, a batch of one, empty tensors; for the region losses also soft multilabel targets down to 1e-30 against
+saturated logits, with class weights and a small ``smooth``. Each example runs forward and backward in one of four
+precisions: float32, float16 and bfloat16 leaves, or float32 leaves under ``torch.autocast("cpu",
+dtype=torch.bfloat16)`` (the prediction cast to bfloat16 inside the region, as a layer's output would be, or left
+float32). The properties:
 
 * every value and every gradient is finite;
 * box losses: ``|grad| < 1e4`` for pairs whose boxes have sides <= 1000 and whose enclosing diagonal is >= 1e-2,
@@ -55,6 +57,7 @@ BOX = ("iou", "giou", "diou", "ciou", "siou", "eiou")
 # the library's own losses (a test module may register one of its own: tests/test_adding_a_loss.py)
 LIBRARY = [n for n in L.available() if type(L.build(n)).__module__.startswith("detloss.losses.")]
 LOSSES = [n for n in LIBRARY if n not in BOX]
+REGION = ("dice", "generalized_dice", "tversky", "focal_tversky", "jaccard")
 
 
 # ----------------------------------------------------------------------------------------------------- strategies
@@ -208,14 +211,41 @@ def loss_case(draw, name: str):
         if name == "hausdorff_dt":
             distances += (mask_distance(logits > 0, signed=False),)
         return L.build(name, **kept), logits, (target, *distances), {"reduction": reduction}
-    assert name in ("dice", "generalized_dice", "tversky", "focal_tversky", "jaccard"), name
-    options, logits, target = draw(region_case())
+    assert name in REGION, name
+    return draw(region_loss_case(name, draw(region_case()), reduction))
+
+
+@st.composite
+def saturated_soft_case(draw):
+    """``(options, logits, target)`` of the multilabel case where ``1/T²`` nears float32's largest value: soft
+    targets down to 1e-30 against logits saturated at one value (or random), with a small ``smooth``."""
+    batch, classes = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    shape = (batch, classes, 8, 8)
+    if draw(st.integers(0, 3)):
+        logits = torch.full(shape, draw(st.sampled_from([88.0, 20.0, 100.0, -88.0])), dtype=torch.float64)
+    else:
+        logits = draw(tensors(shape))
+    target = draw(tensors(shape, 0.0, 1.0, (1.0, 0.5, 0.0))) * draw(st.sampled_from([2e-21, 1e-20, 1e-30, 1e-6]))
+    options = {"mode": "multilabel", "squared": draw(st.booleans()), "batch_dice": draw(st.booleans())}
+    if classes > 1:
+        options["include_background"] = draw(st.booleans())
+    options["smooth"] = draw(st.sampled_from([1e-5, 1e-8]))
+    return options, logits, target
+
+
+@st.composite
+def region_loss_case(draw, name: str, case, reduction: str):
+    """A region loss ``name`` on ``case`` (``(options, logits, target)``), its own options and class weights drawn."""
+    options, logits, target = case
     if name in ("tversky", "focal_tversky") and not options["squared"]:
         options["alpha"], options["beta"] = draw(st.sampled_from([(0.5, 0.5), (0.3, 0.7), (1.0, 0.0)]))
     if name == "focal_tversky":
         options["gamma"] = draw(st.sampled_from([0.5, 0.75, 2.0]))
     if name == "generalized_dice":
         options["weight_type"] = draw(st.sampled_from(["square", "simple", "uniform"]))
+    if draw(st.booleans()):
+        kept = logits.shape[1] - (0 if options.get("include_background", True) else 1)
+        options["class_weights"] = draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=kept, max_size=kept))
     return L.build(name, **options), logits, (target,), {"reduction": reduction}
 
 
@@ -262,10 +292,11 @@ def check_weight_penalty(data) -> None:
         assert param.grad is None or torch.isfinite(param.grad).all(), param.grad
 
 
-def check_loss(name: str, data) -> None:
+def check_loss(name: str, data, case=None) -> None:
+    """The properties for the loss ``name`` on an example of ``case`` (a strategy; default: :func:`loss_case`)."""
     if name == "weight_penalty":
         return check_weight_penalty(data)
-    loss, pred, others, kwargs = data.draw(loss_case(name), label="case")
+    loss, pred, others, kwargs = data.draw(loss_case(name) if case is None else case, label="case")
     precision = data.draw(st.sampled_from(PRECISIONS), label="precision")
     cast = data.draw(st.booleans(), label="cast under autocast")
     x = leaf(pred, precision)
@@ -294,6 +325,27 @@ def test_losses_finite(name, data):
 @given(data=st.data())
 def test_losses_finite_long(name, data):
     check_loss(name, data)
+
+
+def check_saturated_soft(name: str, data) -> None:
+    reduction = data.draw(st.sampled_from(REDUCTIONS), label="reduction")
+    check_loss(name, data, saturated_soft_case().flatmap(lambda c: region_loss_case(name, c, reduction)))
+
+
+@pytest.mark.parametrize("name", REGION)
+@share(FAST, 4 * len(REGION))  # 125 examples over the five region losses
+@given(data=st.data())
+def test_region_losses_finite_on_saturated_logits_and_tiny_soft_targets(name, data):
+    check_saturated_soft(name, data)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
+@pytest.mark.parametrize("name", REGION)
+@share(LONG, len(REGION))
+@given(data=st.data())
+def test_region_losses_finite_on_saturated_logits_and_tiny_soft_targets_long(name, data):
+    check_saturated_soft(name, data)
 
 
 # ------------------------------------------------------------------------------------------------------ box losses
@@ -516,7 +568,7 @@ def segmentation_case(draw):
         masks.fill_(classes - 1)
     if draw(st.booleans()):
         masks[:, : draw(st.integers(0, 8))] = 255
-    region_loss = draw(st.sampled_from(["dice", "generalized_dice", "tversky", "focal_tversky", "jaccard"]))
+    region_loss = draw(st.sampled_from(REGION))
     ce = draw(st.sampled_from(["ce", "focal_ce", "smoothed_ce"]))
     return segmentation_criterion(classes, (region_loss, ce)), logits, masks
 

@@ -439,6 +439,50 @@ def test_no_nan_or_inf_on_extreme_logits(fn, dtype):
         assert value.dtype == dtype
 
 
+def _gdl_by_formula(logits: torch.Tensor, target: torch.Tensor, class_weights, smooth: float) -> torch.Tensor:
+    """Multilabel generalized Dice straight from the formula, ``w_c = class_weights[c] / T_c²`` (all ``T_c > 0``)."""
+    p = torch.sigmoid(logits)
+    dims = tuple(range(2, logits.ndim))
+    inter, pred, true = (p * target).sum(dims), p.sum(dims), target.sum(dims)
+    w = torch.as_tensor(class_weights, dtype=logits.dtype) / true.square()
+    return 1 - (2 * (w * inter).sum(1) + smooth) / ((w * (pred + true)).sum(1) + smooth)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "autocast"])
+@pytest.mark.parametrize("logit, target", [(88.0, 1e-20), (-88.0, 1e-20), (88.0, 3e-20), (20.0, 1e-19)])
+def test_generalized_dice_saturated_logits_tiny_soft_targets(precision, logit, target):
+    # 1 / T² of a tiny target volume is near float32's largest value: the weighted sums overflowed to inf and the
+    # loss was inf / inf (NaN, in value and gradient); the weights are now divided by their largest
+    cw, smooth = [1.0, 2.0, 0.5], 1e-8
+    x = torch.full((2, 3, 4, 4), logit, dtype=torch.bfloat16 if precision == "bfloat16" else torch.float32)
+    x.requires_grad_()
+    t = torch.full((2, 3, 4, 4), target).to(x.dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast"):
+        out = generalized_dice_loss(x, t, mode="multilabel", class_weights=cw, smooth=smooth, reduction="none")
+    out.sum().backward()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all() and torch.isfinite(x.grad).all(), (out, x.grad)
+    want = _gdl_by_formula(x.detach().double(), t.double(), cw, smooth)  # no overflow in float64's range
+    torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=0)
+
+
+def test_generalized_dice_weights_divided_by_their_largest_keep_the_value():
+    # the division by max_c w_c (and of smooth with them) leaves ordinary values where they were
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) * 3
+    t = torch.rand(2, 3, 5, 4, generator=g, dtype=torch.float64)
+    for cw, smooth in ((None, S), ([1.0, 2.0, 0.5], 1e-8), ([0.25, 0.0, 3.0], 0.5)):
+        got = generalized_dice_loss(x, t, mode="multilabel", class_weights=cw, smooth=smooth, reduction="none")
+        want = _gdl_by_formula(x, t, [1.0, 1.0, 1.0] if cw is None else cw, smooth)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_gradcheck_generalized_dice_soft_multilabel_with_class_weights():
+    x = torch.randn(2, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).requires_grad_()
+    t = torch.rand(2, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 1e-3
+    opts = {"mode": "multilabel", "class_weights": [1.0, 2.0, 0.5], "smooth": 1e-8, "reduction": "sum"}
+    assert torch.autograd.gradcheck(lambda z: generalized_dice_loss(z, t, **opts), (x,))
+
+
 def test_focal_tversky_at_perfect_prediction():
     target = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]], dtype=torch.float64)
     # at ±40, FP = FN = 2·σ(−40) (σ(40) rounds to 1, but 1 − σ(40) is σ(−40)): 1 − TI = 0.5·(FP + FN) / (I + ...)

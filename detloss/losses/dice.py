@@ -238,15 +238,22 @@ def generalized_dice_loss(
     sample (``T_c = 0``) takes the largest finite weight of that sample, or 1 if every class is absent.
     ``class_weights``, when given, multiply ``w_c``. ``smooth`` acts on the weighted sums, so with ``"square"``
     weights and large images keep it small. A sample with every pixel ignored has ``I = P = T = 0`` and weights 1,
-    so its loss is exactly 0.
+    so its loss is exactly 0. Value and gradient stay finite where tiny soft targets put ``1 / T_c²`` near the
+    dtype's largest value (the sums are formed with ``w_c`` and ``s`` divided by ``max_c w_c``: the same ratio).
     """
     c = region_stats(logits, target, options, weight, validate)
     w = sudre_weights(c.true, options.weight_type)
+    # The ratio is the same with every w_c and s divided by k = max_c w_c > 0; so divided, the weights lie in
+    # (0, 1] and the weighted sums cannot overflow where a tiny target volume puts 1/T² near the dtype's largest
+    # value. s / k is kept >= the smallest normal number, so that the denominator stays > 0 where it underflows.
+    k = w.amax(1, keepdim=True)
+    w = w / k
     cw = class_weights_for(w, options)
     if cw is not None:
         w = w * cw
+    smooth = (options.smooth / k.squeeze(1)).clamp_min(torch.finfo(w.dtype).tiny)
     # 1 − (2 Σ w·I + s) / (Σ w·(P + T) + s) = Σ w·(P + T − 2I) / (Σ w·(P + T − 2I) + 2 Σ w·I + s)
-    loss = ratio((w * c.mismatch).sum(1), 2.0 * (w * c.inter).sum(1) + options.smooth)  # (B',)
+    loss = ratio((w * c.mismatch).sum(1), 2.0 * (w * c.inter).sum(1) + smooth)  # (B',)
     return reduce(apply_weight(loss, weight), reduction)
 
 
