@@ -296,6 +296,7 @@ PELVIS = {
 
 def draw_mr4(rng: np.random.Generator, grid: np.ndarray, extent: np.ndarray, p_lesion: float = 0.7):
     """Pelvis-like section: fat, muscle, bones, bladder, rectum, a gland with a tiny lesion in most cases."""
+    lesion = rng.random() < p_lesion
     half = extent / 2
     body = half[1:] * rng.uniform(0.82, 0.92, 2)
     image = np.zeros((4, *grid.shape[1:]), np.float32)
@@ -319,7 +320,7 @@ def draw_mr4(rng: np.random.Generator, grid: np.ndarray, extent: np.ndarray, p_l
     image[:, d_gland > 4.0] *= 1.0 + 0.06 * smooth_field(rng, grid.shape[1:], [6, 16, 16])[d_gland > 4.0]
     labels = np.zeros(grid.shape[1:], np.uint8)
     labels[d_gland > 0] = 2
-    if rng.random() < p_lesion:
+    if lesion:
         radius = rng.uniform(2.5, 5.0)
         lc = gland_c + in_ellipsoid(np.maximum(gland_r - radius - 2.0, 1.0))(rng)
         d_lesion = ellipsoid(grid, lc, radius * rng.uniform(0.8, 1.25, 3))
