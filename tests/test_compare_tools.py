@@ -1,0 +1,228 @@
+"""tools/make_volume_datasets.py, tools/compare_monai.py and tools/compare_smp.py: the generated datasets read back
+through detloss's nnU-Net reader with their stated channels, spacings and labels; the MONAI and smp recipes train a
+few steps and score finite Dice; the Dice averaging, the kernel/stride rule, the CSV reading and the summary table on
+hand-made inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import compare_monai  # noqa: E402
+import make_volume_datasets as mvd  # noqa: E402
+from compare_monai import case_dice, choose_patch, kernels_strides, max_time, mean_dice, read_curve, summarise  # noqa: E402
+
+from detloss.data import NnUNetDataset  # noqa: E402
+from detloss.data.nnunet import read_volume  # noqa: E402
+
+SCALE = 0.25
+CASES = 5
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("volumes")
+    assert mvd.main([str(out), "--cases", str(CASES), "--scale", str(SCALE), "--seed", "3"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", list(mvd.DATASETS))
+def test_generated_dataset_reads_back(volumes, name):
+    spec = mvd.DATASETS[name]
+    data = NnUNetDataset(volumes / name)
+    assert data.channel_names == list(spec.channels)
+    assert data.class_names == list(spec.labels)
+    assert [c.name for c in data.cases] == [f"case_{i:03d}" for i in range(CASES)]
+    spacing_dhw = tuple(s / SCALE for s in spec.spacing[::-1])
+    shapes = set()
+    for case, labels in zip(data.cases, data.labels):
+        assert case.spacing == pytest.approx(spacing_dhw, rel=1e-5)
+        shapes.add(case.shape)
+        if spec.shape_range is None:
+            assert case.shape == tuple(max(8, round(s * SCALE)) for s in spec.shape[::-1])
+        assert labels.shape == case.shape
+    present = set().union(*(np.unique(labels).tolist() for labels in data.labels))
+    assert present == set(range(len(spec.labels))), f"{name}: labels present {sorted(present)}"
+    if spec.shape_range is not None:
+        assert len(shapes) > 1, f"{name}: every case has the shape {shapes}"
+    meta = json.loads((volumes / name / "dataset.json").read_text())
+    assert meta["file_ending"] == ".nii.gz" and meta["numTraining"] == CASES
+
+
+def test_ct_is_in_hounsfield_units(volumes):
+    data = NnUNetDataset(volumes / "ct_iso")
+    image, _ = read_volume(data.cases[0].images[0])
+    assert image.dtype == np.int16
+    assert image.min() <= -950  # air
+    assert image.max() >= 700  # cortical bone
+    liver = image[data.labels[0] == 1]
+    assert 60 < np.median(liver) < 140
+
+
+def test_mr4_channels_have_very_different_scales_and_some_cases_lack_the_lesion(tmp_path):
+    root = mvd.write_dataset("mr4_thick", tmp_path, cases=12, seed=0, scale=0.2)
+    data = NnUNetDataset(root)
+    highs = [np.percentile(read_volume(p)[0], 99) for p in data.cases[0].images]
+    t2, adc, dwi, t1 = highs
+    assert t2 > 1000 and adc < 0.01 and 0.05 < dwi < 2 and 50 < t1 < 1000
+    with_lesion = [bool((labels == 1).any()) for labels in data.labels]
+    assert any(with_lesion) and not all(with_lesion)
+    assert all((labels == 2).any() for labels in data.labels)
+
+
+def test_mr2_structures_are_small_and_move(volumes):
+    full = mvd.draw_case(mvd.DATASETS["mr2_aniso"], np.random.default_rng([0, 0]), (96, 96, 64), (1.0, 1.0, 2.0))
+    image, labels = full
+    assert image.shape == (2, 64, 96, 96) and labels.shape == (64, 96, 96)
+    for k in (1, 2, 3):
+        share = (labels == k).mean()
+        assert 0 < share < 0.005, f"label {k}: {share:.4%} of the voxels"
+    other = mvd.draw_case(mvd.DATASETS["mr2_aniso"], np.random.default_rng([0, 1]), (96, 96, 64), (1.0, 1.0, 2.0))[1]
+    centre = [np.argwhere(lab == 1).mean(0) for lab in (labels, other)]
+    assert np.abs(centre[0] - centre[1]).max() > 2
+
+
+def test_same_seed_same_data_other_seed_other_data(tmp_path):
+    a = mvd.write_dataset("mr1_iso", tmp_path / "a", cases=1, seed=5, scale=0.25)
+    b = mvd.write_dataset("mr1_iso", tmp_path / "b", cases=1, seed=5, scale=0.25)
+    c = mvd.write_dataset("mr1_iso", tmp_path / "c", cases=1, seed=6, scale=0.25)
+    read = [read_volume(root / "imagesTr" / "case_000_0000.nii.gz")[0] for root in (a, b, c)]
+    assert np.array_equal(read[0], read[1])
+    assert not np.array_equal(read[0], read[2])
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        mvd.write_dataset("nope", tmp_path)
+    with pytest.raises(ValueError, match="cases"):
+        mvd.write_dataset("mr1_iso", tmp_path, cases=0)
+    with pytest.raises(ValueError, match="spacing"):
+        mvd.write_dataset("mr1_iso", tmp_path, spacing=(1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------------------------- compare_monai
+
+
+def test_dice_per_case_and_its_average():
+    target = np.zeros((4, 4), int)
+    target[0, :2] = 1  # label 1: 2 voxels
+    pred = np.zeros((4, 4), int)
+    pred[0, 0] = 1
+    pred[3, 3] = 3  # label 3 predicted, absent from the target: Dice 0
+    row = case_dice(pred, target, 4)
+    assert row[0] == pytest.approx(2 * 1 / 3) and math.isnan(row[1]) and row[2] == 0.0
+    mean, per_label = mean_dice([row, [1.0, math.nan, math.nan]], ["a", "b", "c"])
+    assert per_label == pytest.approx({"a": (2 / 3 + 1) / 2, "c": 0.0})  # "b" in no case: left out
+    assert mean == pytest.approx(((2 / 3 + 1) / 2 + 0.0) / 2)
+
+
+def test_kernels_and_strides_from_spacing():
+    kernels, strides = kernels_strides([64, 64, 8], [0.8, 0.8, 4.0])
+    assert strides == [[1, 1, 1], [2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 1]]
+    assert kernels == [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+    with pytest.raises(ValueError, match="divisible"):
+        kernels_strides([30, 64, 64], [1.0, 1.0, 1.0])
+    patch = choose_patch([96, 96, 64], [1.0, 1.0, 2.0], 64 * 64 * 32)
+    assert math.prod(patch) <= 64 * 64 * 32 * 2
+    kernels_strides(patch, [1.0, 1.0, 2.0])  # divisible by its strides
+
+
+def test_max_time_string():
+    assert max_time(720) == "00:00:12:00"
+    assert max_time(3661.2) == "00:01:01:02"
+
+
+def test_read_curve_and_summary(tmp_path):
+    log = tmp_path / "metrics.csv"
+    with log.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["epoch", "step", "train/loss", "val/dice", "val/dice/a", "val/dice/b"])
+        writer.writerow([0, 9, 0.5, "", "", ""])
+        writer.writerow([0, 19, "", 0.4, 0.3, 0.5])
+        writer.writerow([1, 39, "", 0.8, 0.7, 0.9])
+    rows = read_curve(log)
+    assert [r["dice"] for r in rows] == [0.4, 0.8] and rows[1]["per_label"] == {"a": 0.7, "b": 0.9}
+    results = {
+        "detloss": {"0": {"curve": [[10, 0.4, {}], [20, 0.8, {}]], "seconds": 30}},
+        "monai": {"0": {"curve": [[15, 0.5, {}], [25, 0.6, {}]], "seconds": 30}},
+    }
+    table = summarise(results)
+    detloss_row = next(line for line in table.splitlines() if line.startswith("| detloss"))
+    monai_row = next(line for line in table.splitlines() if line.startswith("| monai"))
+    assert "0.800" in detloss_row and "20 s to 0.600" in detloss_row
+    assert "not reached (0.800)" in monai_row
+
+
+def test_run_detloss_times_the_log_as_it_grows(tmp_path, monkeypatch):
+    """A stand-in for measure_training.run that writes a validation row, waits, writes another."""
+
+    def fake_run(task, overrides, out_root):
+        run_dir = Path(out_root) / task / "now"
+        (run_dir / "csv").mkdir(parents=True)
+        log = run_dir / "csv" / "metrics.csv"
+        log.write_text("epoch,step,val/dice,val/dice/a\n0,9,0.25,0.25\n")
+        time.sleep(1.5)
+        with log.open("a") as file:
+            file.write("1,19,0.5,0.5\n")
+        (run_dir / "metrics.json").write_text(json.dumps({"metrics": {"val/dice": 0.5}, "epochs": 2, "steps": 20}))
+        record = json.loads((run_dir / "metrics.json").read_text())
+        return {"seconds": 1.6, "record": record, "command": " ".join(overrides), "dir": run_dir}
+
+    monkeypatch.setattr(compare_monai, "run", fake_run)
+    r = compare_monai.run_detloss("volumetric", ["data=nnunet"], 90, 4, tmp_path, poll=0.2)
+    assert [p[1] for p in r["curve"]] == [0.25, 0.5]
+    assert r["curve"][0][0] < 1.2 < r["curve"][1][0]
+    assert "++trainer.max_time=00:00:01:30" in r["command"] and "seed=4" in r["command"]
+    assert threading.active_count() < 10
+
+
+def test_monai_recipe_trains_and_scores(volumes):
+    pytest.importorskip("monai.networks.nets")
+    r = compare_monai.train_monai(volumes / "mr2_aniso", 120, seed=0, max_steps=2, filters=8, log=None)
+    assert r["steps"] == 2
+    assert r["val_cases"] == 1 and r["train_cases"] == CASES - 1
+    assert len(r["curve"]) == 1
+    seconds, dice, per_label = r["curve"][-1]
+    assert seconds > 0 and 0.0 <= dice <= 1.0 and math.isfinite(dice)
+    assert set(per_label) <= {"structure_a", "structure_b", "structure_c"} and per_label
+    assert r["strides"][0] == [1, 1, 1]
+
+
+# ------------------------------------------------------------------------------------------------- compare_smp
+
+
+def test_smp_dice_matches_detloss_definition():
+    import torch
+    from compare_smp import DiceAccumulator
+
+    acc = DiceAccumulator(4)
+    target = torch.tensor([[[1, 1, 0, 255], [2, 2, 0, 0]]])
+    pred = torch.tensor([[[1, 0, 0, 3], [2, 2, 0, 0]]])  # the 3 sits on an ignored pixel: not counted
+    acc.update(pred, target)
+    mean, per_class = acc.compute(["a", "b", "c"])
+    assert per_class == pytest.approx({"a": 2 / 3, "b": 1.0})  # "c" in neither once ignored pixels are set to 0
+    assert mean == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_smp_recipe_trains_and_scores(tmp_path):
+    pytest.importorskip("segmentation_models_pytorch")
+    import make_masks_dataset
+    from compare_smp import train_smp
+
+    root = tmp_path / "masks"
+    args = [str(root), "--train", "8", "--val", "2", "--size", "64", "--min-size", "10", "--max-size", "24"]
+    assert make_masks_dataset.main(args) == 0
+    r = train_smp(root, 120, seed=0, max_steps=2, encoder="resnet18", batch_size=4, log=None)
+    assert r["steps"] == 2 and r["val_images"] == 2
+    seconds, dice, per_class = r["curve"][-1]
+    assert math.isfinite(dice) and 0.0 <= dice <= 1.0 and per_class
