@@ -1,13 +1,14 @@
-"""A sweep's runs as sweep points: jobs with the same overrides apart from ``seed=``, their mean and sample std
-over seeds, the order best first, and which logged keys become columns."""
+"""A sweep's runs as sweep points: jobs with the same overrides apart from ``seed=``, their mean, sample std and
+95 % interval over seeds (:mod:`detloss.report.stats`), the order best first, and which logged keys become columns."""
 
 from __future__ import annotations
 
-import statistics
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from detloss.report.load import Run, split_override, to_float
+from detloss.report.stats import Summary, summarise
 
 
 @dataclass
@@ -27,18 +28,30 @@ class Point:
 
     @property
     def failed(self) -> int:
-        return len(self.runs) - len(self.ok_runs)
+        """Runs that neither finished nor were pruned."""
+        return sum(not r.ok and not r.pruned for r in self.runs)
+
+    @property
+    def pruned(self) -> int:
+        """Runs that an Optuna pruner stopped early (not in the statistics)."""
+        return sum(r.pruned for r in self.runs)
 
     @property
     def seeds(self) -> list[int | None]:
         return [r.seed for r in self.runs]
 
+    def values(self, key: str) -> list[float]:
+        """``key``'s final value in each successful run that has it."""
+        return [v[key] for v in (r.final_values() for r in self.ok_runs) if key in v]
+
+    def summary(self, key: str) -> Summary:
+        """Mean, sample std and 95 % interval of ``key`` over the successful seeds (:func:`~.stats.summarise`)."""
+        return summarise(self.values(key))
+
     def stats(self, key: str) -> tuple[float | None, float | None]:
         """Mean and sample std (ddof=1; ``None`` below two values) of ``key`` over the successful seeds."""
-        values = [v[key] for v in (r.final_values() for r in self.ok_runs) if key in v]
-        if not values:
-            return None, None
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+        s = self.summary(key)
+        return (None if math.isnan(s.mean) else s.mean), (None if math.isnan(s.std) else s.std)
 
     def best_run(self, metric: str, mode: str) -> Run | None:
         scored = [(r.final_values().get(metric), r) for r in self.ok_runs]

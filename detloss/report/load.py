@@ -34,6 +34,12 @@ class Run:
         return self.record.get("status") == "ok"
 
     @property
+    def pruned(self) -> bool:
+        """Whether an Optuna pruner stopped the run early (``status: pruned``, ``pruned_epoch``): neither a
+        result nor a failure."""
+        return self.record.get("status") == "pruned"
+
+    @property
     def error(self) -> str:
         return str(self.record.get("error") or self.record.get("status") or "unknown error")
 
