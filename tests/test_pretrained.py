@@ -1,10 +1,16 @@
 """Ultralytics YOLOv8 checkpoints as detloss weights: the same raw head maps as Ultralytics' own model.
 
-The checkpoint is one that Ultralytics writes itself (``YOLO("yolov8n.yaml").save(...)``: random weights, nothing
-downloaded), its BatchNorm statistics and affine parameters randomised first so that evaluation-mode BatchNorm is
-no identity. Needs ``ultralytics`` (the ``pretrained`` extra); skipped without it.
+The checkpoints are built with the installed Ultralytics (the ``dev`` extra) from ``yolov8n.yaml``, nothing
+downloaded: a ``DetectionModel`` of random weights, its BatchNorm statistics and affine parameters randomised first
+so that evaluation-mode BatchNorm is no identity, saved as Ultralytics' trainer saves one (``last.pt``: ``"model"``
+``None`` and the model in half precision under ``"ema"``) and as its ``strip_optimizer`` then finishes it
+(``best.pt``, ``yolov8n.pt``: the half-precision model under ``"model"``). Ultralytics checks nothing online here
+(``YOLO_OFFLINE``, set before it is imported). Skipped without ``ultralytics``.
 """
 
+import copy
+import os
+import socket
 import sys
 
 import pytest
@@ -12,31 +18,76 @@ import torch
 from conftest import compose_config
 
 from detloss.models import YOLODetector
-from detloss.models.pretrained import read_ultralytics
+from detloss.models.pretrained import YOLOV8_CLASS_BRANCH, read_ultralytics
 from detloss.train import build
 
+os.environ.setdefault("YOLO_OFFLINE", "1")  # no DNS look-up when ultralytics is imported
 ultralytics = pytest.importorskip("ultralytics", reason="reading Ultralytics checkpoints needs ultralytics")
+from ultralytics.nn.modules.head import Detect  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.utils.torch_utils import strip_optimizer  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def yolov8n(tmp_path_factory):
-    """A ``yolov8n.pt`` of random weights, written by Ultralytics."""
+@pytest.fixture(autouse=True)
+def as_a_fresh_process(monkeypatch):
+    """``Detect.legacy`` as a process that only loads checkpoints sees it (the class default; building a YOLOv8
+    model sets the class attribute to ``True``), and no network."""
+    monkeypatch.setattr(Detect, "legacy", False)
+
+    def offline(*args, **kwargs):
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+
+
+def yolov8n_model() -> DetectionModel:
+    """Ultralytics' YOLOv8n from its yaml, random weights, BatchNorm randomised."""
     torch.manual_seed(0)
-    yolo = ultralytics.YOLO("yolov8n.yaml")
+    model = DetectionModel("yolov8n.yaml", verbose=False)
     with torch.no_grad():
-        for module in yolo.model.modules():
+        for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.normal_(0, 0.2)
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0, 0.2)
-    path = tmp_path_factory.mktemp("ultralytics") / "yolov8n.pt"
-    yolo.save(path)
-    return path
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict:
+    """``{"last": path, "best": path, "float": the model in float32}``: Ultralytics' two checkpoint forms."""
+    model = yolov8n_model()
+    folder = tmp_path_factory.mktemp("ultralytics")
+    last, best = folder / "last.pt", folder / "yolov8n.pt"
+    # what ultralytics.engine.trainer.BaseTrainer.save_model writes, less its bookkeeping of the run
+    torch.save(
+        {
+            "epoch": 0,
+            "best_fitness": None,
+            "model": None,  # resume and final checkpoints derive from the EMA
+            "ema": copy.deepcopy(model).half(),
+            "updates": 0,
+            "optimizer": None,
+            "train_args": {},
+            "version": ultralytics.__version__,
+        },
+        last,
+    )
+    strip_optimizer(last, best)  # the final checkpoint: "model" is the EMA, in half precision
+    return {"last": last, "best": best, "float": model}
+
+
+@pytest.fixture(scope="module")
+def yolov8n(checkpoints):
+    """A ``yolov8n.pt`` of random weights, written by Ultralytics."""
+    return checkpoints["best"]
 
 
 def theirs(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"].float()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return (checkpoint.get("ema") or checkpoint["model"]).float()
 
 
 def flat(maps, reg_max=16):
@@ -60,6 +111,36 @@ def test_the_raw_head_maps_equal_ultralytics(yolov8n, mode):
     assert boxes.shape == raw["boxes"].shape and scores.shape == raw["scores"].shape == (2, 80, 12 * 16 + 6 * 8 + 3 * 4)
     torch.testing.assert_close(boxes, raw["boxes"], atol=1e-4, rtol=0)
     torch.testing.assert_close(scores, raw["scores"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("form, legacy", [("last", False), ("best", True)])
+def test_a_checkpoint_saved_as_ultralytics_saves_it_loads_with_its_outputs(checkpoints, form, legacy, monkeypatch):
+    # whatever Detect.legacy (a class attribute) holds, False as in a process that only loads: the head is read
+    # from its layers
+    monkeypatch.setattr(Detect, "legacy", legacy)
+    path = checkpoints[form]
+    ours, reference = YOLODetector.from_ultralytics(path).eval(), theirs(path).eval()
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        boxes, scores = flat(ours(images))
+        raw = reference(images)[1]
+        original = checkpoints["float"](images)[1]  # the float32 model before the checkpoint's half precision
+    torch.testing.assert_close(boxes, raw["boxes"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(scores, raw["scores"], atol=1e-4, rtol=0)
+    for ours_, full in ((boxes, original["boxes"]), (scores, original["scores"])):
+        torch.testing.assert_close(ours_, full, atol=0.05 * float(full.abs().max()), rtol=1e-2)  # half's rounding
+
+
+def test_a_depthwise_class_branch_is_refused_naming_the_layers(checkpoints, tmp_path):
+    model = copy.deepcopy(checkpoints["float"])
+    head = model.model[-1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Detect, "legacy", False)  # Detect builds YOLO11's depthwise class branches
+        head.cv3 = Detect(nc=head.nc, ch=tuple(b[0].conv.in_channels for b in head.cv3)).cv3
+    torch.save({"model": model.half(), "ema": None}, tmp_path / "yolo11_head.pt")
+    with pytest.raises(ValueError, match=r"yolo11_head\.pt: its head is not YOLOv8's \(class branches Sequential, "):
+        read_ultralytics(tmp_path / "yolo11_head.pt")
+    assert YOLOV8_CLASS_BRANCH == ("Conv", "Conv", "Conv2d")
 
 
 def test_another_class_count_reinitialises_the_last_class_layer_only(yolov8n):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["UltralyticsWeights", "read_ultralytics", "YOLOV8_LAYERS"]
+__all__ = ["UltralyticsWeights", "read_ultralytics", "YOLOV8_LAYERS", "YOLOV8_CLASS_BRANCH"]
 
 #: the module types of a YOLOv8 detection model's layers, in order (``DetectionModel.model``)
 YOLOV8_LAYERS = (
@@ -31,6 +31,9 @@ YOLOV8_LAYERS = (
     "Upsample", "Concat", "C2f", "Upsample", "Concat", "C2f", "Conv", "Concat", "C2f", "Conv", "Concat", "C2f",
     "Detect",
 )  # fmt: skip
+#: the module types of each class branch of a YOLOv8 head (``Detect.cv3[i]``); YOLO11's and YOLO26's are two
+#: depthwise pairs, ``Sequential(DWConv, Conv)``, then the ``Conv2d``
+YOLOV8_CLASS_BRANCH = ("Conv", "Conv", "Conv2d")
 #: Ultralytics layer -> detloss module, for the layers with weights
 _LAYERS = {
     0: "stem", 1: "stage1.0", 2: "stage1.1", 3: "stage2.0", 4: "stage2.1", 5: "stage3.0", 6: "stage3.1",
@@ -82,6 +85,16 @@ def _detloss_name(name: str) -> str | None:
     return ".".join([_LAYERS[layer], *(_NAMES.get(t, t) for t in rest)])
 
 
+def class_branches(detect) -> list[tuple[str, ...]]:
+    """The module types of each class branch of an Ultralytics ``Detect`` head, e.g. ``("Conv", "Conv", "Conv2d")``.
+
+    The head's kind is read from these layers, not from ``Detect.legacy``: that flag is a class attribute, set by
+    whichever model was built last in the process (``False`` by default since Ultralytics 8.4), so it says nothing
+    about the head of a loaded file.
+    """
+    return [tuple(type(m).__name__ for m in branch) for branch in getattr(detect, "cv3", ())]
+
+
 def read_ultralytics(path: str | Path) -> UltralyticsWeights:
     """Read an Ultralytics YOLOv8 detection checkpoint.
 
@@ -89,7 +102,11 @@ def read_ultralytics(path: str | Path) -> UltralyticsWeights:
         ImportError: ``ultralytics`` is not installed (the message says how to install it).
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a YOLOv8 detection checkpoint (another layout, e.g. YOLO11 or a segmentation
-            model), naming the file and what it holds.
+            model, or a head whose class branches are not YOLOv8's :data:`YOLOV8_CLASS_BRANCH`), naming the file
+            and what it holds.
+
+    The model read is the checkpoint's ``"ema"`` where it holds one (a training checkpoint, ``last.pt``), else its
+    ``"model"`` (a final or exported one, ``best.pt``, ``yolov8n.pt``).
     """
     path = Path(path)
     try:
@@ -107,8 +124,12 @@ def read_ultralytics(path: str | Path) -> UltralyticsWeights:
             f"{', '.join(YOLOV8_LAYERS)}; found {', '.join(layers) or type(model).__name__})"
         )
     detect = model.model[-1]
-    if not getattr(detect, "legacy", True) or getattr(detect, "one2one_cv2", None) is not None:
-        raise ValueError(f"{path}: its head is not YOLOv8's (a depthwise or end-to-end head)")
+    branches = class_branches(detect)
+    if getattr(detect, "one2one_cv2", None) is not None or any(b != YOLOV8_CLASS_BRANCH for b in branches):
+        raise ValueError(
+            f"{path}: its head is not YOLOv8's (class branches {' / '.join(', '.join(b) for b in branches)}; "
+            f"YOLOv8's are {', '.join(YOLOV8_CLASS_BRANCH)}, without a one-to-one head)"
+        )
     if [float(s) for s in detect.stride] != [8.0, 16.0, 32.0]:
         raise ValueError(f"{path}: strides {detect.stride.tolist()}, detloss's YOLOv8 layout has 8, 16, 32")
     stem, sppf = model.model[0].conv, model.model[9].cv2.conv
