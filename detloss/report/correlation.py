@@ -24,7 +24,7 @@ from pathlib import Path
 from scipy import stats as sps
 
 from detloss.report.aggregate import Point, is_loss
-from detloss.report.load import Run, Series, read_series
+from detloss.report.load import Run, Series, read_series, split_override
 from detloss.report.tables import NA, table
 
 MIN_POINTS = 3
@@ -126,25 +126,35 @@ def write_correlation_csv(rows: Sequence[Correlation], path: Path) -> Path:
     return path
 
 
-def _run_table(rows: Sequence[Correlation], label_runs: bool) -> list[str]:
-    """One row per run (when ``label_runs``, with its directory, seed and overrides), one column per term."""
+def _run_table(rows: Sequence[Correlation], label_runs: bool, keys: Sequence[str] = ()) -> list[str]:
+    """One row per run (when ``label_runs``, with its directory, seed and its values of the swept ``keys`` where
+    there are any), one column per term."""
     terms = loss_keys(sorted({r.term for r in rows}))
     runs: dict[str, dict[str, Correlation]] = {}
     for r in rows:
         runs.setdefault(r.subject, {})[r.term] = r
-    header = (["run", "seed", "overrides"] if label_runs else []) + ["epochs", *terms]
+    header = (["run", "seed", *(["point"] if keys else [])] if label_runs else []) + ["epochs", *terms]
     body = []
     for subject, by_term in runs.items():
         first = next(iter(by_term.values()))
-        label = [f"`{subject}`", "" if first.seed is None else first.seed, first.overrides] if label_runs else []
+        seed = "" if first.seed is None else first.seed
+        label = [f"`{subject}`", seed, *([_label(first.overrides, keys)] if keys else [])] if label_runs else []
         n = max(c.n for c in by_term.values())
         body.append([*label, n, *(fmt_rho(by_term[t].rho) if t in by_term else NA for t in terms)])
     return table(header, body)
 
 
-def correlation_section(epochs: Sequence[Correlation], points: Sequence[Correlation], label_runs: bool) -> list[str]:
-    """The Markdown section ``## Does the loss track the metric?``: the per-run table and, for a sweep, the one over
-    points; a line saying why when there is nothing to correlate."""
+def _label(overrides: str, keys: Sequence[str]) -> str:
+    """A run's values of the swept ``keys``, ``k=v k=v``."""
+    settings = dict(split_override(o) for o in overrides.split())
+    return " ".join(f"{k}={settings.get(k, '')}" for k in keys)
+
+
+def correlation_section(
+    epochs: Sequence[Correlation], points: Sequence[Correlation], label_runs: bool, keys: Sequence[str] = ()
+) -> list[str]:
+    """The Markdown section ``## Does the loss track the metric?``: the per-run table (runs labelled by the swept
+    ``keys``) and, for a sweep, the one over points; a line saying why when there is nothing to correlate."""
     lines = ["## Does the loss track the metric?", ""]
     metric = next((r.metric for r in [*epochs, *points]), None)
     if metric is None:
@@ -156,7 +166,7 @@ def correlation_section(epochs: Sequence[Correlation], points: Sequence[Correlat
         "",
     ]
     if epochs:
-        lines += ["Per run, over its validation epochs:", ""] + _run_table(epochs, label_runs)
+        lines += ["Per run, over its validation epochs:", ""] + _run_table(epochs, label_runs, keys)
     if points:
         body = [[r.term, r.n, fmt_rho(r.rho)] for r in points]
         lines += ["", "Across the sweep's points (final values, mean over seeds):", ""]

@@ -104,10 +104,10 @@ def write_sweep_report(runs: Sequence[Run], sweep_dir: Path, out: Path, baseline
         for caption, path in plots.items():
             lines += ["", f"![{caption}]({link(path, out)})"]
     epochs = [c for r in runs if r.ok for c in run_correlations(r, subject=link(r.dir, sweep_dir))]
-    across = point_correlations(points, metric)
+    across = point_correlations(points, metric) if len(points) > 1 else []
     if epochs or across:
         write_correlation_csv([*epochs, *across], out / CSV_NAME)
-    lines += ["", *correlation_section(epochs, across, label_runs=True)]
+    lines += ["", *correlation_section(epochs, across, label_runs=True, keys=keys)]
     lines += ["", *study_section(*load_studies(sweep_dir), out)]
     lines += _best_run_section(points, metric, mode, sweep_dir, out)
     if pruned:
