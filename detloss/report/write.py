@@ -123,7 +123,7 @@ def write_sweep_report(runs: Sequence[Run], sweep_dir: Path, out: Path, baseline
 
 def _baseline_section(points: Sequence[Point], base: Point, columns: Sequence[str], keys: Sequence[str]) -> list[str]:
     """``## Against the baseline``: the paired differences of the headline metrics, and the notes."""
-    seeds = ", ".join(str(r.seed) for r in base.ok_runs) or "none"
+    seeds = ", ".join(str(r.seed) for r in base.ok_runs if r.seed is not None) or "none"
     lines = [
         "## Against the baseline",
         "",
