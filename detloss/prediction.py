@@ -191,8 +191,10 @@ class VolumeWriter(PredictionWriter):
 
     The channels of a case are read as the nnU-Net layout names them (``<case>_XXXX.nii.gz``, ``XXXX`` from 0000 up
     to the checkpoint's ``in_channels``; the item of channel 0000 stands for its case, the others are skipped), each
-    z-scored over the volume as in training (:func:`detloss.data.nnunet.zscore`). A channel file missing, or channels
-    of different shapes, fail naming the file. No drawing (``predict.draw`` does not apply)."""
+    preprocessed as in training (:func:`detloss.data.nnunet.preprocess`: the checkpoint's normalisation, resampled to
+    its target spacing); the logits are resampled back to the case's own grid (trilinear) before the argmax, so the
+    written mask has the input's shape and geometry. A channel file missing, or channels of different shapes, fail
+    naming the file. No drawing (``predict.draw`` does not apply)."""
 
     extensions = (".nii.gz", ".nii")
     _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")
@@ -201,7 +203,8 @@ class VolumeWriter(PredictionWriter):
     def __call__(self, item: Item) -> None:
         import nibabel as nib
 
-        from .data.nnunet import read_volume, zscore
+        from .data.nnunet import preprocess, read_volume
+        from .data.resample import resize_logits
 
         channels, found = int(self.data["in_channels"]), self._CHANNEL.match(item.path.name)
         if found is None and channels > 1:
@@ -212,18 +215,20 @@ class VolumeWriter(PredictionWriter):
         paths = (
             [item.path.with_name(f"{case}_{c:04d}{found['ext']}") for c in range(channels)] if found else [item.path]
         )
-        volumes = []
+        volumes, spacing = [], None
         for path in paths:
             if not path.is_file():
                 raise ValueError(f"{path}: channel file missing for case {case} ({channels} channels expected)")
-            volume, _ = read_volume(path)
+            volume, zooms = read_volume(path)
             if volumes and volume.shape != volumes[0].shape:
                 raise ValueError(
                     f"{path}: shape {volume.shape} differs from its case's first channel {volumes[0].shape}"
                 )
-            volumes.append(zscore(volume))
-        image = torch.from_numpy(np.stack(volumes))[None].to(self.task.device)
-        labels = self.task.infer(image).argmax(1)[0].cpu()
+            volumes.append(volume)
+            spacing = spacing or zooms
+        image = preprocess(volumes, spacing, self.data.get("spacing"), self.data.get("normalization"))
+        logits = self.task.infer(torch.from_numpy(image)[None].to(self.task.device))
+        labels = resize_logits(logits, volumes[0].shape).argmax(1)[0].cpu()
         ids = torch.as_tensor(self.category_ids, dtype=torch.int16)[labels].numpy().transpose(2, 1, 0)  # to (x, y, z)
         first = nib.load(str(paths[0]))
         out = nib.Nifti1Image(np.ascontiguousarray(ids), first.affine, first.header)

@@ -9,6 +9,7 @@ returns the optimised metric for sweepers. The DDP re-launch plumbing is in :mod
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -20,14 +21,16 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from .config import CONFIG_DIR, CONFIG_SOURCE
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
+from .plan import VolumePlan, cached_plan
 from .runs import (
     ConfigInCheckpoint,
     failure_line,
@@ -43,7 +46,17 @@ from .runs import (
 #: the folder of the shipped configs (kept under this name for the callers of earlier versions)
 CONFIG_PATH = str(CONFIG_DIR)
 
-__all__ = ["build", "build_task", "compile_model", "geometry", "check_image_size", "make_trainer", "train", "main"]
+__all__ = [
+    "build",
+    "plan_run",
+    "build_task",
+    "compile_model",
+    "geometry",
+    "check_image_size",
+    "make_trainer",
+    "train",
+    "main",
+]
 
 
 log = logging.getLogger(__name__)
@@ -57,10 +70,118 @@ def build(cfg: DictConfig, pretrained: bool = True) -> tuple[L.LightningDataModu
             :func:`check_image_size`), besides what the parts themselves raise.
     """
     datamodule = instantiate(cfg.data)
+    plan_run(cfg, datamodule)
     task = build_task(cfg, datamodule.describe(), pretrained)
     if cfg.get("compile"):
         compile_model(task, {} if cfg.compile is True else OmegaConf.to_container(cfg.compile))
     return datamodule, task
+
+
+def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan | None:
+    """Plan the recipe of a run on data that is planned from its fingerprint (:class:`~detloss.data.NnUNetDataModule`
+    and the data built on it), fill what ``cfg`` leaves ``null`` with the plan, and configure ``datamodule``.
+
+    Values the configuration gives win (``data.patch_size``, ``data.batch_size``, ``data.patches_per_epoch``,
+    ``data.target_spacing``, ``data.normalization``, ``model.base_channels``, ``model.depth``,
+    ``trainer.max_epochs``); the others are planned (:func:`detloss.plan.plan_volumes`) under
+    ``data.plan.budget_minutes`` on a CPU or ``data.plan.memory_gib`` on a GPU, measuring candidate recipes with
+    this run's own model, criterion and optimizer. ``cfg`` is filled in place, so the resolved config that the run
+    directory and the checkpoints keep holds the planned values (evaluation and prediction then preprocess as
+    training did). The plan is logged as a table. Other data: ``None``, nothing changes.
+    """
+    from .data import NnUNetDataModule
+
+    if not isinstance(datamodule, NnUNetDataModule):
+        return None
+    options = dict(datamodule.plan_options)
+    unknown = sorted(set(options) - {"budget_minutes", "memory_gib", "min_steps", "cache"})
+    if unknown:
+        raise ValueError(f"data.plan: unknown options {unknown} (known: budget_minutes, memory_gib, min_steps, cache)")
+    given = dict(datamodule.given)
+    given["spacing"], given["normalization"] = list(datamodule.spacing), datamodule.normalization
+    given["base_channels"] = cfg.model.get("base_channels")
+    given["epochs"] = cfg.trainer.get("max_epochs")
+    on_gpu = str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and torch.cuda.is_available()
+    planned = [
+        k for k in ("patch_size", "batch_size", "patches_per_epoch", "base_channels", "epochs") if given[k] is None
+    ]
+    measure = _measure(cfg, datamodule, "cuda" if on_gpu else "cpu") if planned else None
+    plan = cached_plan(
+        datamodule.fingerprint,
+        measure,
+        budget_minutes=None if on_gpu else options.get("budget_minutes", 10.0),
+        memory_gib=options.get("memory_gib", 8.0) if on_gpu else None,
+        min_steps=options.get("min_steps", 1000),
+        num_val_cases=len(datamodule.val_cases),
+        given=given,
+        key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],
+        use_cache=options.get("cache", True),
+    )
+    if plan.epochs is None:
+        raise ValueError("trainer.max_epochs: not given and not planned (a GPU plan leaves epochs to the trainer)")
+    datamodule.configure(plan.patch_size, plan.batch_size, plan.patches_per_epoch, plan)
+    with open_dict(cfg):
+        cfg.data.patch_size, cfg.data.batch_size = list(plan.patch_size), plan.batch_size
+        cfg.data.patches_per_epoch = plan.patches_per_epoch
+        cfg.data.target_spacing = list(plan.spacing)
+        cfg.data.normalization = [dict(n) for n in plan.normalization]
+        if cfg.model.get("base_channels") is None:
+            cfg.model.base_channels = plan.base_channels
+        if "depth" in cfg.model and cfg.model.get("depth") is None:
+            cfg.model.depth = plan.depth
+        cfg.trainer.max_epochs = plan.epochs
+    if rank_zero_only.rank == 0:
+        log.info("detloss: the plan of this run (data.plan; values given on the command line win):\n%s", plan.table())
+    return plan
+
+
+def _measure(cfg: DictConfig, datamodule, device: str):
+    """The planner's :data:`~detloss.plan.Measure` for this run: a few training steps of a candidate recipe with the
+    run's own model, criterion and optimizer on real patches, and one validation window; the global random state
+    is left as it was."""
+    from .data import PatchDataset, volume_collate
+    from .plan import topology
+
+    def measure(patch, width, batch):
+        trial = cfg.copy()
+        with open_dict(trial):
+            trial.data.patch_size, trial.data.batch_size = list(patch), int(batch)
+            trial.model.base_channels = int(width)
+            if "depth" in trial.model and cfg.model.get("depth") is None:
+                trial.model.depth = topology(datamodule.spacing, patch)[0]
+        data = datamodule.describe() | {"patch_size": list(patch)}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            task = build_task(trial, data, pretrained=False).to(device)
+            patches = PatchDataset(
+                datamodule.source, datamodule.train_cases, patch, batch, 1.0, False, datamodule.ignore_index
+            )
+            images, targets = volume_collate([patches[i] for i in range(batch)])
+            images, targets = images.to(device), {k: v.to(device) for k, v in targets.items()}
+            optimizer = task.optimizer_factory([{"params": [p for p in task.parameters() if p.requires_grad]}])
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                task.criterion(task.model(images), targets).total.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+            task.model.eval()
+            with torch.no_grad():
+                start = time.perf_counter()
+                task.model(images[:1])
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                window = time.perf_counter() - start
+        log.info("detloss plan: patch %s, %d channels: %.3f s a step", list(patch), width, min(times[1:]))
+        return {"step_seconds": min(times[1:]), "window_seconds": window, "memory_gib": memory}
+
+    return measure
 
 
 def compile_model(task: L.LightningModule, options: dict | None = None) -> None:
@@ -167,6 +288,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     record = ConfigInCheckpoint(resolved_config(cfg), datamodule.describe())
     trainer = make_trainer(cfg, [*callbacks, *getattr(datamodule, "callbacks", []), record])
     save_config(cfg, out_dir)
+    if getattr(datamodule, "plan", None) is not None and rank_zero_only.rank == 0:
+        (out_dir / "plan.json").write_text(json.dumps(datamodule.plan.to_dict(), indent=1))
     trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg))
     metrics, done = final_metrics(trainer), progress(trainer)
     write_metrics(out_dir, cfg, metrics, trainer, done, seconds=time.perf_counter() - start)

@@ -29,6 +29,7 @@ SMALL3D = [
     "data.patch_size=[16,32,32]",
     "data.patches_per_epoch=4",
     "model.base_channels=4",
+    "model.depth=3",
 ]
 SHAPE, ZOOMS = (6, 8, 10), (0.5, 1.0, 3.0)  # (D, H, W) of the arrays; the files' (x, y, z) zooms
 

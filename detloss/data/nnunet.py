@@ -39,8 +39,18 @@ import numpy as np
 
 from .base import _DataModule
 from .patches import PatchDataset, VolumeDataset, volume_collate
+from .resample import needs_resampling, resample_image, resample_labels
 
-__all__ = ["NnUNetDataset", "NnUNetDataModule", "Case", "read_volume", "cross_validation_split", "zscore"]
+__all__ = [
+    "NnUNetDataset",
+    "NnUNetDataModule",
+    "Case",
+    "read_volume",
+    "cross_validation_split",
+    "zscore",
+    "normalise",
+    "preprocess",
+]
 
 FILE_ENDINGS = (".nii.gz", ".nii")
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -91,6 +101,50 @@ def zscore(volume: np.ndarray) -> np.ndarray:
     return ((data - data.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
 
 
+def normalise(volume: np.ndarray, scheme: dict | None, nonzero: np.ndarray | None = None) -> np.ndarray:
+    """One channel normalised by ``scheme`` (float32), as nnU-Net normalises:
+
+    * ``None`` or ``{"scheme": "zscore"}``: :func:`zscore` over the volume; with ``"nonzero_mask": true``, over the
+      voxels of ``nonzero`` (where any channel of the case is non-zero) only, and 0 outside them;
+    * ``{"scheme": "ct", "clip": [low, high], "mean": m, "std": s}``: clipped to ``[low, high]`` (the dataset's
+      foreground percentiles 0.5 and 99.5), then ``(x − m) / s`` (the dataset's foreground statistics).
+    """
+    kind = "zscore" if scheme is None else scheme.get("scheme")
+    if kind == "ct":
+        low, high = scheme["clip"]
+        std = float(scheme["std"]) if float(scheme["std"]) > 1e-8 else 1.0
+        return ((np.clip(volume.astype(np.float64), low, high) - float(scheme["mean"])) / std).astype(np.float32)
+    if kind != "zscore":
+        raise ValueError(f"normalization scheme must be 'zscore' or 'ct', got {scheme!r}")
+    if not (scheme or {}).get("nonzero_mask") or nonzero is None or not nonzero.any():
+        return zscore(volume)
+    out = np.zeros(volume.shape, dtype=np.float32)
+    values = volume[nonzero].astype(np.float64)
+    std = values.std()
+    out[nonzero] = ((values - values.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+    return out
+
+
+def preprocess(
+    channels: Sequence[np.ndarray],
+    spacing: Sequence[float],
+    target_spacing: Sequence[float] | None = None,
+    normalization: Sequence[dict] | None = None,
+) -> np.ndarray:
+    """A case's raw channels ``[(D, H, W), ...]`` at ``spacing`` as a network sees them: each channel normalised by
+    its scheme (:func:`normalise`; ``None``: z-scored), then resampled to ``target_spacing``
+    (:func:`~detloss.data.resample.resample_image`; ``None``: kept). Training, evaluation and prediction all call
+    this, so they preprocess alike. Returns ``(C, D', H', W')`` float32."""
+    schemes = list(normalization) if normalization is not None else [None] * len(channels)
+    nonzero = (
+        np.any(np.stack([c != 0 for c in channels]), 0) if any((s or {}).get("nonzero_mask") for s in schemes) else None
+    )
+    image = np.stack([normalise(c, s, nonzero) for c, s in zip(channels, schemes)])
+    if target_spacing is not None and needs_resampling(spacing, target_spacing):
+        image = resample_image(image, spacing, target_spacing)
+    return image
+
+
 def cross_validation_split(names: Sequence[str], fold: int, num_folds: int = 5, seed: int = 12345):
     """``(train, val)`` case names of fold ``fold``: the sorted names shuffled with ``seed``, cut into ``num_folds``
     near-equal parts; part ``fold`` validates."""
@@ -129,13 +183,48 @@ class NnUNetDataset:
                 f"{self.root / 'dataset.json'}: numTraining is {spec['numTraining']} but imagesTr holds "
                 f"{len(self.cases)} cases"
             )
+        self._raw_labels = [self._read_labels(case) for case in self.cases]
+        self.prepare()
+
+    def prepare(self, spacing: Sequence[float] | None = None, normalization: Sequence[dict] | None = None) -> None:
+        """Resample every case to ``spacing`` (``None``: each case at its own) and normalise its channels by
+        ``normalization`` (one scheme per channel, see :func:`normalise`; ``None``: z-score per case): what a plan
+        fixes (:mod:`detloss.plan`). Resamples the label volumes at once and lists their foreground voxels."""
+        if spacing is not None:
+            spacing = tuple(float(s) for s in spacing)
+            if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+                raise ValueError(f"spacing must be 3 positive numbers (D, H, W) mm, got {spacing}")
+        if normalization is not None and len(normalization) != self.in_channels:
+            raise ValueError(
+                f"normalization must give one scheme per channel ({self.in_channels}: {self.channel_names}), got "
+                f"{len(normalization)}"
+            )
+        self.target_spacing = spacing
+        self.normalization = None if normalization is None else [dict(n) for n in normalization]
+        self._images.clear()
         self.labels, self.locations = [], []
         rng = np.random.default_rng(1234)
-        for case in self.cases:
-            labels = self._read_labels(case)
+        values = range(1, self.num_classes)
+        for index, case in enumerate(self.cases):
+            labels = self._raw_labels[index]
+            if spacing is not None and needs_resampling(case.spacing, spacing):
+                ignored = labels == self.ignore_index
+                labels = resample_labels(labels, case.spacing, spacing, values)
+                if ignored.any():
+                    labels[resample_labels(ignored.astype(np.uint8), case.spacing, spacing, [1]) == 1] = (
+                        self.ignore_index
+                    )
             self.labels.append(labels)
             flat = labels.ravel()
-            self.locations.append([self._locations(flat, k, labels.shape, rng) for k in range(1, self.num_classes)])
+            self.locations.append([self._locations(flat, k, labels.shape, rng) for k in values])
+
+    def raw_labels(self, index: int) -> np.ndarray:
+        """The label volume of case ``index`` at its own spacing (an ``"ignore"`` label as ``ignore_index``)."""
+        return self._raw_labels[index]
+
+    def spacing_of(self, index: int) -> tuple[float, float, float]:
+        """The spacing case ``index`` is used at: the target spacing, or the case's own."""
+        return self.target_spacing or self.cases[index].spacing
 
     @property
     def num_classes(self) -> int:
@@ -251,35 +340,49 @@ class NnUNetDataset:
         return np.stack(np.unravel_index(where, shape), 1).astype(np.int32)
 
     def image(self, index: int) -> np.ndarray:
-        """The normalised image ``(C, D, H, W)`` float32 of case ``index`` (cached with ``cache``)."""
+        """The normalised image ``(C, D, H, W)`` float32 of case ``index`` at :meth:`spacing_of` (cached with
+        ``cache``)."""
         if index in self._images:
             return self._images[index]
-        image = np.stack([zscore(read_volume(path)[0]) for path in self.cases[index].images])
+        case = self.cases[index]
+        image = preprocess(
+            [read_volume(path)[0] for path in case.images], case.spacing, self.target_spacing, self.normalization
+        )
         if self.cache:
             self._images[index] = image
         return image
 
     def median_spacing(self, indices: Sequence[int] | None = None) -> tuple[float, float, float]:
         indices = range(len(self.cases)) if indices is None else indices
-        return tuple(float(v) for v in np.median([self.cases[i].spacing for i in indices], 0))
+        return tuple(float(v) for v in np.median([self.spacing_of(i) for i in indices], 0))
 
 
 class NnUNetDataModule(_DataModule):
     """Training patches and whole validation volumes of an nnU-Net raw dataset (``data=nnunet data.root=DIR``).
 
+    The recipe is planned from the data (:mod:`detloss.plan`): on construction the module reads the dataset, takes
+    its fingerprint (:attr:`fingerprint`, cached beside the data) and fixes the target spacing and normalisation by
+    nnU-Net's rules unless they are given; the patch, batch and epoch length are then either given here or planned
+    under a compute budget by the run (:func:`detloss.plan.plan_run`), which calls :meth:`configure`.
+
     Args:
         root: the dataset folder.
-        patch_size: the training patch ``(D, H, W)``; also the sliding window of validation.
+        patch_size: the training patch ``(D, H, W)`` at the target spacing; also the sliding window of validation
+            (``None``: planned).
         fold, num_folds, split_seed: the validation fold of a seeded split by case (nnU-Net: 0 of 5, seed 12345).
-        batch_size: training patches per batch (validation takes one volume at a time).
-        patches_per_epoch: the length of a training epoch in patches.
+        batch_size: training patches per batch (``None``: planned; validation takes one volume at a time).
+        patches_per_epoch: the length of a training epoch in patches (``None``: planned).
         foreground_fraction: the share of patches forced to hold foreground (nnU-Net's third).
         augment: random flips along each axis of the training patches.
         ignore_index: the label of voxels that count nowhere (padding, an ``"ignore"`` label).
         cache: keep the normalised images in memory once read.
+        target_spacing: the spacing ``(D, H, W)`` mm every case is resampled to (``None``: planned).
+        normalization: one scheme per channel (:func:`normalise`; ``None``: planned).
+        plan: the planner's options (``budget_minutes``, ``memory_gib``, ``min_steps``), read by the run.
 
-    Attributes (known after ``__init__``): ``class_names``, ``num_classes``, ``in_channels``, ``spacing`` (the median
-    spacing of the training cases, which the 3D U-Net plans its pooling for), ``patch_size``.
+    Attributes (known after ``__init__``): ``class_names``, ``num_classes``, ``in_channels``, ``spacing`` (the target
+    spacing, which the 3D U-Net plans its pooling for), ``normalization``, ``fingerprint``; ``patch_size`` once
+    configured.
     """
 
     task = "volumetric"
@@ -290,26 +393,43 @@ class NnUNetDataModule(_DataModule):
     def __init__(
         self,
         root: str | Path,
-        patch_size: Sequence[int] = (32, 64, 64),
+        patch_size: Sequence[int] | None = None,
         fold: int = 0,
         num_folds: int = 5,
         split_seed: int = 12345,
-        batch_size: int = 2,
-        patches_per_epoch: int = 250,
+        batch_size: int | None = None,
+        patches_per_epoch: int | None = None,
         foreground_fraction: float = 1 / 3,
         augment: bool = True,
         num_workers: int = 0,
         pin_memory: bool = False,
         ignore_index: int = 255,
         cache: bool = True,
+        target_spacing: Sequence[float] | None = None,
+        normalization: Sequence[dict] | None = None,
+        plan: dict | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory)
-        patch_size = tuple(int(s) for s in patch_size)
-        if len(patch_size) != 3 or min(patch_size) < 1:
-            raise ValueError(f"patch_size must be 3 positive integers (D, H, W), got {patch_size}")
+        from ..plan import normalisation, volume_fingerprint
+        from ..plan import target_spacing as planned_spacing
+
+        super().__init__(2 if batch_size is None else batch_size, num_workers, pin_memory)
         if not 0 <= foreground_fraction <= 1 or not math.isfinite(foreground_fraction):
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        self.foreground_fraction, self.augment = float(foreground_fraction), bool(augment)
+        self.plan_options = dict(plan or {})
+        self.given = {
+            "patch_size": None if patch_size is None else list(patch_size),
+            "batch_size": batch_size,
+            "patches_per_epoch": patches_per_epoch,
+            "spacing": None if target_spacing is None else list(target_spacing),
+            "normalization": None if normalization is None else [dict(n) for n in normalization],
+            "foreground_fraction": foreground_fraction,
+        }
         self.source = NnUNetDataset(root, ignore_index=ignore_index, cache=cache)
+        self.fingerprint = volume_fingerprint(self.source)
+        self.spacing = tuple(float(s) for s in (target_spacing or planned_spacing(self.fingerprint)))
+        self.normalization = [dict(n) for n in (normalization or normalisation(self.fingerprint))]
+        self.source.prepare(self.spacing, self.normalization)
         names = [c.name for c in self.source.cases]
         train, val = cross_validation_split(names, fold, num_folds, split_seed)
         index = {name: i for i, name in enumerate(names)}
@@ -317,18 +437,47 @@ class NnUNetDataModule(_DataModule):
         self.class_names = list(self.source.class_names)
         self.in_channels = self.source.in_channels
         self.ignore_index = int(ignore_index)
-        self.patch_size = patch_size
-        self.spacing = self.source.median_spacing(self.train_cases)
-        self.train_dataset = PatchDataset(
-            self.source, self.train_cases, patch_size, patches_per_epoch, foreground_fraction, augment, ignore_index
-        )
+        self.patch_size: tuple[int, int, int] | None = None
+        self.plan = None
         self.val_dataset = VolumeDataset(self.source, self.val_cases)
+        if patch_size is not None:  # usable as it is; a run plans what is None (nnU-Net's batch 2 and 250 steps here)
+            self.configure(patch_size, batch_size or 2, patches_per_epoch or 250 * (batch_size or 2))
+
+    def configure(self, patch_size: Sequence[int], batch_size: int, patches_per_epoch: int, plan=None) -> None:
+        """Fix the training patch, batch and epoch length (given, or from ``plan``, a
+        :class:`~detloss.plan.VolumePlan` that :meth:`describe` then carries)."""
+        patch_size = tuple(int(s) for s in patch_size)
+        if len(patch_size) != 3 or min(patch_size) < 1:
+            raise ValueError(f"patch_size must be 3 positive integers (D, H, W), got {patch_size}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.patch_size, self.batch_size, self.plan = patch_size, int(batch_size), plan
+        self.train_dataset = PatchDataset(
+            self.source,
+            self.train_cases,
+            patch_size,
+            patches_per_epoch,
+            self.foreground_fraction,
+            self.augment,
+            self.ignore_index,
+        )
+
+    def train_dataloader(self):
+        if self.train_dataset is None:
+            raise ValueError(
+                "data.patch_size, data.batch_size and data.patches_per_epoch are not set and were not planned: give "
+                "them, or train through detloss.train, which plans them (detloss.plan.plan_run)"
+            )
+        return super().train_dataloader()
 
     def describe(self) -> dict[str, Any]:
-        """The base's description and what a 3D model is planned for: ``spacing`` (the training cases' median, mm,
-        ``(D, H, W)``), ``patch_size`` (the sliding window), ``ignore_index``."""
+        """The base's description and what a 3D model and its predictions are planned for: ``spacing`` (the target
+        spacing, mm, ``(D, H, W)``), ``normalization``, ``patch_size`` (the sliding window), ``ignore_index`` and,
+        where planned, ``plan`` (:meth:`detloss.plan.VolumePlan.to_dict`)."""
         return super().describe() | {
             "spacing": [float(v) for v in self.spacing],
-            "patch_size": list(self.patch_size),
+            "normalization": [dict(n) for n in self.normalization],
+            "patch_size": None if self.patch_size is None else list(self.patch_size),
             "ignore_index": self.ignore_index,
+            "plan": None if self.plan is None else self.plan.to_dict(),
         }

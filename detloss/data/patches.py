@@ -124,7 +124,7 @@ class PatchDataset(Dataset):
                 for axis in range(3):
                     if rng.random() < 0.5:
                         image, labels = np.flip(image, axis + 1), np.flip(labels, axis)
-            return torch.from_numpy(np.ascontiguousarray(image)), _target(labels, self.source.cases[case].spacing)
+            return torch.from_numpy(np.ascontiguousarray(image)), _target(labels, self.source.spacing_of(case))
 
 
 class VolumeDataset(Dataset):
@@ -142,7 +142,7 @@ class VolumeDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         case = self.cases[index]
         image = torch.from_numpy(self.source.image(case))
-        return image, _target(self.source.labels[case], self.source.cases[case].spacing)
+        return image, _target(self.source.labels[case], self.source.spacing_of(case))
 
 
 def volume_collate(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -4,7 +4,8 @@ MICCAI 2016), with anisotropy-aware pooling and deep supervision.
 Each resolution stage is two (conv, instance norm, leaky ReLU) blocks; max pooling between stages; transposed
 convolutions up, concatenating the encoder's skip of the stage. The pooling and the kernels follow nnU-Net's rule
 for anisotropic spacing: at each stage, an axis is pooled (factor 2) only if its current spacing is less than twice
-the smallest (and, with a patch size, only while the axis keeps at least ``2 · min_size`` voxels); an axis whose
+the smallest (and, with a patch size, only while the axis keeps at least ``2 · min_size`` voxels, or ``3 · min_size``
+when it is the only axis left to pool: nnU-Net's ``get_pool_and_conv_props``); an axis whose
 spacing is at least twice the smallest gets kernel 1 instead of 3 until the other axes have caught up (then 3 for
 good). With 2 × 1 × 1 mm voxels the first stage convolves 1 × 3 × 3 and pools 1 × 2 × 2, and the spacing is then
 isotropic.
@@ -44,6 +45,12 @@ def plan_stages(
             )
         finest = min(spacing[a] for a in poolable)
         pool = [2 if a in poolable and spacing[a] / finest < 2 else 1 for a in range(dims)]
+        lone = [a for a in range(dims) if pool[a] == 2]
+        if size is not None and len(lone) == 1 and size[lone[0]] < 3 * min_size:
+            raise ValueError(
+                f"patch_size {tuple(patch_size)} is too small for depth {depth}: after {stage} poolings only one axis "
+                f"is left to pool and it keeps fewer than {3 * min_size} voxels; use a larger patch or a smaller depth"
+            )
         spacing = [s * p for s, p in zip(spacing, pool)]
         if size is not None:
             size = [s // p for s, p in zip(size, pool)]

@@ -1,0 +1,315 @@
+"""The plan of a volumetric run: nnU-Net's rules (:mod:`detloss.plan.rules`) under a compute budget.
+
+On a GPU the budget is memory, as in nnU-Net: the network is nnU-Net's (32 channels at full resolution), batch 2,
+and the patch shrinks (:func:`~detloss.plan.rules.shrink_patch`) until a measured training step fits
+``memory_gib``; epochs and steps stay with the trainer's configuration.
+
+On a CPU the budget is time, where detloss departs from nnU-Net, which assumes a GPU and 1,000 epochs: a run has
+``budget_minutes`` of wall time, and the planner measures the training step and the validation window of its
+candidates on this machine (a few steps each, with the real model, criterion and optimizer) and picks the largest
+recipe that still trains ``min_steps`` steps within the budget:
+
+1. candidates are nnU-Net's patch and its shrunken versions, at widths 32, 16 and 8 channels, batch 2;
+2. the smallest candidate is measured first; a step's time is then predicted as proportional to the voxels of a
+   batch and to ``width^1.5``, and the largest candidate predicted to fit is measured; a measured step that does
+   not fit shrinks the patch in proportion and is measured again;
+3. validation (sliding windows over the validation cases at the target spacing) takes at most a sixth of the
+   budget, which sets the number of epochs; the rest, less a fixed start-up allowance, sets the steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fingerprint import VolumeFingerprint
+from .rules import initial_patch, normalisation, shrink_patch, target_spacing, topology
+
+__all__ = ["VolumePlan", "Measure", "plan_volumes", "cached_plan", "machine"]
+
+Measure = Callable[[Sequence[int], int, int], Mapping[str, float]]
+"""``measure(patch, base_channels, batch_size)`` -> ``{"step_seconds", "window_seconds", "memory_gib"}``: one
+training step of that recipe and one validation window (batch 1), measured on this machine."""
+
+WIDTHS = (32, 16, 8)
+BATCH = 2
+STARTUP_SECONDS = 20.0
+VALIDATION_SHARE = 1 / 6
+MAX_EPOCHS = 20
+WIDTH_EXPONENT = 1.5
+
+
+def machine() -> str:
+    """The machine a plan was measured on, in words (CPU count and torch's threads, or the GPU's name)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}"
+    return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+@dataclass
+class VolumePlan:
+    """A volumetric recipe: what the data module, the model and the trainer take from the plan.
+
+    ``given`` names the values the configuration fixed (the command line wins over the plan); ``candidates`` lists
+    what was measured (patch, width, seconds per step, predicted steps).
+    """
+
+    spacing: list[float]
+    normalization: list[dict]
+    patch_size: list[int]
+    depth: int
+    kernels: list[list[int]]
+    pools: list[list[int]]
+    base_channels: int
+    batch_size: int
+    foreground_fraction: float
+    patches_per_epoch: int | None
+    epochs: int | None
+    budget: str
+    step_seconds: float | None = None
+    window_seconds: float | None = None
+    validation_seconds: float | None = None
+    machine: str = ""
+    given: list[str] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """``(name, value)`` rows of the table printed when training starts."""
+        mark = lambda key: " (given)" if key in self.given else ""  # noqa: E731
+        rows = [
+            ("target spacing (mm, D H W)", " × ".join(f"{s:g}" for s in self.spacing)),
+            ("normalisation", ", ".join(_describe_norm(n) for n in self.normalization)),
+            ("patch (D H W)", " × ".join(map(str, self.patch_size)) + mark("patch_size")),
+            ("poolings", " ".join("×".join(map(str, p)) for p in self.pools) or "none"),
+            ("kernels", " ".join("×".join(map(str, k)) for k in self.kernels)),
+            ("channels at full resolution", f"{self.base_channels}{mark('base_channels')}"),
+            ("batch", f"{self.batch_size}{mark('batch_size')}"),
+            ("foreground patches", f"{self.foreground_fraction:.2f}"),
+            ("patches per epoch", f"{self.patches_per_epoch}{mark('patches_per_epoch')}"),
+            ("epochs", f"{self.epochs}{mark('epochs')}"),
+            ("budget", self.budget),
+            ("machine", self.machine),
+        ]
+        if self.step_seconds is not None:
+            rows.append(("measured step / window (s)", f"{self.step_seconds:.3f} / {self.window_seconds:.3f}"))
+        if self.validation_seconds is not None:
+            rows.append(("predicted validation (s)", f"{self.validation_seconds:.1f} per epoch"))
+        return rows
+
+    def table(self) -> str:
+        width = max(len(name) for name, _ in self.rows())
+        return "\n".join(f"  {name:<{width}}  {value}" for name, value in self.rows())
+
+
+def _describe_norm(norm: Mapping[str, Any]) -> str:
+    if norm["scheme"] == "ct":
+        low, high = norm["clip"]
+        return f"CT clip [{low:.4g}, {high:.4g}] then (x − {norm['mean']:.4g}) / {norm['std']:.4g}"
+    return "z-score" + (" in the non-zero region" if norm.get("nonzero_mask") else "")
+
+
+def _voxels(patch: Sequence[int]) -> int:
+    return int(np.prod([int(p) for p in patch]))
+
+
+def _patches(spacing, median_shape, fixed: Sequence[int] | None) -> list[list[int]]:
+    """The candidate patches, largest first: nnU-Net's and its shrunken versions down to 16³ voxels' worth."""
+    if fixed is not None:
+        return [list(fixed)]
+    _, patch, _, _ = topology(spacing, initial_patch(spacing, median_shape))
+    patches = [patch]
+    while _voxels(patches[-1]) > 16**3:
+        smaller = shrink_patch(patches[-1], median_shape, spacing)
+        if smaller is None:
+            break
+        patches.append(topology(spacing, smaller)[1])
+    return patches
+
+
+def _windows(shape: Sequence[int], patch: Sequence[int], overlap: float = 0.5) -> int:
+    """Sliding windows over a volume of ``shape`` with ``patch`` windows overlapping by ``overlap``."""
+    count = 1
+    for size, p in zip(shape, patch):
+        step = max(int(p * (1 - overlap)), 1)
+        count *= 1 if size <= p else math.ceil((size - p) / step) + 1
+    return count
+
+
+def plan_volumes(
+    fingerprint: VolumeFingerprint,
+    measure: Measure | None = None,
+    *,
+    budget_minutes: float | None = 10.0,
+    memory_gib: float | None = None,
+    min_steps: int = 1000,
+    num_val_cases: int = 1,
+    given: Mapping[str, Any] | None = None,
+) -> VolumePlan:
+    """The plan of a volumetric run on the data of ``fingerprint``.
+
+    Args:
+        measure: times a recipe on this machine (see :data:`Measure`); ``None`` plans without measuring
+            (nnU-Net's width and the initial patch; epochs and steps left to the configuration).
+        budget_minutes: the wall time of the run on a CPU (the time budget); ``None`` with ``memory_gib`` plans
+            for memory (a GPU).
+        memory_gib: the memory a training step may take (the GPU budget).
+        min_steps: the fewest training steps a CPU recipe must reach within the budget.
+        num_val_cases: the validation cases (their sliding windows cost time every epoch).
+        given: values fixed by the configuration, which the plan keeps: ``spacing``, ``normalization``,
+            ``patch_size``, ``base_channels``, ``batch_size``, ``patches_per_epoch``, ``epochs``,
+            ``foreground_fraction``.
+
+    Raises:
+        ValueError: a budget that is not positive, or ``min_steps`` below 1.
+    """
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    if budget_minutes is not None and not budget_minutes > 0:
+        raise ValueError(f"plan.budget_minutes must be positive, got {budget_minutes}")
+    if memory_gib is not None and not memory_gib > 0:
+        raise ValueError(f"plan.memory_gib must be positive, got {memory_gib}")
+    if int(min_steps) < 1:
+        raise ValueError(f"plan.min_steps must be >= 1, got {min_steps}")
+    spacing = [float(s) for s in given.get("spacing") or target_spacing(fingerprint)]
+    norm = list(given.get("normalization") or normalisation(fingerprint))
+    median_shape = fingerprint.median_shape_at(spacing)
+    patches = _patches(spacing, median_shape, given.get("patch_size"))
+    widths = [int(given["base_channels"])] if "base_channels" in given else list(WIDTHS)
+    batch = int(given.get("batch_size", BATCH))
+    fraction = float(given.get("foreground_fraction", 1 / 3))
+    common = dict(spacing=spacing, normalization=norm, batch_size=batch, foreground_fraction=fraction)
+    common |= dict(machine=machine(), given=sorted(given))
+
+    def make(patch, width, budget, epochs=None, per_epoch=None, step=None, window=None, candidates=(), val=None):
+        depth, patch, kernels, pools = topology(spacing, patch)
+        return VolumePlan(
+            patch_size=patch,
+            depth=depth,
+            kernels=[list(k) for k in kernels],
+            pools=[list(p) for p in pools],
+            base_channels=width,
+            patches_per_epoch=given.get("patches_per_epoch", per_epoch),
+            epochs=given.get("epochs", epochs),
+            budget=budget,
+            step_seconds=step,
+            window_seconds=window,
+            validation_seconds=val,
+            candidates=list(candidates),
+            **common,
+        )
+
+    if measure is None:
+        return make(patches[0], widths[0], "none (not measured)")
+    if budget_minutes is None:
+        return _plan_memory(patches, widths, batch, median_shape, spacing, measure, memory_gib or 8.0, make)
+    budget_s = 60.0 * float(budget_minutes)
+    measured: dict[tuple, dict] = {}
+
+    def timed(patch, width):
+        key = (tuple(patch), width)
+        if key not in measured:
+            measured[key] = dict(measure(patch, width, batch))
+        return measured[key]
+
+    def fits(seconds):
+        return seconds["step"] * min_steps <= budget_s * (1 - VALIDATION_SHARE) - STARTUP_SECONDS
+
+    def cost(patch, width, base):
+        ratio = _voxels(patch) / _voxels(base[0]) * (width / base[1]) ** WIDTH_EXPONENT
+        return base[2] * ratio
+
+    smallest = (patches[-1], widths[-1])
+    base_m = timed(*smallest)
+    base = (smallest[0], smallest[1], base_m["step_seconds"])
+    order = [(p, w) for w in widths for p in patches]  # widest network first, then the largest patch
+    chosen = smallest
+    for patch, width in order:
+        if not fits({"step": cost(patch, width, base)}):
+            continue
+        m = timed(patch, width)
+        if fits({"step": m["step_seconds"]}):
+            chosen = (patch, width)
+            break
+        base = (patch, width, m["step_seconds"])  # recalibrate on the nearer measurement
+    m = timed(*chosen)
+    window = m["window_seconds"] * _windows(median_shape, topology(spacing, chosen[0])[1]) * num_val_cases
+    if "epochs" in given:
+        epochs = int(given["epochs"])
+    elif "patches_per_epoch" in given:  # the epoch's length is fixed: as many epochs as the budget trains
+        epoch_s = int(given["patches_per_epoch"]) / batch * m["step_seconds"] + window
+        epochs = max(1, int((budget_s - STARTUP_SECONDS) / epoch_s))
+    else:
+        epochs = max(1, min(MAX_EPOCHS, int(budget_s * VALIDATION_SHARE / max(window, 1e-6))))
+    steps = max(1, int((budget_s - STARTUP_SECONDS - epochs * window) / m["step_seconds"]))
+    per_epoch = max(batch, steps // epochs * batch)
+    candidates = [
+        {"patch_size": list(k[0]), "base_channels": k[1], "step_seconds": round(v["step_seconds"], 4)}
+        for k, v in measured.items()
+    ]
+    budget = f"{budget_minutes:g} min of this CPU, at least {min_steps} steps"
+    return make(
+        chosen[0], chosen[1], budget, epochs, per_epoch, m["step_seconds"], m["window_seconds"], candidates, window
+    )
+
+
+def _plan_memory(patches, widths, batch, median_shape, spacing, measure, memory_gib, make) -> VolumePlan:
+    """nnU-Net's rule: the widest network and the largest patch whose measured training step fits ``memory_gib``."""
+    width = widths[0]
+    measured = []
+    for patch in patches:
+        m = measure(patch, width, batch)
+        measured.append({"patch_size": list(patch), "base_channels": width, "memory_gib": m["memory_gib"]})
+        if m["memory_gib"] <= memory_gib:
+            return make(
+                patch,
+                width,
+                f"{memory_gib:g} GiB",
+                step=m["step_seconds"],
+                window=m["window_seconds"],
+                candidates=measured,
+            )
+    return make(patches[-1], width, f"{memory_gib:g} GiB (smallest patch; none fits)", candidates=measured)
+
+
+def cached_plan(
+    fingerprint: VolumeFingerprint,
+    measure: Measure | None,
+    *,
+    key: Any = None,
+    use_cache: bool = True,
+    cache_dir: str | Path | None = None,
+    **options,
+) -> VolumePlan:
+    """:func:`plan_volumes`, kept in ``cache_dir`` (default ``~/.cache/detloss/plans``) under the fingerprint, this
+    machine, the options and ``key`` (what else shapes a measured step: the model, loss and criterion configs), so
+    that the same run on the same machine measures once. ``use_cache=False`` plans anew and keeps nothing."""
+    if measure is None or not use_cache:
+        return plan_volumes(fingerprint, measure, **options)
+    ident = json.dumps([fingerprint.signature, machine(), options, key], sort_keys=True, default=str)
+    folder = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "detloss" / "plans"
+    path = folder / f"{hashlib.sha1(ident.encode()).hexdigest()[:16]}.json"
+    try:
+        return VolumePlan(**json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError):
+        pass
+    plan = plan_volumes(fingerprint, measure, **options)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(plan.to_dict()))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return plan

@@ -1,0 +1,120 @@
+"""nnU-Net's planning rules on a fingerprint: target spacing, normalisation, patch size and network topology.
+
+Sources: Isensee et al., *nnU-Net*, Nature Methods 2021 (the "rule-based parameters" of its Fig. 2 and the
+supplement), and nnU-Net v2's default experiment planner. The rules, in detloss's words:
+
+* **Target spacing** (:func:`target_spacing`): the median spacing of the cases; when the coarsest axis is more than
+  3 times the finest of the others *and* holds fewer than a third of their voxels (a stack of thick slices), its
+  spacing is the 10th percentile of the cases' spacings along it instead (not finer than the other axes).
+* **Normalisation** (:func:`normalisation`): a channel named CT (any case) is clipped to the 0.5 and 99.5
+  percentiles of the dataset's foreground intensities and z-scored with the foreground's mean and std; every other
+  channel is z-scored per case, inside the non-zero region only when cropping to it removes a quarter of the volume
+  or more (the median case), and is 0 outside it.
+* **Patch size** (:func:`initial_patch`): a cube of 256³ voxels' worth of physical extent, shaped by the spacing
+  (``1 / spacing`` aspect), then clipped to the median shape of the cases at the target spacing.
+* **Topology** (:func:`topology`): poolings per axis and kernel sizes by :func:`detloss.models.plan_stages` (an axis
+  is pooled only while its spacing is less than twice the finest and the feature map keeps 8 voxels along it; a
+  coarse axis gets kernel 1 until the others catch up), as many poolings as the patch allows, at most
+  :data:`MAX_POOLINGS`; the patch is then rounded up to a multiple of the poolings.
+* **Shrinking** (:func:`shrink_patch`): where a recipe is too large for the budget, the axis whose patch is largest
+  relative to the median shape loses one pooling unit (nnU-Net's loop under its GPU-memory estimate).
+
+Where detloss departs, it says so in :mod:`detloss.plan.budget`: on a CPU the budget is time, not memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..models.unet3d import plan_stages
+from .fingerprint import VolumeFingerprint
+
+__all__ = [
+    "ANISOTROPY",
+    "MAX_POOLINGS",
+    "MIN_FEATURE",
+    "target_spacing",
+    "normalisation",
+    "initial_patch",
+    "topology",
+    "shrink_patch",
+]
+
+ANISOTROPY = 3.0
+MAX_POOLINGS = 5
+MIN_FEATURE = 4
+"""The smallest side of a pooled feature map (nnU-Net's ``featuremap_min_edge_length``)."""
+
+
+def target_spacing(fingerprint: VolumeFingerprint) -> tuple[float, float, float]:
+    """The spacing every case is resampled to (see the module docstring), ``(D, H, W)`` mm."""
+    spacings, sizes = fingerprint.spacings, fingerprint.cropped_shapes.astype(np.float64)
+    target = np.percentile(spacings, 50, axis=0)
+    size = np.percentile(sizes, 50, axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    aniso_spacing = target[worst] > ANISOTROPY * max(target[others])
+    aniso_voxels = size[worst] * ANISOTROPY < min(size[others])
+    if aniso_spacing and aniso_voxels:
+        low = float(np.percentile(spacings[:, worst], 10))
+        target[worst] = max(low, max(target[others]) + 1e-5) if low < max(target[others]) else low
+    return tuple(float(s) for s in target)
+
+
+def normalisation(fingerprint: VolumeFingerprint) -> list[dict]:
+    """One normalisation per channel: ``{"scheme": "ct", "clip": [low, high], "mean", "std"}`` or
+    ``{"scheme": "zscore", "nonzero_mask": bool}`` (see the module docstring)."""
+    use_mask = fingerprint.median_relative_size_after_cropping < 0.75
+    schemes = []
+    for name, stats in zip(fingerprint.channel_names, fingerprint.intensities):
+        if name.strip().upper() == "CT":
+            std = stats["std"] if stats["std"] > 1e-8 else 1.0
+            schemes.append(
+                {"scheme": "ct", "clip": [stats["p00_5"], stats["p99_5"]], "mean": stats["mean"], "std": std}
+            )
+        else:
+            schemes.append({"scheme": "zscore", "nonzero_mask": bool(use_mask)})
+    return schemes
+
+
+def initial_patch(spacing: Sequence[float], median_shape: Sequence[int], voxels: float = 256.0**3) -> list[int]:
+    """A patch of ``voxels`` voxels shaped by ``1 / spacing``, clipped to ``median_shape``."""
+    inverse = 1.0 / np.asarray(spacing, dtype=np.float64)
+    patch = inverse * (voxels / np.prod(inverse)) ** (1 / 3)
+    return [int(min(round(p), m)) for p, m in zip(patch, median_shape)]
+
+
+def topology(spacing: Sequence[float], patch: Sequence[int]) -> tuple[int, list[int], list, list]:
+    """``(depth, patch, kernels, pools)``: the most poolings (up to :data:`MAX_POOLINGS`) that ``patch`` allows
+    with feature maps of at least :data:`MIN_FEATURE` voxels, and the patch rounded up to a multiple of them."""
+    patch = [max(int(p), 1) for p in patch]
+    depth, kernels, pools = 0, *plan_stages(spacing, 0, patch, MIN_FEATURE)
+    for d in range(1, MAX_POOLINGS + 1):
+        try:
+            k, p = plan_stages(spacing, d, patch, MIN_FEATURE)
+        except ValueError:
+            break
+        if p and all(f == 1 for f in p[-1]):
+            break
+        depth, kernels, pools = d, k, p
+    multiple = [math.prod(p[a] for p in pools) for a in range(3)]
+    patch = [int(math.ceil(s / m) * m) for s, m in zip(patch, multiple)]
+    return depth, patch, kernels, pools
+
+
+def shrink_patch(patch: Sequence[int], median_shape: Sequence[int], spacing: Sequence[float]) -> list[int] | None:
+    """``patch`` with the axis largest relative to ``median_shape`` made one pooling unit smaller (nnU-Net's
+    shrinking step), or ``None`` when no axis can shrink."""
+    patch = list(patch)
+    _, _, _, pools = topology(spacing, patch)
+    multiple = [math.prod(p[a] for p in pools) for a in range(3)]
+    order = np.argsort([-p / max(m, 1) for p, m in zip(patch, median_shape)], kind="stable")
+    for axis in order:
+        step = max(multiple[axis], 1)
+        if patch[axis] - step >= 2 * MIN_FEATURE:
+            patch[axis] -= step
+            return patch
+    return None

@@ -1,0 +1,101 @@
+"""detloss's planner against nnU-Net's own ``3d_fullres`` plan (``tools/nnunet_plan.py``) on generated datasets:
+anisotropic and isotropic, small and large, one and four channels, CT and MR.
+
+    python -m pytest tests/test_plan_vs_nnunet.py
+
+Skipped where nnunetv2 is not installed (the ``tools`` extra). What must agree: the target spacing, the median shape
+at it, the normalisation of each channel (scheme, mask, CT statistics), and the topology (poolings per axis and
+kernels) of nnU-Net's patch. Where nnU-Net's patch was not shrunk for GPU memory, detloss's unshrunk patch equals
+it; detloss then chooses among shrunken patches by measured time on a CPU, not by memory (``detloss.plan.budget``).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nnunetv2")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from nnunet_plan import nnunet_plan, write_nnunet_dataset  # noqa: E402
+
+from detloss.data import NnUNetDataset  # noqa: E402
+from detloss.plan import initial_patch, normalisation, target_spacing, topology, volume_fingerprint  # noqa: E402
+
+# name: (shape_xyz, spacing_xyz (one, or one a case), cases, channels, labels)
+DATASETS = {
+    "aniso_thick": ((48, 40, 10), [(1, 1, 3.6), (1, 1, 4.0), (1, 1, 4.4), (1, 1, 5.0)], 4, ["T2"], ["a", "b"]),
+    "ct_1x1x3": ((56, 48, 16), (1, 1, 3), 3, ["CT"], ["organ", "lesion"]),
+    "iso_4ch": (
+        (32, 32, 32),
+        [(1.2,) * 3, (1.5,) * 3, (1.5,) * 3, (2.0,) * 3],
+        4,
+        ["T1", "T1ce", "T2", "FLAIR"],
+        ["t"],
+    ),
+    "x_coarse": ((12, 40, 36), (4, 1, 1), 3, ["MR"], ["a"]),
+    "mr_1x1x2": ((96, 96, 64), (1, 1, 2), 3, ["T1", "T2"], ["a", "b", "c"]),
+    "large_iso": ((160, 160, 96), (1, 1, 1), 2, ["T1"], ["a", "b", "c"]),
+}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """``name -> (detloss fingerprint, nnU-Net plan)``."""
+    out = {}
+    for name, (shape, spacing, cases, channels, labels) in DATASETS.items():
+        root = tmp_path_factory.mktemp(name)
+        write_nnunet_dataset(root, shape, spacing, cases, channels, labels, seed=1)
+        fingerprint = volume_fingerprint(NnUNetDataset(root), cache=False)
+        out[name] = (fingerprint, nnunet_plan(root, intensity_samples=200_000))
+    return out
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_target_spacing_and_median_shape_agree(pairs, name):
+    fingerprint, plan = pairs[name]
+    spacing = target_spacing(fingerprint)
+    assert spacing == pytest.approx(plan["spacing"], rel=1e-6)
+    assert fingerprint.median_shape_at(spacing) == pytest.approx(plan["median_image_size_in_voxels"], abs=1)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_normalisation_agrees(pairs, name):
+    fingerprint, plan = pairs[name]
+    ours = normalisation(fingerprint)
+    stats_per_channel = plan["foreground_intensity_properties_per_channel"]
+    stats_per_channel = [stats_per_channel[str(c)] for c in range(len(stats_per_channel))]
+    for norm, scheme, mask, stats in zip(
+        ours, plan["normalization_schemes"], plan["use_mask_for_norm"], stats_per_channel
+    ):
+        assert scheme == {"ct": "CTNormalization", "zscore": "ZScoreNormalization"}[norm["scheme"]]
+        if norm["scheme"] == "ct":
+            # both sample the foreground (nnU-Net 2e5 voxels here, detloss up to 10,000 a case): close, not equal
+            assert norm["mean"] == pytest.approx(stats["mean"], rel=0.05, abs=2.0)
+            assert norm["clip"] == pytest.approx([stats["percentile_00_5"], stats["percentile_99_5"]], rel=0.05, abs=5)
+        else:
+            assert norm["nonzero_mask"] == mask
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_topology_of_nnunets_patch_agrees(pairs, name):
+    fingerprint, plan = pairs[name]
+    depth, patch, kernels, pools = topology(plan["spacing"], plan["patch_size"])
+    assert patch == list(plan["patch_size"])
+    assert [list(p) for p in pools] == [list(p) for p in plan["pool_op_kernel_sizes"][1:]]
+    assert [list(k) for k in kernels] == [list(k) for k in plan["conv_kernel_sizes"]]
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_the_unshrunk_patch_agrees_where_nnunet_did_not_shrink(pairs, name):
+    fingerprint, plan = pairs[name]
+    spacing = target_spacing(fingerprint)
+    ours = topology(spacing, initial_patch(spacing, fingerprint.median_shape_at(spacing)))[1]
+    median = plan["median_image_size_in_voxels"]
+    shrunk = any(p < min(m, 256) - 16 for p, m in zip(plan["patch_size"], median))
+    if shrunk:
+        assert np.prod(ours) >= np.prod(plan["patch_size"])
+    else:
+        assert ours == list(plan["patch_size"])
