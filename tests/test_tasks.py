@@ -180,36 +180,81 @@ def test_metrics_that_do_not_exist_are_left_out_not_logged_as_minus_one():
     assert result["val/dice"] == pytest.approx(1.0)  # the mean of the classes that exist
 
 
-def test_detection_map_of_an_absent_size_is_left_out():
+class FixedDetector(torch.nn.Module):
+    """One exact detection of a small box per image."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, images):
+        return images
+
+    def postprocess(self, feats, **kw):
+        return [{"boxes": torch.tensor([[2.0, 2, 12, 12]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([0])} for _ in feats]  # fmt: skip
+
+
+class ZeroCriterion(Criterion):
+    views = frozenset({"x"})
+
+    def __init__(self):
+        super().__init__(1, CompositeLoss({"x": {"loss": MSELoss(), "weight": 1.0, "view": "x"}}))
+
+    def build_views(self, outputs, targets):
+        return {"x": View((outputs.mean(), outputs.mean().detach()))}
+
+
+def validate_fixed_detector(**options) -> dict:
+    """A validation of :class:`FixedDetector` on two images whose one box it finds exactly."""
     from detloss.tasks.detection import DetectionTask
 
-    class Fixed(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, images):
-            return images
-
-        def postprocess(self, feats, **kw):  # one exact detection of a small box per image
-            return [{"boxes": torch.tensor([[2.0, 2, 12, 12]]), "scores": torch.tensor([0.9]),
-                     "labels": torch.tensor([0])} for _ in feats]  # fmt: skip
-
-    class Zero(Criterion):
-        views = frozenset({"x"})
-
-        def __init__(self):
-            super().__init__(1, CompositeLoss({"x": {"loss": MSELoss(), "weight": 1.0, "view": "x"}}))
-
-        def build_views(self, outputs, targets):
-            return {"x": View((outputs.mean(), outputs.mean().detach()))}
-
-    task = DetectionTask(Fixed(), Zero(), torch.optim.SGD, ema=False, num_previews=0)
+    task = DetectionTask(FixedDetector(), ZeroCriterion(), torch.optim.SGD, ema=False, num_previews=0, **options)
     target = {"boxes": torch.tensor([[2.0, 2, 12, 12]]), "labels": torch.tensor([0])}
     loader = DataLoader([(torch.zeros(3, 32, 32), target)] * 2, batch_size=2, collate_fn=detection_collate)
-    result = quiet_trainer().validate(task, loader, verbose=False)[0]
+    return quiet_trainer().validate(task, loader, verbose=False)[0]
+
+
+def test_detection_map_of_an_absent_size_is_left_out():
+    result = validate_fixed_detector()
     assert result["val/map_small"] == pytest.approx(1.0)
     assert "val/map_large" not in result and "val/map_medium" not in result  # torchmetrics says -1
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_a_validation_prints_nothing_of_the_coco_evaluator(backend, capsys, caplog):
+    # the console of a run (Hydra's logging passes INFO to it): no COCO summary table, no evaluator progress
+    import logging
+
+    from detloss.tasks.detection import COCO_EVAL_LOGGERS
+
+    caplog.set_level(logging.INFO)
+    result = validate_fixed_detector(map_backend=backend, map_per_class=True)
+    assert result["val/map"] == pytest.approx(1.0) and result["val/map_small"] == pytest.approx(1.0)
+    out, err = capsys.readouterr()
+    coco = [r for r in caplog.records if r.name.split(".")[0] in (*COCO_EVAL_LOGGERS, "pycocotools")]
+    assert not coco and "Average Precision" not in out + err and "DONE" not in out + err, (coco, out, err)
+    assert all(logging.getLogger(name).level == logging.NOTSET for name in COCO_EVAL_LOGGERS)  # restored
+
+
+def test_quiet_coco_eval_silences_only_inside(caplog):
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from detloss.tasks.detection import quiet_coco_eval
+
+    def computed() -> dict:
+        box = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}
+        metric = MeanAveragePrecision(backend="faster_coco_eval")
+        metric.update([{**box, "scores": torch.tensor([0.9])}], [box])
+        return metric.compute()
+
+    caplog.set_level("INFO")
+    with quiet_coco_eval():
+        quiet = computed()
+    assert not caplog.records
+    loud = computed()  # outside, faster_coco_eval logs as it would anywhere else
+    assert any("Average Precision" in r.getMessage() for r in caplog.records)
+    assert all(torch.equal(quiet[k], loud[k]) for k in quiet)
 
 
 def test_the_map_backends_give_the_same_values():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -16,10 +18,28 @@ from ..detection import HEADS, EndToEndCriterion
 from ..models import ModelEMA
 from .base import LossTask, rgb_uint8
 
-__all__ = ["DetectionTask", "pad_to_equal_image_counts", "MAP_BACKENDS"]
+__all__ = ["DetectionTask", "pad_to_equal_image_counts", "quiet_coco_eval", "MAP_BACKENDS"]
 
 MAP_BACKENDS = ("faster_coco_eval", "pycocotools")
 """The COCO evaluations torchmetrics can run; both give the same values (tests/test_tasks.py)."""
+#: the loggers of the COCO evaluations: faster_coco_eval logs its progress and its 12-line summary table at INFO
+COCO_EVAL_LOGGERS = ("faster_coco_eval",)
+
+
+@contextmanager
+def quiet_coco_eval() -> Iterator[None]:
+    """Inside, the COCO evaluation's loggers (:data:`COCO_EVAL_LOGGERS`) pass warnings and errors only, so that a
+    validation's console holds the progress bar and detloss's own lines, not the evaluator's INFO table; their
+    levels are restored on the way out. The values computed are not touched."""
+    loggers = [logging.getLogger(name) for name in COCO_EVAL_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def pad_to_equal_image_counts(metric: MeanAveragePrecision) -> None:
@@ -136,7 +156,8 @@ class DetectionTask(LossTask):
 
     def on_validation_epoch_end(self):
         pad_to_equal_image_counts(self.map_metric)
-        result = self.map_metric.compute()
+        with quiet_coco_eval():
+            result = self.map_metric.compute()
         self.map_metric.reset()
         # torchmetrics writes -1 where a value does not exist (no object of a size, a class absent everywhere):
         # such values are left out of the logs and of metrics.json, never logged as -1
