@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: what a wheel is built from (the rest of the checkout stays out, so the wheel cannot lean on it)
-SOURCES = ("pyproject.toml", "README.md", "detloss", "configs")
+SOURCES = ("pyproject.toml", "README.md", "detloss", "configs", "hydra_plugins")
 
 
 def listed_packages() -> list[str]:
@@ -28,12 +28,16 @@ def listed_packages() -> list[str]:
 
 
 def test_every_package_of_detloss_is_listed_in_pyproject():
+    # detloss's, and its Hydra plugin's under the namespace package hydra_plugins (no __init__.py of its own: other
+    # plugins share it), which is listed too so that an editable install puts it on hydra_plugins' path
     found = {
         ".".join(p.parent.relative_to(ROOT).parts)
-        for p in (ROOT / "detloss").rglob("__init__.py")
+        for top in ("detloss", "hydra_plugins")
+        for p in (ROOT / top).rglob("__init__.py")
         if "__pycache__" not in p.parts
     }
-    assert found | {"detloss.configs"} == set(listed_packages())
+    assert not (ROOT / "hydra_plugins" / "__init__.py").exists()
+    assert found | {"detloss.configs", "hydra_plugins"} == set(listed_packages())
 
 
 def clean_env() -> dict[str, str]:
@@ -86,4 +90,7 @@ def test_the_wheel_carries_the_configs_and_its_entry_points_run_from_anywhere(in
         shown = run(bin_dir / entry, "--help", cwd=tmp_path, env=env).stdout
         assert "== Configuration groups ==" in shown and "yolo_vfl" in shown and "ckpt_path" in shown, shown
     assert "usage" in run(bin_dir / "detloss-report", "--help", cwd=tmp_path, env=env).stdout
+    # the wheel's Optuna sweeper plugin is found by Hydra (its config group lists it)
+    shown = run(bin_dir / "detloss-train", "--hydra-help", cwd=tmp_path, env=env).stdout
+    assert "detloss_optuna" in shown, shown
     assert not (tmp_path / "outputs").exists()
