@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import CHECKPOINT_CONFIG, CHECKPOINT_DATA
 from .launch import job_overrides
+from .sweeps import pruned_epoch
 
 __all__ = [
     "ConfigInCheckpoint",
@@ -83,14 +84,19 @@ def run_record(cfg: DictConfig, status: str, seconds: float) -> dict[str, Any]:
 def write_metrics(
     out_dir: Path, cfg: DictConfig, metrics: dict[str, float], trainer: L.Trainer, done: tuple, seconds: float
 ) -> None:
+    """``metrics.json`` of a finished run: ``status: ok``, or ``status: pruned`` with ``pruned_epoch`` (0-based) for
+    a run that an Optuna trial's pruner stopped (:class:`detloss.sweeps.OptunaTrial`)."""
     checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    record = run_record(cfg, "ok", seconds) | {
+    pruned = pruned_epoch(trainer)
+    record = run_record(cfg, "ok" if pruned is None else "pruned", seconds) | {
         "value": metrics.get(cfg.optimized_metric),
         "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
         "train": {k: v for k, v in metrics.items() if k.startswith("train/")},
         **dict(zip(("epochs", "steps"), done)),
         "best_checkpoint": checkpoint,
     }
+    if pruned is not None:
+        record["pruned_epoch"] = pruned
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
 
 

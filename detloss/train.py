@@ -42,6 +42,7 @@ from .runs import (
     write_failure,
     write_metrics,
 )
+from .sweeps import trial_callbacks
 
 #: the folder of the shipped configs (kept under this name for the callers of earlier versions)
 CONFIG_PATH = str(CONFIG_DIR)
@@ -314,15 +315,17 @@ def main(cfg: DictConfig) -> float | None:
 
     A failure is recorded in the run directory (``metrics.json`` with ``status: failed``, the traceback in
     ``error.txt``). A job of a sweep that fails then returns ``None``, so that the other jobs go on: the basic
-    sweeper only collects it, and the Optuna sweeper tells the trial as failed (a NaN would be refused by Optuna
-    2.10 and end the search). A single run ends with one line on stderr (:func:`~detloss.runs.failure_line`) and
-    exit status 1; with ``HYDRA_FULL_ERROR=1``, and on the ranks other than 0, the error is raised as it is.
+    sweeper only collects it, and the Optuna sweeper (``hydra/sweeper=detloss_optuna``) tells the trial as failed,
+    as it does a non-finite value. A single run ends with one line on stderr (:func:`~detloss.runs.failure_line`)
+    and exit status 1; with ``HYDRA_FULL_ERROR=1``, and on the ranks other than 0, the error is raised as it is.
+    In a job of that sweeper, :func:`detloss.sweeps.trial_callbacks` adds the callback that reports each epoch to
+    the job's trial and stops a pruned run.
     """
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
     try:
         with fresh_distributed_state():
-            metrics = train(cfg)
+            metrics = train(cfg, trial_callbacks(cfg))  # an Optuna trial's reports and pruning (detloss.sweeps)
     except Exception as error:
         write_failure(out_dir, cfg, error, time.perf_counter() - start)
         if in_multirun():
