@@ -1,5 +1,6 @@
-"""Sweeps through the real command line: Hydra multiruns, a failing job, Optuna, the SLURM launcher config,
-resuming a run, and the report written from what the jobs leave behind."""
+"""Sweeps through the real command line: Hydra multiruns, a failing job, Optuna (the sweeper itself is tested on a
+toy application in ``test_optuna_sweeper.py``), the SLURM launcher config, resuming a run, and the report written
+from what the jobs leave behind."""
 
 import csv
 import json
@@ -124,7 +125,7 @@ def test_seeds_are_aggregated_in_the_report(tmp_path):
 
 
 def test_optuna_search_runs_two_trials(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    optuna = pytest.importorskip("optuna")
     sweep = tmp_path / "optuna"
     run_cli(
         "task=segmentation",
@@ -136,23 +137,29 @@ def test_optuna_search_runs_two_trials(tmp_path):
         cwd=tmp_path,
     )
     jobs = records(sweep)
-    assert len(jobs) == 2 and all(r["status"] == "ok" for r in jobs.values())
+    assert sorted(jobs) == ["0", "1"] and all(r["status"] == "ok" for r in jobs.values())
     weights = [o for r in jobs.values() for o in r["overrides"] if o.startswith("loss.terms.dice.weight=")]
     assert len(weights) == 2  # the sampled values are the jobs' overrides
-    assert "best_params" in (sweep / "optimization_results.yaml").read_text()
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "complete: 2" in results
+    # the study is kept in the sweep directory; each trial got its epoch's val/dice, the run's metrics and step time
+    study = optuna.load_study(study_name="segmentation_loss_weights", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    for trial, job in zip(study.trials, (jobs["0"], jobs["1"])):
+        assert trial.intermediate_values == {0: job["value"]} and trial.value == job["value"]
+        assert trial.user_attrs["metrics"]["val/dice"] == job["value"] and trial.user_attrs["metrics"]["time/step"] > 0
 
 
+@pytest.mark.slow
 def test_a_failing_optuna_trial_is_told_as_failed_and_the_search_goes_on(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     extra = tmp_path / "configs" / "hparams_search"
     extra.mkdir(parents=True)
-    # a learning rate of which one value fails, in the shipped searches' sweeper settings (TPE); the seed fixes
-    # the order of the startup trials to ok, failed, ok, so the search has to go on after the failure
+    # a learning rate of which one value fails: the grid tries both, in an order its seed fixes
     (extra / "failing_lr.yaml").write_text(
         "# @package _global_\n"
-        "defaults:\n  - override /hydra/sweeper: optuna\n  - override /hydra/sweeper/sampler: tpe\n"
-        "hydra:\n  mode: MULTIRUN\n  sweeper:\n    direction: maximize\n    n_trials: 3\n"
-        "    max_failure_rate: 1.0\n    sampler:\n      seed: 0\n      n_startup_trials: 3\n"
+        "defaults:\n  - override /hydra/sweeper: detloss_optuna\n  - override /hydra/sweeper/sampler: grid\n"
+        "hydra:\n  mode: MULTIRUN\n  sweeper:\n    direction: maximize\n    n_trials: 2\n"
+        "    max_failure_rate: 1.0\n    sampler:\n      seed: 0\n"
         "    params:\n      optimizer.lr: choice(-1, 0.002)\n"
     )
     sweep = tmp_path / "optuna"
@@ -165,8 +172,36 @@ def test_a_failing_optuna_trial_is_told_as_failed_and_the_search_goes_on(tmp_pat
         cwd=tmp_path,
     )
     jobs = records(sweep)
-    assert [jobs[k]["status"] for k in sorted(jobs)] == ["ok", "failed", "ok"]
-    assert "optimizer.lr: 0.002" in (sweep / "optimization_results.yaml").read_text()
+    assert sorted(jobs[k]["status"] for k in jobs) == ["failed", "ok"]
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "optimizer.lr: 0.002" in results and "fail: 1" in results
+
+
+@pytest.mark.slow
+def test_a_real_run_that_the_median_pruner_stops_says_pruned(tmp_path):
+    # two searches of one trial each on one journal: a run with the Dice term weighted 0.1, then one with 100,
+    # whose val/loss is far above the first's at epoch 0, so the median pruner stops it there
+    pytest.importorskip("optuna")
+    journal = tmp_path / "optuna.log"
+    common = [
+        "task=segmentation",
+        "hparams_search=segmentation_loss_weights",
+        "optimized_metric=val/loss",
+        "hydra.sweeper.direction=minimize",
+        f"hydra.sweeper.storage=journal://{journal}",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+        "loss.terms.ce.weight=1.0",
+        *TINY,
+        "trainer.max_epochs=2",
+    ]
+    run_cli(*common, "loss.terms.dice.weight=0.1", f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
+    run_cli(*common, "loss.terms.dice.weight=100", f"hydra.sweep.dir={tmp_path / 'second'}", cwd=tmp_path)
+    assert records(tmp_path / "first")["0"]["status"] == "ok"
+    record = records(tmp_path / "second")["1"]  # the job of trial 1
+    assert (record["status"], record["pruned_epoch"], record["epochs"]) == ("pruned", 0, 1)
+    assert "pruned: 1" in (tmp_path / "second" / "optimization_results.yaml").read_text()
 
 
 def test_evaluate_a_checkpoint(tmp_path):
@@ -192,12 +227,26 @@ def test_the_quick_experiment_composes(task):
 
 @pytest.mark.parametrize("search", ["detection_loss_weights", "segmentation_loss_weights"])
 def test_optuna_configs_compose(search):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     task = "segmentation" if search.startswith("segmentation") else "detection"
     cfg = compose_config(f"task={task}", f"hparams_search={search}", return_hydra_config=True)
-    assert cfg.hydra.sweeper.direction == "maximize"
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.detloss_optuna_sweeper.sweeper.DetlossOptunaSweeper"
+    assert sweeper.direction == "maximize" and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner" and sweeper.storage is None
     for key in cfg.hydra.sweeper.params:
         assert key.startswith("loss.terms.") and key.removeprefix("loss.terms.").split(".")[0] in cfg.loss.terms
+
+
+def test_an_optuna_search_composes_with_the_slurm_launcher():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_config(
+        "hparams_search=detection_loss_weights",
+        "hydra/launcher=slurm",
+        "hydra.sweeper.storage=journal:///shared/optuna.log",
+        "hydra.sweeper.n_jobs=8",
+        return_hydra_config=True,
+    )
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.sweeper.n_jobs == 8
 
 
 def test_slurm_launcher_config_composes():
