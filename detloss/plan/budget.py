@@ -9,10 +9,10 @@ On a CPU the budget is time, where detloss departs from nnU-Net, which assumes a
 candidates on this machine (a few steps each, with the real model, criterion and optimizer) and picks the largest
 recipe that still trains ``min_steps`` steps within the budget:
 
-1. candidates are nnU-Net's patch and its shrunken versions, at widths 32, 16 and 8 channels, batch 2;
-2. the smallest candidate is measured first; a step's time is then predicted as proportional to the voxels of a
-   batch and to ``width^1.5``, and the largest candidate predicted to fit is measured; a measured step that does
-   not fit shrinks the patch in proportion and is measured again;
+1. candidates are nnU-Net's patch and its shrunken versions (down to 24³ voxels' worth), at widths 32, 16 and 8
+   channels, batch 2;
+2. the candidates are ranked by the voxels of a patch times ``width^1.5`` (what a step's time grows with), and a
+   binary search over that ranking measures a handful of them to find the largest whose step fits;
 3. validation (sliding windows over the validation cases at the target spacing) takes at most a sixth of the
    budget, which sets the number of epochs; the rest, less a fixed start-up allowance, sets the steps.
 """
@@ -45,6 +45,7 @@ STARTUP_SECONDS = 20.0
 VALIDATION_SHARE = 1 / 6
 MAX_EPOCHS = 20
 WIDTH_EXPONENT = 1.5
+MIN_PATCH_VOXELS = 24**3
 
 
 def machine() -> str:
@@ -126,12 +127,12 @@ def _voxels(patch: Sequence[int]) -> int:
 
 
 def _patches(spacing, median_shape, fixed: Sequence[int] | None) -> list[list[int]]:
-    """The candidate patches, largest first: nnU-Net's and its shrunken versions down to 16³ voxels' worth."""
+    """The candidate patches, largest first: nnU-Net's and its shrunken versions down to 24³ voxels' worth."""
     if fixed is not None:
         return [list(fixed)]
     _, patch, _, _ = topology(spacing, initial_patch(spacing, median_shape))
     patches = [patch]
-    while _voxels(patches[-1]) > 16**3:
+    while _voxels(patches[-1]) > MIN_PATCH_VOXELS:
         smaller = shrink_patch(patches[-1], median_shape, spacing)
         if smaller is None:
             break
@@ -223,26 +224,19 @@ def plan_volumes(
             measured[key] = dict(measure(patch, width, batch))
         return measured[key]
 
-    def fits(seconds):
-        return seconds["step"] * min_steps <= budget_s * (1 - VALIDATION_SHARE) - STARTUP_SECONDS
+    def fits(step_seconds):
+        return step_seconds * min_steps <= budget_s * (1 - VALIDATION_SHARE) - STARTUP_SECONDS
 
-    def cost(patch, width, base):
-        ratio = _voxels(patch) / _voxels(base[0]) * (width / base[1]) ** WIDTH_EXPONENT
-        return base[2] * ratio
-
-    smallest = (patches[-1], widths[-1])
-    base_m = timed(*smallest)
-    base = (smallest[0], smallest[1], base_m["step_seconds"])
-    order = [(p, w) for w in widths for p in patches]  # widest network first, then the largest patch
-    chosen = smallest
-    for patch, width in order:
-        if not fits({"step": cost(patch, width, base)}):
-            continue
-        m = timed(patch, width)
-        if fits({"step": m["step_seconds"]}):
-            chosen = (patch, width)
-            break
-        base = (patch, width, m["step_seconds"])  # recalibrate on the nearer measurement
+    # A step's time grows with a batch's voxels and the width: order the candidates by voxels · width^1.5 and search
+    # for the largest whose measured step fits (a handful of measurements for dozens of candidates).
+    ranked = sorted(((p, w) for w in widths for p in patches), key=lambda c: _voxels(c[0]) * c[1] ** WIDTH_EXPONENT)
+    chosen, low, high = ranked[0], 0, len(ranked) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        if fits(timed(*ranked[middle])["step_seconds"]):
+            chosen, low = ranked[middle], middle + 1
+        else:
+            high = middle - 1
     m = timed(*chosen)
     window = m["window_seconds"] * _windows(median_shape, topology(spacing, chosen[0])[1]) * num_val_cases
     if "epochs" in given:
