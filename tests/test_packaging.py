@@ -1,8 +1,12 @@
 """The wheel, as a user installs it: built from the source, installed without ``-e`` into a fresh environment, and
 its entry points run from a directory that holds nothing of the checkout (what CI checks, through ``make test``).
 
-The environment reuses this one's packages (``--system-site-packages``: torch and the rest are not downloaded
-again) and the wheel is built without build isolation, so nothing is downloaded at all.
+The fresh environment is a virtual environment of its own (its prefix, ``bin/`` and site-packages, where the wheel
+goes) that also sees the packages of the interpreter running the tests, through a ``.pth`` file naming that
+interpreter's site-packages: torch and the rest are not installed again, and this works alike when the tests run
+in a virtual environment, a conda environment or a system interpreter (a venv's ``--system-site-packages`` would
+show the *base* interpreter's packages instead, without what the running environment installed). The wheel is
+built without build isolation (setuptools from the ``dev`` extra), so nothing is downloaded at all.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import venv
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -54,9 +61,43 @@ def run(*cmd, cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.
     return proc
 
 
+def site_dirs() -> list[str]:
+    """The folders the running interpreter takes its installed packages from: the site-packages of its environment
+    (and of its base, where a venv includes those), and the user's where that is on."""
+    dirs = [*site.getsitepackages(), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return list(dict.fromkeys(d for d in dirs if Path(d).is_dir()))
+
+
+def fresh_environment(where: Path, env: dict[str, str]) -> Path:
+    """A virtual environment at ``where`` that sees the running interpreter's packages after its own; its python.
+
+    A ``.pth`` line in its site-packages runs ``site.addsitedir`` on each of :func:`site_dirs` at start-up, so their
+    own ``.pth`` files are processed as the running interpreter processes them.
+    """
+    venv.create(where, with_pip=False)  # pip too comes from the running interpreter's packages
+    python = where / "bin" / "python"
+    own = run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=where, env=env).stdout.strip()
+    lines = "; ".join(f"site.addsitedir({d!r})" for d in site_dirs())
+    (Path(own) / "detloss_test_packages.pth").write_text(f"import site; {lines}\n")
+    return python
+
+
+def check_build_backend() -> None:
+    """The wheel is built without build isolation, by the setuptools of this environment (``dev`` extra)."""
+    try:
+        found = metadata.version("setuptools")
+    except metadata.PackageNotFoundError:
+        found = "none"
+    if found == "none" or tuple(int(part) for part in found.split(".")[:2]) < (70, 1):
+        pytest.fail(f"building the wheel needs setuptools >= 70.1 here, found {found}: pip install -e '.[dev]'")
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A fresh virtual environment with the wheel installed (not editable); its ``bin`` folder and environment."""
+    check_build_backend()
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
     source.mkdir()
@@ -69,10 +110,9 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     run(sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist",
         cwd=source, env=env)  # fmt: skip
     wheel = next((tmp / "dist").glob("detloss-*.whl"))
-    venv.create(tmp / "env", system_site_packages=True, with_pip=True)
-    bin_dir = tmp / "env" / "bin"
-    run(bin_dir / "python", "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", wheel, cwd=tmp, env=env)
-    return bin_dir, env
+    python = fresh_environment(tmp / "env", env)
+    run(python, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", wheel, cwd=tmp, env=env)
+    return python.parent, env
 
 
 def test_the_wheel_carries_the_configs_and_its_entry_points_run_from_anywhere(installed, tmp_path):
