@@ -222,7 +222,13 @@ def test_smp_recipe_trains_and_scores(tmp_path):
     root = tmp_path / "masks"
     args = [str(root), "--train", "8", "--val", "2", "--size", "64", "--min-size", "10", "--max-size", "24"]
     assert make_masks_dataset.main(args) == 0
-    r = train_smp(root, 120, seed=0, max_steps=2, encoder="resnet18", batch_size=4, log=None)
+    r = train_smp(
+        root, 120, seed=0, max_steps=2, val_every=1e-3, free_validation=True, encoder="resnet18", batch_size=4, log=None
+    )
     assert r["steps"] == 2 and r["val_images"] == 2
+    assert len(r["curve"]) == 2  # after step 1, and at the end
     seconds, dice, per_class = r["curve"][-1]
     assert math.isfinite(dice) and 0.0 <= dice <= 1.0 and per_class
+    # free validation: the curve's times leave the validations out
+    assert r["validation_seconds"] > 0
+    assert seconds == pytest.approx(r["seconds"] - r["validation_seconds"], abs=0.5)

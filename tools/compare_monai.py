@@ -13,13 +13,14 @@ kernel 1 and no pooling until the pooling of the others catches up), ``DiceCELos
 softmax=True)``; dictionary transforms ``LoadImaged`` (the channel files of a case stacked), ``EnsureChannelFirstd``,
 ``NormalizeIntensityd(nonzero=True, channel_wise=True)``, ``SpatialPadd`` to the patch, ``RandCropByPosNegLabeld``
 (pos 1, neg 1) and ``RandFlipd`` along each axis, cached by ``CacheDataset``; validation by
-``sliding_window_inference`` (Gaussian weights, overlap 0.5) over the whole validation cases; SGD (momentum 0.99,
-Nesterov, weight decay 3e-5, learning rate 0.01 decayed polynomially, power 0.9, over the time budget instead of
-epochs) as the DynUNet pipeline, or ``--optimizer adam`` (1e-3, cosine over the budget). The patch is the median
-case shape, its side of the largest extent in mm halved while the patch holds more than ``--patch-voxels`` voxels,
-each side then rounded up to a multiple of its axis's total stride; ``--filters`` is the first level's width
-(doubled per level, at most 320; MONAI's default is 32, the default here 16 for a CPU). It validates every
-``--val-every`` seconds of training (default a tenth of the budget) and once at the end.
+``sliding_window_inference`` (Gaussian weights, overlap 0.5, 2 windows a batch) over whole validation cases; SGD
+(momentum 0.99, Nesterov, weight decay 3e-5, learning rate 0.01 decayed polynomially, power 0.9, over the time
+budget instead of epochs) as the DynUNet pipeline, or ``--optimizer adam`` (1e-3, cosine over the budget). The
+patch is the median case shape, its side of the largest extent in mm halved while the patch holds more than
+``--patch-voxels`` voxels, each side then rounded up to a multiple of its axis's total stride; ``--filters`` is the
+first level's width (doubled per level, at most 320; MONAI's default is 32, the default here 16 for a CPU). It
+validates every ``--val-every`` seconds of training (default a sixth of the budget) and once at the end; its
+validations count toward its budget (``--free-validation``: they do not, the strongest baseline).
 
 **detloss**: ``python -m detloss.train task=volumetric data=nnunet data.root=DIR seed=S`` and the overrides after
 ``--``, with ``++trainer.max_time`` the budget (Lightning's ``Timer``: from the start of fitting, validation
@@ -185,6 +186,7 @@ def train_monai(
     optimizer: str = "sgd",
     lr: float | None = None,
     max_steps: int | None = None,
+    free_validation: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict:
     """Train and validate the MONAI recipe (module docstring) on the nnU-Net dataset ``root`` for ``seconds`` of
@@ -192,11 +194,15 @@ def train_monai(
 
     Args:
         patch: ``(x, y, z)`` voxels (default :func:`choose_patch` of the median shape and ``patch_voxels``).
-        val_every: seconds of training between validations (default ``seconds / 10``).
+        val_every: seconds of training between validations (default ``seconds / 6``).
+        free_validation: the validations before the last one do not count toward ``seconds`` and are left out of the
+            curve's times (which then read as training time plus loading); by default they count, as Lightning's
+            ``max_time`` counts detloss's.
         optimizer: ``"sgd"`` or ``"adam"``; ``lr`` its learning rate (default 0.01 and 0.001).
 
-    Returns: ``{"curve": [[seconds, dice, {label: dice}], ...], "steps", "seconds", "patch", "kernels",
-    "strides", "filters", "spacing", "train_cases", "val_cases"}`` (sizes and spacing ``(x, y, z)``).
+    Returns: ``{"curve": [[seconds, dice, {label: dice}], ...], "steps", "seconds", "validation_seconds",
+    "patch", "kernels", "strides", "filters", "spacing", "train_cases", "val_cases"}`` (sizes and spacing
+    ``(x, y, z)``).
     """
     start = time.perf_counter()
     say = log or (lambda message: None)
@@ -267,7 +273,7 @@ def train_monai(
     else:
         base_lr = 1e-3 if lr is None else float(lr)
         opt = torch.optim.Adam(model.parameters(), lr=base_lr, weight_decay=1e-5)
-    val_every = float(val_every) if val_every else seconds / 10
+    val_every = float(val_every) if val_every else seconds / 6
     say(
         f"monai: patch {patch} (x y z), spacing {[round(s, 3) for s in spacing]}, strides {strides[1:]}, filters "
         f"{widths}, deep supervision {deep}, {len(train_names)} train / {len(val_names)} val cases, "
@@ -286,12 +292,23 @@ def train_monai(
         return mean_dice(rows, names)
 
     curve, step, next_val = [], 0, val_every
+    val_seconds, free = 0.0, 0.0  # all validation time; the part not counted (free_validation)
+
+    def checkpoint() -> None:
+        nonlocal val_seconds, free
+        begun = time.perf_counter()
+        dice, scores = validate()
+        spent = time.perf_counter() - begun
+        val_seconds += spent
+        free += spent if free_validation else 0.0
+        curve.append([time.perf_counter() - start - free, dice, scores])
+
     train_start = time.perf_counter()
     model.train()
     done = False
     while not done:
         for batch in loader:
-            elapsed = time.perf_counter() - train_start
+            elapsed = time.perf_counter() - train_start - free
             fraction = min(elapsed / seconds, 1.0)
             factor = (1 - fraction) ** 0.9 if optimizer == "sgd" else 0.5 * (1 + math.cos(math.pi * fraction))
             for group in opt.param_groups:
@@ -303,23 +320,23 @@ def train_monai(
             loss = sum(w * loss_fn(h, label) for w, h in zip(weights, heads))
             loss.backward()
             opt.step()
+            loss = loss.detach()
             step += 1
-            elapsed = time.perf_counter() - train_start
+            elapsed = time.perf_counter() - train_start - free
             if elapsed >= seconds or (max_steps is not None and step >= max_steps):
                 done = True
                 break
             if elapsed >= next_val:
-                dice, per_label = validate()
-                curve.append([time.perf_counter() - start, dice, per_label])
-                say(f"monai: {curve[-1][0]:.0f} s, step {step}, loss {float(loss.detach()):.3f}, val dice {dice:.3f}")
-                next_val = (time.perf_counter() - train_start) + val_every
-    dice, per_label = validate()
-    curve.append([time.perf_counter() - start, dice, per_label])
-    say(f"monai: {curve[-1][0]:.0f} s, step {step} (end), val dice {dice:.3f} {per_label}")
+                checkpoint()
+                say(f"monai: {curve[-1][0]:.0f} s, step {step}, loss {float(loss):.3f}, val dice {curve[-1][1]:.3f}")
+                next_val = time.perf_counter() - train_start - free + val_every
+    checkpoint()
+    say(f"monai: {curve[-1][0]:.0f} s, step {step} (end), val dice {curve[-1][1]:.3f} {curve[-1][2]}")
     return {
         "curve": curve,
         "steps": step,
         "seconds": time.perf_counter() - start,
+        "validation_seconds": val_seconds,
         "patch": patch,
         "kernels": kernels,
         "strides": strides,
@@ -501,13 +518,16 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("outputs/compare/runs"), help="detloss's run directories")
     parser.add_argument("--plot", type=Path, default=None, help="a PNG of Dice over time")
     parser.add_argument("--val-every", type=float, default=None, help="MONAI: seconds between validations")
+    parser.add_argument("--free-validation", action="store_true", help="MONAI: its validations do not count")
     parser.add_argument("--patch", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="MONAI's patch")
     parser.add_argument("--patch-voxels", type=int, default=64 * 64 * 32, help="MONAI: largest automatic patch")
     parser.add_argument("--filters", type=int, default=16, help="MONAI: width of the first level")
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="MONAI's optimizer")
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("overrides", nargs="*", help="detloss's Hydra overrides (after --)")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # detloss's Hydra overrides follow "--"
+    args = parser.parse_args(argv[:cut])
+    args.overrides = argv[cut + 1 :]
     if not (args.data / "dataset.json").is_file():
         parser.error(f"data: {args.data / 'dataset.json'} not found")
     if not args.minutes > 0:
@@ -531,7 +551,7 @@ def main(argv=None) -> int:
         if args.only in (None, "monai"):
             r = train_monai(
                 args.data, seconds, seed, args.val_every, args.patch, args.patch_voxels, args.filters,
-                optimizer=args.optimizer, lr=args.lr,
+                optimizer=args.optimizer, lr=args.lr, free_validation=args.free_validation,
             )  # fmt: skip
             results.setdefault("monai", {})[str(seed)] = r
             out.write_text(json.dumps(record, indent=2))

@@ -20,8 +20,8 @@ overrides after ``--``, through ``tools/compare_monai.py``'s :func:`run_detloss`
 validation Dice per epoch timed from its CSV log as it appears).
 
 Both budgets count training and validation from the first training step; times are seconds from the start of the
-job (see ``tools/compare_monai.py``). smp validates every ``--val-every`` seconds of training (default a tenth of
-the budget) and once at the end.
+job (see ``tools/compare_monai.py``). smp validates every ``--val-every`` seconds of training (default a sixth of
+the budget) and once at the end; ``--free-validation`` as there.
 
 Dice, exactly detloss's 2D ``val/dice`` (``detloss.tasks.SegmentationTask``): torchmetrics' ``DiceScore`` with
 ``aggregation_level="global"``, ``include_background=False``, ``average="none"``: per foreground class, ``2 TP /
@@ -146,12 +146,14 @@ def train_smp(
     batch_size: int = 8,
     lr: float = 1e-3,
     max_steps: int | None = None,
+    free_validation: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict:
     """Train and validate the smp recipe (module docstring) on the ``masks`` folder ``root`` for ``seconds`` of
-    training (or ``max_steps`` steps).
+    training (or ``max_steps`` steps); ``val_every`` and ``free_validation`` as :func:`compare_monai.train_monai`'s.
 
-    Returns: ``{"curve": [[seconds, dice, {class: dice}], ...], "steps", "seconds", "encoder", "params",
+    Returns: ``{"curve": [[seconds, dice, {class: dice}], ...], "steps", "seconds", "validation_seconds", "encoder",
+    "params",
     "train_images", "val_images"}``.
     """
     start = time.perf_counter()
@@ -179,7 +181,7 @@ def train_smp(
     dice_loss = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE)
     ce_loss = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     opt = torch.optim.Adam(model.parameters(), lr=float(lr))
-    val_every = float(val_every) if val_every else seconds / 10
+    val_every = float(val_every) if val_every else seconds / 6
     params = sum(p.numel() for p in model.parameters())
     say(
         f"smp: Unet({encoder}), {params / 1e6:.1f} M parameters, {len(train_images)} train / {len(val_images)} val "
@@ -204,13 +206,24 @@ def train_smp(
         return dice.compute(names)
 
     curve, step, next_val = [], 0, val_every
+    val_seconds, free = 0.0, 0.0  # all validation time; the part not counted (free_validation)
+
+    def checkpoint() -> None:
+        nonlocal val_seconds, free
+        begun = time.perf_counter()
+        dice, scores = validate()
+        spent = time.perf_counter() - begun
+        val_seconds += spent
+        free += spent if free_validation else 0.0
+        curve.append([time.perf_counter() - start - free, dice, scores])
+
     train_start = time.perf_counter()
     model.train()
     done = False
     while not done:
         order = rng.permutation(len(train_images))
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            elapsed = time.perf_counter() - train_start
+            elapsed = time.perf_counter() - train_start - free
             for group in opt.param_groups:
                 group["lr"] = float(lr) * 0.5 * (1 + math.cos(math.pi * min(elapsed / seconds, 1.0)))
             picks = order[i : i + batch_size]
@@ -227,23 +240,23 @@ def train_smp(
             loss = dice_loss(logits, mask) + ce_loss(logits, mask)
             loss.backward()
             opt.step()
+            loss = loss.detach()
             step += 1
-            elapsed = time.perf_counter() - train_start
+            elapsed = time.perf_counter() - train_start - free
             if elapsed >= seconds or (max_steps is not None and step >= max_steps):
                 done = True
                 break
             if elapsed >= next_val:
-                dice, per_class = validate()
-                curve.append([time.perf_counter() - start, dice, per_class])
-                say(f"smp: {curve[-1][0]:.0f} s, step {step}, loss {float(loss.detach()):.3f}, val dice {dice:.3f}")
-                next_val = (time.perf_counter() - train_start) + val_every
-    dice, per_class = validate()
-    curve.append([time.perf_counter() - start, dice, per_class])
-    say(f"smp: {curve[-1][0]:.0f} s, step {step} (end), val dice {dice:.3f}")
+                checkpoint()
+                say(f"smp: {curve[-1][0]:.0f} s, step {step}, loss {float(loss):.3f}, val dice {curve[-1][1]:.3f}")
+                next_val = time.perf_counter() - train_start - free + val_every
+    checkpoint()
+    say(f"smp: {curve[-1][0]:.0f} s, step {step} (end), val dice {curve[-1][1]:.3f}")
     return {
         "curve": curve,
         "steps": step,
         "seconds": time.perf_counter() - start,
+        "validation_seconds": val_seconds,
         "encoder": encoder,
         "params": params,
         "train_images": len(train_images),
@@ -262,11 +275,14 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("outputs/compare/runs"), help="detloss's run directories")
     parser.add_argument("--plot", type=Path, default=None, help="a PNG of Dice over time")
     parser.add_argument("--val-every", type=float, default=None, help="smp: seconds between validations")
+    parser.add_argument("--free-validation", action="store_true", help="smp: its validations do not count")
     parser.add_argument("--encoder", default="resnet34", help="smp's encoder (default resnet34)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("overrides", nargs="*", help="detloss's Hydra overrides (after --)")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # detloss's Hydra overrides follow "--"
+    args = parser.parse_args(argv[:cut])
+    args.overrides = argv[cut + 1 :]
     if not (args.data / "images").is_dir():
         parser.error(f"data: {args.data / 'images'} not found (the masks format)")
     if not args.minutes > 0:
@@ -292,7 +308,10 @@ def main(argv=None) -> int:
             print(f"detloss seed {seed}: {r['seconds']:.0f} s, final Dice {r['curve'][-1][1]:.3f}", flush=True)
             out.write_text(json.dumps(record, indent=2))
         if args.only in (None, "smp"):
-            r = train_smp(args.data, seconds, seed, num_classes, args.val_every, args.encoder, args.batch_size, args.lr)
+            r = train_smp(
+                args.data, seconds, seed, num_classes, args.val_every, args.encoder, args.batch_size, args.lr,
+                free_validation=args.free_validation,
+            )  # fmt: skip
             results.setdefault("smp", {})[str(seed)] = r
             out.write_text(json.dumps(record, indent=2))
     table = summarise(results, f"{args.data.name}, {args.minutes:g} min of training per run ({machine})")
