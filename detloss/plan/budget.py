@@ -26,14 +26,16 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .fingerprint import VolumeFingerprint
 from .rules import initial_patch, normalisation, shrink_patch, target_spacing, topology
 
-__all__ = ["VolumePlan", "Measure", "plan_volumes", "cached_plan", "machine"]
+__all__ = ["VolumePlan", "Measure", "plan_volumes", "cached_plan", "machine", "largest_fitting", "kept"]
+
+T = TypeVar("T")
 
 Measure = Callable[[Sequence[int], int, int], Mapping[str, float]]
 """``measure(patch, base_channels, batch_size)`` -> ``{"step_seconds", "window_seconds", "memory_gib"}``: one
@@ -230,13 +232,7 @@ def plan_volumes(
     # A step's time grows with a batch's voxels and the width: order the candidates by voxels · width^1.5 and search
     # for the largest whose measured step fits (a handful of measurements for dozens of candidates).
     ranked = sorted(((p, w) for w in widths for p in patches), key=lambda c: _voxels(c[0]) * c[1] ** WIDTH_EXPONENT)
-    chosen, low, high = ranked[0], 0, len(ranked) - 1
-    while low <= high:
-        middle = (low + high) // 2
-        if fits(timed(*ranked[middle])["step_seconds"]):
-            chosen, low = ranked[middle], middle + 1
-        else:
-            high = middle - 1
+    chosen = largest_fitting(ranked, lambda c: fits(timed(*c)["step_seconds"]))
     m = timed(*chosen)
     window = m["window_seconds"] * _windows(median_shape, topology(spacing, chosen[0])[1]) * num_val_cases
     if "epochs" in given:
@@ -291,14 +287,42 @@ def cached_plan(
     that the same run on the same machine measures once. ``use_cache=False`` plans anew and keeps nothing."""
     if measure is None or not use_cache:
         return plan_volumes(fingerprint, measure, **options)
-    ident = json.dumps([fingerprint.signature, machine(), options, key], sort_keys=True, default=str)
+    ident = [fingerprint.signature, machine(), options, key]
+    return kept(ident, lambda: plan_volumes(fingerprint, measure, **options), VolumePlan, cache_dir)
+
+
+def largest_fitting(ranked: Sequence[T], fits: Callable[[T], bool]) -> T:
+    """The last candidate of ``ranked`` (cheapest first) for which ``fits`` holds, found by binary search; the
+    cheapest when none does.
+
+    ``fits`` is taken to hold up to some point of the ranking and to fail after it (a step's time grows with what the
+    ranking orders by), so about ``log2(len(ranked))`` candidates are tried; ``fits`` may measure (it is called once
+    per tried candidate). Shared by the volumetric and the 2D planner.
+    """
+    if not ranked:
+        raise ValueError("largest_fitting: no candidates to choose from")
+    chosen, low, high = ranked[0], 0, len(ranked) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        if fits(ranked[middle]):
+            chosen, low = ranked[middle], middle + 1
+        else:
+            high = middle - 1
+    return chosen
+
+
+def kept(ident: Any, compute: Callable[[], Any], kind: Callable[..., Any], cache_dir: str | Path | None = None):
+    """``compute()``, a plan with ``to_dict()``, kept as JSON in ``cache_dir`` (default ``~/.cache/detloss/plans``)
+    under the hash of ``ident`` (JSON-able: what the plan depends on) and read back as ``kind(**json)``; a file that
+    cannot be read or written is computed anew, never an error."""
+    text = json.dumps(ident, sort_keys=True, default=str)
     folder = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "detloss" / "plans"
-    path = folder / f"{hashlib.sha1(ident.encode()).hexdigest()[:16]}.json"
+    path = folder / f"{hashlib.sha1(text.encode()).hexdigest()[:16]}.json"
     try:
-        return VolumePlan(**json.loads(path.read_text()))
+        return kind(**json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError, TypeError):
         pass
-    plan = plan_volumes(fingerprint, measure, **options)
+    plan = compute()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
