@@ -58,6 +58,8 @@ def test_the_command_line_joins_the_space_and_wins():
     space = search_space({"a": "interval(0, 1)", "b": "choice(1, 2)"}, ["a=0.5", "c=range(1, 3)", "seed=3"])
     assert set(space.distributions) == {"b", "c"} and space.fixed == ["a=0.5", "seed=3"]
     assert space.overrides({"b": 2, "c": 1}) == ["a=0.5", "seed=3", "b=2", "c=1"]
+    space = search_space({}, ["~logger", "+trainer.x=1", "data@d=y", "+z=choice(1, 2)"])
+    assert space.fixed == ["~logger", "+trainer.x=1", "data@d=y"] and list(space.distributions) == ["+z"]
 
 
 @pytest.mark.parametrize(
@@ -303,6 +305,7 @@ def test_a_killed_search_resumes_and_reruns_the_trial_it_lost(toy):
     time.sleep(0.2)
     out = toy("hydra.sweeper.grace_period=0.1", "hydra.sweeper.n_trials=2")
     assert "trial 1 had no heartbeat" in out
+    assert "the study holds 2 trials: sampler seed 2" in out  # not the first run's random draws again
     trials = study_of(db).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params  # re-run once
@@ -331,3 +334,19 @@ def test_jobs_in_other_processes_report_and_are_pruned(toy):
     toy(*common, "x=1.0")
     toy(*common, "x=5.0")
     assert [t.state.name for t in study_of(f"journal://{journal}").trials] == ["COMPLETE", "PRUNED"]
+
+
+@pytest.mark.slow
+def test_a_lost_job_fails_its_trial_and_the_search_goes_on(toy):
+    # a job whose process dies (a lost SLURM job): submitit's launcher raises (after waiting some 15 s for the
+    # job's result), the trial fails, and the next trial runs
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = toy(
+        "hydra/launcher=submitit_local",
+        "die_at=0",
+        "hydra.sweeper.max_failure_rate=1",
+        "hydra.sweeper.n_trials=2",
+    )
+    assert "the launcher failed for trials 0-0" in out
+    trials = study_of(f"sqlite:///{toy.dir / 'sweep' / 'optuna.db'}").trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]

@@ -83,8 +83,8 @@ def _plain(value: Any) -> str:
 
 def _add(override: Override, where: str, distributions: dict, fixed: dict) -> None:
     key = override.get_key_element()
-    if not override.is_sweep_override():
-        fixed[key] = f"{key}={override.get_value_element_as_str()}"
+    if not override.is_sweep_override():  # as it was written (``~logger`` stays a deletion without a value)
+        fixed[key] = override.input_line or f"{key}={override.get_value_element_as_str()}"
         return
     distributions[key] = distribution(override.value(), where)
 

@@ -6,7 +6,7 @@ each job its sampled overrides and its trial identity (:mod:`.storage`), launch 
 (``launcher.launch(batch, initial_job_idx)``; a job's number is its trial number, so the sweep's subdirectories
 stay apart across resumed and shared runs), keep their heartbeats while they run, and tell each trial its outcome:
 
-- the job failed, or returned ``None`` or a non-finite value: ``FAIL``;
+- the job failed (or the launcher did: a lost SLURM job), or returned ``None`` or a non-finite value: ``FAIL``;
 - the job's run reported pruning (the user attr ``pruned_epoch``, set by :class:`detloss.sweeps.OptunaTrial`):
   ``PRUNED``;
 - otherwise ``COMPLETE`` with the objective values: the job's return value (a number, or one per direction), or,
@@ -229,9 +229,23 @@ class DetlossOptunaSweeper(Sweeper):
             start = 0
             for end in range(1, len(trials) + 1):
                 if end == len(trials) or trials[end].number != trials[end - 1].number + 1:
-                    results += self.launcher.launch(batch[start:end], initial_job_idx=trials[start].number)
+                    results += self._launch(batch[start:end], trials[start].number)
                     start = end
         return results
+
+    def _launch(self, batch: list[list[str]], first: int) -> list[JobReturn]:
+        """``launcher.launch``; a launcher that raises (the submitit launcher does when a SLURM job is lost) fails
+        the batch's trials rather than the search."""
+        try:
+            return list(self.launcher.launch(batch, initial_job_idx=first))
+        except Exception as error:
+            log.error("detloss_optuna: the launcher failed for trials %d-%d: %r", first, first + len(batch) - 1, error)
+            failed = []
+            for _ in batch:
+                result = JobReturn()
+                result.status, result._return_value = JobStatus.FAILED, error
+                failed.append(result)
+            return failed
 
     def tell(self, study: optuna.Study, trial: optuna.trial.Trial, result: JobReturn) -> optuna.trial.TrialState:
         """Tell ``trial`` the outcome of its job (see the module's docstring); the state told (or found)."""
