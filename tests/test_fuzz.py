@@ -218,7 +218,8 @@ def loss_case(draw, name: str):
 @st.composite
 def saturated_soft_case(draw):
     """``(options, logits, target)`` of the multilabel case where ``1/T²`` nears float32's largest value: soft
-    targets down to 1e-30 against logits saturated at one value (or random), with a small ``smooth``."""
+    targets down to 1e-30 against logits saturated at one value (or random), with a small ``smooth`` (down to
+    1e-30, where every count of an empty class is tiny too)."""
     batch, classes = draw(st.integers(1, 2)), draw(st.integers(1, 3))
     shape = (batch, classes, 8, 8)
     if draw(st.integers(0, 3)):
@@ -229,7 +230,7 @@ def saturated_soft_case(draw):
     options = {"mode": "multilabel", "squared": draw(st.booleans()), "batch_dice": draw(st.booleans())}
     if classes > 1:
         options["include_background"] = draw(st.booleans())
-    options["smooth"] = draw(st.sampled_from([1e-5, 1e-8]))
+    options["smooth"] = draw(st.sampled_from([1e-5, 1e-8, 1e-30]))
     return options, logits, target
 
 

@@ -483,6 +483,16 @@ def test_gradcheck_generalized_dice_soft_multilabel_with_class_weights():
     assert torch.autograd.gradcheck(lambda z: generalized_dice_loss(z, t, **opts), (x,))
 
 
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=IDS)
+def test_tiny_smooth_on_an_empty_prediction_and_target_has_a_finite_gradient(fn):
+    # every count near 0 and s = 1e-30: the gradient g·r / (n + r)² squared a total of ~1e-30 to 0 in float32 (NaN);
+    # it is now (g / (n + r))·(r / (n + r)), the true gradient being p·(1 − p) / s ≈ 4e-14 here
+    x = torch.full((1, 2, 4, 4), -100.0, requires_grad=True)
+    value, grad = _value_and_grad(fn, x.detach(), torch.zeros(1, 2, 4, 4), mode="multilabel", smooth=1e-30)
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all(), (value, grad)
+    assert value.abs().max() < 1e-6 and grad.abs().max() < 1e-12
+
+
 def test_focal_tversky_at_perfect_prediction():
     target = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]], dtype=torch.float64)
     # at ±40, FP = FN = 2·σ(−40) (σ(40) rounds to 1, but 1 − σ(40) is σ(−40)): 1 − TI = 0.5·(FP + FN) / (I + ...)

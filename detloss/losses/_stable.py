@@ -351,12 +351,14 @@ class _Ratio(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         n, r = ctx.saved_tensors
-        scale = g / (n + r).square()
-        return scale * r, -scale * n
+        total = n + r
+        scale = g / total  # not g / total²: that square underflows to 0 for totals below ~1e-19 in float32
+        return scale * (r / total), -scale * (n / total)
 
 
 def ratio(n: Tensor, r: Tensor) -> Tensor:
     """``n / (n + r)`` for ``n, r >= 0`` (``n + r > 0``), with the gradient ``g·r / (n + r)²`` in ``n`` and
-    ``−g·n / (n + r)²`` in ``r``, each one product (broadcasting as the division does)."""
+    ``−g·n / (n + r)²`` in ``r``, formed as ``(g / (n + r))·(r / (n + r))`` so that no intermediate leaves the
+    dtype's range where the gradient itself does not (broadcasting as the division does)."""
     n, r = torch.broadcast_tensors(n, r)
     return _Ratio.apply(n, r)
