@@ -120,3 +120,18 @@ def test_only_a_job_of_the_sweeper_gets_the_callback(study, monkeypatch):
     monkeypatch.setenv("DETLOSS_OPTUNA_TRIAL", str(identity.number))
     (callback,) = trial_callbacks(cfg)
     assert callback.identity == identity and callback.monitor == "val/map_50"
+
+
+def test_every_rank_stops_when_rank_0_prunes(study):
+    # a rank other than 0 opens no trial and reports nothing; it takes rank 0's answer from the broadcast
+    callback = OptunaTrial(new_trial(study), "val/loss")
+    said = []
+    trainer = fake_trainer()
+    trainer.is_global_zero, trainer.world_size = False, 2
+    trainer.strategy.broadcast = lambda obj, src=0: said.append((obj, src)) or True
+    callback.on_fit_start(trainer, None)
+    trainer.callback_metrics = {"val/loss": torch.tensor(0.1)}
+    callback.on_validation_end(trainer, None)
+    assert callback.trial is None and said == [(False, 0)]
+    assert trainer.should_stop and callback.pruned_epoch == 0
+    assert study.trials[1].intermediate_values == {}
