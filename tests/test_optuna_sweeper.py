@@ -6,6 +6,7 @@ resumes, and jobs in other processes (submitit's local launcher). Real training 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,10 +18,12 @@ import yaml
 optuna = pytest.importorskip("optuna")
 
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 
 from hydra_plugins.detloss_optuna_sweeper.search_space import format_override, grid_of, search_space  # noqa: E402
 from hydra_plugins.detloss_optuna_sweeper.storage import TrialIdentity, normalise_storage, open_storage  # noqa: E402
+from hydra_plugins.detloss_optuna_sweeper.sweeper import DetlossOptunaSweeper  # noqa: E402
 
 # -- the search space ----------------------------------------------------------------------------------------------
 
@@ -112,6 +115,33 @@ def test_trial_identity_travels_as_job_overrides():
         env[override.key_or_group.removeprefix("hydra.job.env_set.")] = override.value()
     assert TrialIdentity.from_env(env) == identity
     assert TrialIdentity.from_env({}) is None
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"direction": ["minimize", "maximize"], "pruner": "median"}, "hydra.sweeper.pruner: Optuna prunes single"),
+        ({"direction": ["minimize", "maximize"], "objectives": ["val/a"]}, "hydra.sweeper.objectives: one metric per"),
+        ({"direction": "up"}, "hydra.sweeper.direction: minimize, maximize"),
+        ({"n_jobs": 0}, "hydra.sweeper.n_jobs: an integer >= 1"),
+        ({"max_failure_rate": 2}, "hydra.sweeper.max_failure_rate: between 0 and 1"),
+    ],
+)
+def test_bad_sweeper_keys_are_named(keys, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DetlossOptunaSweeper(**keys)
+
+
+def test_several_directions_of_a_detloss_job_need_objectives():
+    sweeper = DetlossOptunaSweeper(direction=["maximize", "minimize"])
+    with pytest.raises(ValueError, match=r"hydra.sweeper.objectives: 2 directions need as many metric names"):
+        sweeper.setup(hydra_context=None, task_function=None, config=OmegaConf.create({"optimized_metric": "val/x"}))
+
+
+def test_a_sampler_that_cannot_be_built_is_named():
+    sweeper = DetlossOptunaSweeper(sampler={"_target_": "optuna.samplers.RandomSampler", "n_startup_trials": 3})
+    with pytest.raises(ValueError, match=r"hydra.sweeper.sampler: optuna.samplers.RandomSampler cannot be built"):
+        sweeper.build_sampler(search_space({}))
 
 
 # -- whole searches of a toy application -----------------------------------------------------------------------------
@@ -256,11 +286,6 @@ def test_several_objectives_give_a_pareto_front(toy):
     assert front and all(t["values"] == [t["params"]["x"], 1.0] for t in front)
 
 
-def test_pruning_several_objectives_is_refused_naming_the_key(toy):
-    out = toy("multi=true", "hydra.sweeper.direction=[minimize,maximize]", "hydra/sweeper/pruner=median", expect=1)
-    assert "hydra.sweeper.pruner: Optuna prunes single-objective studies only" in out
-
-
 def test_failed_jobs_are_told_and_max_failure_rate_stops_the_search(toy):
     toy("fail_at=1", "hydra.sweeper.max_failure_rate=0.5")
     study = study_of(f"sqlite:///{toy.dir / 'sweep' / 'optuna.db'}")
@@ -268,6 +293,12 @@ def test_failed_jobs_are_told_and_max_failure_rate_stops_the_search(toy):
     out = toy("fail_at=3", "hydra.sweeper.max_failure_rate=0.0", expect=1)
     assert "more than hydra.sweeper.max_failure_rate=0.0 allows" in out
     assert len(study_of(f"sqlite:///{toy.dir / 'sweep' / 'optuna.db'}").trials) == 4  # the second run stopped
+
+
+def test_a_job_that_cannot_be_composed_stops_the_search_and_its_trial_is_told_failed(toy):
+    out = toy("nokey=choice(1,2)", expect=1)
+    assert "Could not override 'nokey'" in out
+    assert [t.state.name for t in study_of(f"sqlite:///{toy.dir / 'sweep' / 'optuna.db'}").trials] == ["FAIL"]
 
 
 def test_a_grid_search_stops_when_the_grid_is_done(toy):

@@ -98,6 +98,8 @@ class DetlossOptunaSweeper(Sweeper):
             raise ValueError(f"hydra.sweeper.max_failure_rate: between 0 and 1, got {max_failure_rate}")
         if heartbeat_interval <= 0:
             raise ValueError(f"hydra.sweeper.heartbeat_interval: seconds > 0, got {heartbeat_interval}")
+        if grace_period is not None and grace_period < 0:
+            raise ValueError(f"hydra.sweeper.grace_period: null or seconds >= 0, got {grace_period}")
         self.objectives = objectives
         self.study_name = study_name or "detloss"
         self.storage_spec = _plain(storage)
@@ -107,6 +109,7 @@ class DetlossOptunaSweeper(Sweeper):
         self.heartbeat_interval = float(heartbeat_interval)
         self.grace_period = float(grace_period) if grace_period is not None else 2 * self.heartbeat_interval + 60
         self.retry_stale = retry_stale
+        self.storage_url: str | None = None  # the normalised storage spec, once the study is created
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher = None
@@ -115,6 +118,11 @@ class DetlossOptunaSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.config, self.hydra_context = config, hydra_context
+        if len(self.directions) > 1 and self.objectives is None and isinstance(config.get("optimized_metric"), str):
+            raise ValueError(
+                f"hydra.sweeper.objectives: {len(self.directions)} directions need as many metric names (e.g. "
+                f"[{config.optimized_metric}, time/step]); a detloss job returns only optimized_metric"
+            )
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -198,7 +206,14 @@ class DetlossOptunaSweeper(Sweeper):
                 log.info("detloss_optuna: the study holds max_trials=%d trials", self.max_trials)
                 break
             trials = [study.ask(space.distributions) for _ in range(size)]
-            results = self.run_trials(study, space, trials)
+            try:
+                results = self.run_trials(study, space, trials)
+            except KeyboardInterrupt:  # Ctrl-C: the batch's trials are re-run when the search resumes
+                self.abandon(study, trials, retry=self.retry_stale)
+                raise
+            except Exception:  # a job that cannot be composed: it would fail again
+                self.abandon(study, trials, retry=False)
+                raise
             for trial, result in zip(trials, results):
                 failed += self.tell(study, trial, result) == optuna.trial.TrialState.FAIL
             launched += size
@@ -320,6 +335,17 @@ class DetlossOptunaSweeper(Sweeper):
             )
             if retry:
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+    def abandon(self, study: optuna.Study, trials: list, retry: bool) -> None:
+        """Tell this process's ``trials`` failed when the search stops under them; with ``retry``, enqueue each
+        once more with its parameters (as :meth:`fail_stale_trials` does)."""
+        from optuna.trial import TrialState
+
+        for trial in trials:
+            _tell(study, trial, state=TrialState.FAIL)
+            if retry and "retry_of" not in trial.user_attrs:
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        log.warning("detloss_optuna: trials %s told failed%s", [t.number for t in trials], ", and enqueued" * retry)
 
     def _optimized_metric(self) -> list[str] | None:
         """``[optimized_metric]`` of the sweep's config (what a detloss job returns), for a study of one objective."""
