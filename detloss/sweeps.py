@@ -54,11 +54,23 @@ class OptunaTrial(L.Callback):
 
     def __init__(self, identity: Any, monitor: str) -> None:
         self.identity, self.monitor = identity, monitor
-        self.pruned_epoch: int | None = None
+        self._pruned_epoch: int | None = None
         self.trial = None
         self._single_objective = True
         self._seconds, self._steps, self._batch_start = 0.0, 0, None
         self._warned_missing = False
+
+    @property
+    def pruned_epoch(self) -> int | None:
+        """The epoch at which the pruner stopped this run, or ``None``. Under ``ddp_spawn`` the ranks ran copies of
+        this callback in other processes, so when this copy did not see the pruning the trial is asked (rank 0
+        recorded it there as the user attr ``pruned_epoch``)."""
+        if self._pruned_epoch is None and self.trial is None:
+            try:
+                return self.identity.open().user_attrs.get("pruned_epoch")
+            except Exception as error:  # the storage is out of reach: the run's record says ok
+                log.warning("detloss: could not read Optuna trial %d: %s", self.identity.number, error)
+        return self._pruned_epoch
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -82,11 +94,11 @@ class OptunaTrial(L.Callback):
             prune = bool(trainer.strategy.broadcast(prune, src=0))
         if not prune:
             return
-        self.pruned_epoch = trainer.current_epoch
+        self._pruned_epoch = trainer.current_epoch
         trainer.should_stop = True
         if self.trial is not None:
-            self._talk(self.trial.set_user_attr, "pruned_epoch", self.pruned_epoch)
-            log.info("detloss: Optuna trial %d pruned at epoch %d", self.identity.number, self.pruned_epoch)
+            self._talk(self.trial.set_user_attr, "pruned_epoch", self._pruned_epoch)
+            log.info("detloss: Optuna trial %d pruned at epoch %d", self.identity.number, self._pruned_epoch)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.trial is None:

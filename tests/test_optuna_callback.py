@@ -135,3 +135,11 @@ def test_every_rank_stops_when_rank_0_prunes(study):
     assert callback.trial is None and said == [(False, 0)]
     assert trainer.should_stop and callback.pruned_epoch == 0
     assert study.trials[1].intermediate_values == {}
+
+
+def test_the_launching_copy_under_ddp_spawn_learns_the_pruning_from_the_trial(study):
+    # under ddp_spawn the ranks ran copies of the callback; rank 0's copy recorded the pruning in the trial
+    identity = new_trial(study)
+    study._storage.set_trial_user_attr(study.trials[1]._trial_id, "pruned_epoch", 1)
+    assert OptunaTrial(identity, "val/loss").pruned_epoch == 1
+    assert OptunaTrial(new_trial(study), "val/loss").pruned_epoch is None

@@ -178,9 +178,11 @@ def test_a_failing_optuna_trial_is_told_as_failed_and_the_search_goes_on(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_real_run_that_the_median_pruner_stops_says_pruned(tmp_path):
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_sim"])
+def test_a_real_run_that_the_median_pruner_stops_says_pruned(tmp_path, trainer):
     # two searches of one trial each on one journal: a run with the Dice term weighted 0.1, then one with 100,
-    # whose val/loss is far above the first's at epoch 0, so the median pruner stops it there
+    # whose val/loss is far above the first's at epoch 0, so the median pruner stops it there (on every rank of
+    # two spawned processes with trainer=ddp_sim)
     pytest.importorskip("optuna")
     journal = tmp_path / "optuna.log"
     common = [
@@ -197,7 +199,8 @@ def test_a_real_run_that_the_median_pruner_stops_says_pruned(tmp_path):
         "trainer.max_epochs=2",
     ]
     run_cli(*common, "loss.terms.dice.weight=0.1", f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
-    run_cli(*common, "loss.terms.dice.weight=100", f"hydra.sweep.dir={tmp_path / 'second'}", cwd=tmp_path)
+    run_cli(*common, "loss.terms.dice.weight=100", f"trainer={trainer}", f"hydra.sweep.dir={tmp_path / 'second'}",
+            cwd=tmp_path)  # fmt: skip
     assert records(tmp_path / "first")["0"]["status"] == "ok"
     record = records(tmp_path / "second")["1"]  # the job of trial 1
     assert (record["status"], record["pruned_epoch"], record["epochs"]) == ("pruned", 0, 1)
