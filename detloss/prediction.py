@@ -204,7 +204,7 @@ class VolumeWriter(PredictionWriter):
         import nibabel as nib
 
         from .data.nnunet import preprocess, read_volume
-        from .data.resample import resize_logits
+        from .segmentation import resize_logits
 
         channels, found = int(self.data["in_channels"]), self._CHANNEL.match(item.path.name)
         if found is None and channels > 1:

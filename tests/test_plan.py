@@ -13,7 +13,7 @@ import torch
 
 from detloss.data import NnUNetDataModule, NnUNetDataset, read_volume
 from detloss.data.nnunet import normalise, preprocess
-from detloss.data.resample import resample_image, resample_labels, resampled_shape, resize_logits
+from detloss.data.resample import resample_image, resample_labels, resampled_shape
 from detloss.plan import (
     VolumeFingerprint,
     cached_plan,
@@ -25,6 +25,7 @@ from detloss.plan import (
     topology,
     volume_fingerprint,
 )
+from detloss.segmentation import resize_logits
 
 
 def fingerprint(spacings, shapes, channels=("MR",), cropped=None, intensities=None) -> VolumeFingerprint:
@@ -372,3 +373,24 @@ def test_prediction_preprocesses_as_training_and_resamples_back_to_the_input_geo
     assert out.shape == (10, 8, 6) and np.allclose(out.affine, affine)
     mask = np.asarray(out.dataobj).transpose(2, 1, 0)
     assert np.array_equal(mask, (zyx > 0).astype(mask.dtype))
+
+
+def test_validation_scores_on_each_cases_own_grid(tmp_path):
+    """A case of 1 mm slices in a dataset planned at 2 mm: the network sees the resampled image, the metrics the
+    case's own labels and spacing."""
+    root = make_dataset(tmp_path / "ds", cases=5, shape=(8, 16, 16), zooms_xyz=(1.0, 1.0, 2.0))
+    labels = np.zeros((16, 16, 16), dtype=np.uint8)
+    labels[4:10, 4:8, 4:8] = 1
+    write_case(root, "case_003", [np.ones((16, 16, 16)) * labels * 50 + 1], labels, (1.0, 1.0, 1.0))
+    dm = NnUNetDataModule(root, patch_size=(8, 16, 16), num_folds=5, fold=0)
+    index = [c.name for c in dm.source.cases].index("case_003")
+    if index not in dm.val_cases:
+        dm = next(
+            d
+            for f in range(5)
+            if index in (d := NnUNetDataModule(root, patch_size=(8, 16, 16), num_folds=5, fold=f)).val_cases
+        )
+    image, target = dm.val_dataset[dm.val_cases.index(index)]
+    assert tuple(image.shape) == (1, 8, 16, 16)
+    assert tuple(target["labels"].shape) == (16, 16, 16) and target["spacing"].tolist() == [1.0, 1.0, 1.0]
+    assert np.array_equal(target["labels"].numpy(), labels)

@@ -128,7 +128,9 @@ class PatchDataset(Dataset):
 
 
 class VolumeDataset(Dataset):
-    """The whole, normalised volumes of the cases ``cases`` of ``source`` (validation)."""
+    """The whole, normalised volumes of the cases ``cases`` of ``source`` (validation): the image at the target
+    spacing, as the network sees it, and the labels and spacing of the case's own grid, which the predictions are
+    resampled back to before they are scored (as nnU-Net scores its validation)."""
 
     def __init__(self, source: NnUNetDataset, cases: Sequence[int]) -> None:
         if not cases:
@@ -142,7 +144,7 @@ class VolumeDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         case = self.cases[index]
         image = torch.from_numpy(self.source.image(case))
-        return image, _target(self.source.labels[case], self.source.spacing_of(case))
+        return image, _target(self.source.raw_labels(case), self.source.cases[case].spacing)
 
 
 def volume_collate(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -7,7 +7,7 @@ Methods 2021; ``resample_data_or_seg`` of its preprocessing).
 * Label volumes: each label's mask is resampled linearly (order 1; order 0 along a separate coarse axis) and every
   voxel takes the label of the highest value, so that thin structures survive what nearest-neighbour resampling
   would drop.
-* Logits back to the original grid (prediction): trilinear (``torch.nn.functional.interpolate``), then argmax.
+* Logits back to a case's own grid are :func:`detloss.segmentation.resize_logits`'s (inference).
 
 The new shape of an axis is ``round(shape · spacing / new_spacing)``; shapes and spacings are ``(D, H, W)``.
 """
@@ -17,11 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch.nn.functional as F
 from scipy import ndimage
-from torch import Tensor
 
-__all__ = ["ANISOTROPY", "resampled_shape", "needs_resampling", "resample_image", "resample_labels", "resize_logits"]
+__all__ = ["ANISOTROPY", "resampled_shape", "needs_resampling", "resample_image", "resample_labels"]
 
 ANISOTROPY = 3.0
 """nnU-Net's ``ANISO_THRESHOLD``: a coarsest axis this many times the finest is resampled separately."""
@@ -85,10 +83,3 @@ def resample_labels(
         take = share > best
         out[take], best[take] = value, share[take]
     return out
-
-
-def resize_logits(logits: Tensor, shape: Sequence[int]) -> Tensor:
-    """``logits (B, C, D, H, W)`` resized to ``shape`` (trilinear, in float32), to be argmax-ed there."""
-    if tuple(logits.shape[2:]) == tuple(shape):
-        return logits
-    return F.interpolate(logits.float(), size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)

@@ -3,7 +3,7 @@ masks, and sliding-window inference over whole volumes."""
 
 from .criterion import VIEWS, SegmentationCriterion, deep_supervision_weights, default_segmentation_loss
 from .distance import boundary_distance, mask_distance, signed_distance
-from .inference import sliding_window
+from .inference import resize_logits, sliding_window
 
 __all__ = [
     "SegmentationCriterion",
@@ -14,4 +14,5 @@ __all__ = [
     "boundary_distance",
     "mask_distance",
     "sliding_window",
+    "resize_logits",
 ]

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import Tensor
 
 from ..losses._utils import check_number
 
-__all__ = ["sliding_window"]
+__all__ = ["sliding_window", "resize_logits"]
 
 
 @torch.no_grad()
@@ -47,3 +48,12 @@ def sliding_window(
         raise ValueError(f"images must be (B, C, D, H, W) and roi_size 3 sides, got {tuple(images.shape)}, {roi_size}")
     logits = sliding_window_inference(images, roi_size, batch_size, model, overlap=overlap, mode=mode)
     return logits.as_tensor() if hasattr(logits, "as_tensor") else logits
+
+
+def resize_logits(logits: Tensor, shape: Sequence[int]) -> Tensor:
+    """``logits (B, C, D, H, W)`` resized to ``shape`` (trilinear, in float32), to be scored or argmax-ed there: how
+    a prediction at the plan's target spacing goes back to a case's own grid (nnU-Net resamples its probabilities
+    with order 1 too). Unchanged when the shape is already ``shape``."""
+    if tuple(logits.shape[2:]) == tuple(int(s) for s in shape):
+        return logits
+    return F.interpolate(logits.float(), size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)

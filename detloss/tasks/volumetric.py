@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from ..composite import Criterion
-from ..segmentation import sliding_window
+from ..segmentation import resize_logits, sliding_window
 from .base import LossTask
 from .segmentation import palette
 from .volume_metrics import METRICS, VolumeMetrics
@@ -95,7 +95,7 @@ class VolumetricTask(LossTask):
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch
-        logits = self.infer(images)
+        logits = resize_logits(self.infer(images), targets["labels"].shape[1:])  # back to the case's own grid
         self.log_loss("val", self.criterion(logits, targets), len(images))
         pred, labels = logits.argmax(1), targets["labels"]
         self.metrics.update(pred, labels, targets["spacing"])
