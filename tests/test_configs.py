@@ -37,7 +37,7 @@ REACHED_THROUGH = {"model_head": ["loss=yolo26"]}
 OVERRIDE_KEY = {"model_head": "model_head@model"}
 #: the Hydra plugin that an option of these groups needs
 PLUGINS = {
-    "hparams_search": "hydra_plugins.hydra_optuna_sweeper",
+    "hparams_search": "optuna",  # the detloss_optuna sweeper (hydra_plugins/detloss_optuna_sweeper) runs on it
     "hydra/launcher": "hydra_plugins.hydra_submitit_launcher",
 }
 
