@@ -31,6 +31,7 @@ from torch import nn
 from .config import CONFIG_DIR, CONFIG_SOURCE
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
 from .plan import VolumePlan, cached_plan
+from .plan.images import ImagePlan
 from .runs import (
     ConfigInCheckpoint,
     failure_line,
@@ -78,7 +79,7 @@ def build(cfg: DictConfig, pretrained: bool = True) -> tuple[L.LightningDataModu
     return datamodule, task
 
 
-def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan | None:
+def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan | ImagePlan | None:
     """Plan the recipe of a run on data that is planned from its fingerprint (:class:`~detloss.data.NnUNetDataModule`
     and the data built on it), fill what ``cfg`` leaves ``null`` with the plan, and configure ``datamodule``.
 
@@ -88,10 +89,13 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
     ``data.plan.budget_minutes`` on a CPU or ``data.plan.memory_gib`` on a GPU, measuring candidate recipes with
     this run's own model, criterion and optimizer. ``cfg`` is filled in place, so the resolved config that the run
     directory and the checkpoints keep holds the planned values (evaluation and prediction then preprocess as
-    training did). The plan is logged as a table. Other data: ``None``, nothing changes.
+    training did). The plan is logged as a table. 2D masks (:class:`~detloss.data.MaskDataModule`) are planned by
+    :func:`_plan_images`. Other data: ``None``, nothing changes.
     """
-    from .data import NnUNetDataModule
+    from .data import MaskDataModule, NnUNetDataModule
 
+    if isinstance(datamodule, MaskDataModule):
+        return _plan_images(cfg, datamodule)
     if not isinstance(datamodule, NnUNetDataModule):
         return None
     options = dict(datamodule.plan_options)
@@ -181,6 +185,105 @@ def _measure(cfg: DictConfig, datamodule, device: str):
                 window = time.perf_counter() - start
         log.info("detloss plan: patch %s, %d channels: %.3f s a step", list(patch), width, min(times[1:]))
         return {"step_seconds": min(times[1:]), "window_seconds": window, "memory_gib": memory}
+
+    return measure
+
+
+def _plan_images(cfg: DictConfig, datamodule) -> ImagePlan:
+    """:func:`plan_run` for 2D masks: the image size and batch (``data.image_size``, ``data.batch_size``), the
+    U-Net's ``model.depth`` and ``model.base_channels``, ``trainer.max_epochs`` and the loss terms'
+    ``class_weights``, each planned (:func:`detloss.plan.images.plan_images`) only where the configuration leaves it
+    ``null`` (a model without the key keeps its own); ``data.plan.class_weights=false`` proposes the weights in the
+    plan without giving them to the loss. A plan that decided nothing (every value given, no class weights applied)
+    is logged but not kept by the data module (no ``plan.json``, nothing added to the checkpoints)."""
+    from .plan.images import cached_image_plan, weights_for_terms
+
+    options = dict(datamodule.plan_options)
+    known = {"budget_minutes", "min_steps", "class_weights", "cache"}
+    if unknown := sorted(set(options) - known):
+        raise ValueError(f"data.plan: unknown options {unknown} (known: {', '.join(sorted(known))})")
+    terms = cfg.loss.get("terms") or {}
+    set_weights = sorted(n for n, t in terms.items() if (t or {}).get("loss", {}).get("class_weights") is not None)
+    given = dict(datamodule.given)
+    for key in ("base_channels", "depth"):  # 0: the model has no such option, its own value stands
+        given[key] = cfg.model.get(key) if key in cfg.model else 0
+    given["epochs"] = cfg.trainer.get("max_epochs")
+    given["class_weights"] = [0.0] if set_weights else None
+    planned = [k for k in ("image_size", "batch_size", "base_channels", "depth", "epochs") if given[k] is None]
+    device = "cuda" if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    plan = cached_image_plan(
+        datamodule.fingerprint,
+        _measure_2d(cfg, datamodule, device) if planned else None,
+        budget_minutes=options.get("budget_minutes", 7.0),
+        min_steps=options.get("min_steps", 500),
+        num_val_images=len(datamodule.val_dataset),
+        given={k: v for k, v in given.items() if k != "class_weights"},
+        key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],
+        use_cache=options.get("cache", True),
+    )
+    if plan.epochs is None:
+        raise ValueError("trainer.max_epochs: not given and not planned")
+    if set_weights:
+        plan.given = sorted({*plan.given, "class_weights"})
+    elif plan.class_weights is not None and options.get("class_weights", True):
+        taken = weights_for_terms(OmegaConf.to_container(terms, resolve=False), plan.class_weights)
+        plan.weighted_terms = sorted(taken)
+        with open_dict(cfg):
+            for name, weights in taken.items():
+                cfg.loss.terms[name].loss.class_weights = weights
+    # a plan that decided nothing (every value given, no class weights applied) is logged, not kept
+    decided = bool(planned or plan.weighted_terms)
+    datamodule.configure(plan.image_size, plan.batch_size, plan if decided else None)
+    with open_dict(cfg):
+        cfg.data.image_size, cfg.data.batch_size = plan.image_size, plan.batch_size
+        for key in ("base_channels", "depth"):
+            if key in cfg.model and cfg.model.get(key) is None:
+                cfg.model[key] = getattr(plan, key)
+        cfg.trainer.max_epochs = plan.epochs
+    if rank_zero_only.rank == 0:
+        log.info("detloss: the plan of this run (data.plan; values given on the command line win):\n%s", plan.table())
+    return plan
+
+
+def _measure_2d(cfg: DictConfig, datamodule, device: str):
+    """The 2D planner's :data:`~detloss.plan.images.Measure2D` for this run: a few training steps of a candidate
+    recipe with the run's own model, criterion and optimizer on a random batch of its size (the time of a step does
+    not depend on the pixels' values), and one evaluation forward; the global random state is left as it was."""
+    from .plan.images import unet_depth
+
+    def measure(size, width, batch):
+        trial = cfg.copy()
+        with open_dict(trial):
+            trial.data.image_size, trial.data.batch_size = int(size), int(batch)
+            if "base_channels" in trial.model:
+                trial.model.base_channels = int(width)
+            if "depth" in trial.model and cfg.model.get("depth") is None:
+                trial.model.depth = unet_depth(size)
+        data = datamodule.describe() | {"image_size": int(size)}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            task = build_task(trial, data, pretrained=False).to(device)
+            images = torch.rand(batch, datamodule.in_channels, size, size, device=device)
+            masks = torch.randint(0, datamodule.num_classes, (batch, size, size), device=device)
+            optimizer = task.optimizer_factory([{"params": [p for p in task.parameters() if p.requires_grad]}])
+            times = []
+            for _ in range(4):  # the first step pays for allocations; the fastest of the others is the step's time
+                start = time.perf_counter()
+                task.criterion(task.model(images), masks).total.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            task.model.eval()
+            with torch.no_grad():
+                start = time.perf_counter()
+                task.model(images)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                evaluation = time.perf_counter() - start
+        log.info("detloss plan: %d px, %d channels, batch %d: %.3f s a step", size, width, batch, min(times[1:]))
+        return {"step_seconds": min(times[1:]), "eval_seconds": evaluation}
 
     return measure
 

@@ -9,7 +9,9 @@ for all masks by :meth:`MaskFolderDataset.validate`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,30 +119,39 @@ class MaskFolderDataset(SegmentationDataset):
 class MaskDataModule(SegmentationDataModule):
     """Train / val splits of a segmentation folder ``root`` (``images/<split>``, ``masks/<split>``).
 
+    The recipe can be planned from the data (:mod:`detloss.plan.images`): :attr:`fingerprint` (of the training
+    split, cached beside the data) is read by the run (:func:`detloss.train.plan_run`), which plans what is left
+    ``None`` (image size, batch; the U-Net's depth and width, the epochs and class weights where their configs leave
+    them open) and calls :meth:`configure`.
+
     Args:
         root: the dataset folder.
         num_classes: classes, background included (mask values ``0..num_classes-1``).
         image_size: side of the square batches; images are letterboxed (``mode="letterbox"``: padding is
-            ``fill`` in the image and ``ignore_index`` in the mask) or stretched (``mode="resize"``).
+            ``fill`` in the image and ``ignore_index`` in the mask) or stretched (``mode="resize"``); ``None``:
+            planned (the module is then usable once :meth:`configure` has been called).
         class_names: defaults to ``["class_0", ...]``.
         in_channels: 1 (grey) or 3 (RGB); ``None`` takes 1 when the first training image is a grey mode
             (``L``, ``I;16``, ...) and 3 otherwise; every image is then converted to it.
         validate: scan every mask's values at construction; ``None``: when the folders hold fewer than
             2000 files (the values are checked at load time anyway).
+        batch_size: training and validation batch (``None``: planned; 8 until then).
         augment: training flips (``hflip``, ``vflip``), rotations up to ``rotate`` degrees and brightness /
             contrast ``jitter``.
+        plan: the planner's options (``budget_minutes``, ``min_steps``, ``class_weights``, ``cache``), read by
+            the run.
     """
 
     def __init__(
         self,
         root: str | Path,
         num_classes: int,
-        image_size: int = 256,
+        image_size: int | None = 256,
         ignore_index: int = 255,
         class_names: list[str] | None = None,
         in_channels: int | None = None,
         validate: bool | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = 8,
         num_workers: int = 0,
         pin_memory: bool = False,
         augment: bool = True,
@@ -152,9 +163,10 @@ class MaskDataModule(SegmentationDataModule):
         jitter: float = 0.0,
         train_split: str = "train",
         val_split: str = "val",
+        plan: dict | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, ignore_index)
-        self.root, self.image_size = Path(root), int(image_size)
+        super().__init__(8 if batch_size is None else batch_size, num_workers, pin_memory, ignore_index)
+        self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"segmentation dataset root not found: {self.root}")
         if class_names is not None and len(class_names) != num_classes:
@@ -164,26 +176,69 @@ class MaskDataModule(SegmentationDataModule):
             in_channels = _guess_channels(self.root / "images" / train_split)
         self.in_channels = int(in_channels)
         self.resize, self.fill = mode, float(fill)
-        common = dict(mode=mode, ignore_index=ignore_index, fill=fill)
-        train_tf = segmentation_transforms(
-            image_size, augment, hflip=hflip, vflip=vflip, rotate=rotate, jitter=jitter, **common
-        )
-        self.train_dataset = self._split(train_split, num_classes, train_tf)
-        self.val_dataset = self._split(val_split, num_classes, segmentation_transforms(image_size, False, **common))
+        self.plan_options = dict(plan or {})
+        self.given = {"image_size": image_size, "batch_size": batch_size}
+        self._augment = dict(augment=augment, hflip=hflip, vflip=vflip, rotate=rotate, jitter=jitter)
+        self.image_size: int | None = None
+        self.plan = None
+        self.train_dataset = self._split(train_split, num_classes)
+        self.val_dataset = self._split(val_split, num_classes)
         if validate is None:
             validate = 2 * (len(self.train_dataset) + len(self.val_dataset)) < VALIDATE_BELOW
         if validate:
             self.validate()
+        if image_size is not None:  # usable as it is; a run plans what is None
+            self.configure(image_size, self.batch_size)
 
-    def _split(self, split: str, num_classes: int, transforms: Callable) -> MaskFolderDataset:
+    def _split(self, split: str, num_classes: int) -> MaskFolderDataset:
         return MaskFolderDataset(
             self.root / "images" / split,
             self.root / "masks" / split,
             num_classes,
             self.ignore_index,
             self.in_channels,
-            transforms,
         )
+
+    @cached_property
+    def fingerprint(self):
+        """The :class:`~detloss.plan.images.ImageFingerprint` of the training split (read once, cached beside the
+        data in ``<root>/detloss_fingerprint_2d.json``)."""
+        from ..plan.images import mask_fingerprint
+
+        return mask_fingerprint(self.train_dataset, self.class_names, self.root)
+
+    def configure(self, image_size: int, batch_size: int, plan=None) -> None:
+        """Fix the image size and the batch (given, or from ``plan``, an :class:`~detloss.plan.images.ImagePlan`
+        that :meth:`describe` then carries): the transforms of both splits are made for ``image_size``."""
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.image_size, self.batch_size, self.plan = int(image_size), int(batch_size), plan
+        common = dict(mode=self.resize, ignore_index=self.ignore_index, fill=self.fill)
+        options = dict(self._augment)
+        augment = options.pop("augment")
+        self.train_dataset.transforms = segmentation_transforms(self.image_size, augment, **options, **common)
+        self.val_dataset.transforms = segmentation_transforms(self.image_size, False, **common)
+
+    def _configured(self):
+        if self.image_size is None:
+            raise ValueError(
+                "data.image_size is not set and was not planned: give it, or train through detloss.train, which "
+                "plans it (detloss.train.plan_run)"
+            )
+
+    def train_dataloader(self):
+        self._configured()
+        return super().train_dataloader()
+
+    def val_dataloader(self):
+        self._configured()
+        return super().val_dataloader()
+
+    def describe(self) -> dict[str, Any]:
+        """The base's description and, where planned, ``plan`` (:meth:`detloss.plan.images.ImagePlan.to_dict`)."""
+        return super().describe() | ({} if self.plan is None else {"plan": self.plan.to_dict()})
 
     def validate(self) -> None:
         """Check the values of every training and validation mask."""

@@ -6,6 +6,9 @@ plans as a run would (:func:`detloss.train.plan_run`: measured candidates on thi
 the plan), and prints the fingerprint's summary and the plan::
 
     detloss-plan task=volumetric data=nnunet data.root=/data/Dataset001 [data.plan.budget_minutes=20]
+    detloss-plan task=segmentation data=masks data.root=/data/masks data.num_classes=11
+
+Detection data (``data=coco``, ``yolo``, ``shapes``) is not planned: its fingerprint alone is printed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ __all__ = ["main", "describe_fingerprint"]
 
 
 def describe_fingerprint(fingerprint) -> str:
-    """A few lines on a :class:`~detloss.plan.VolumeFingerprint`: cases, spacing and shape, channels, labels."""
+    """A few lines on a :class:`~detloss.plan.VolumeFingerprint` (cases, spacing and shape, channels, labels) or an
+    :class:`~detloss.plan.images.ImageFingerprint` (images, sizes, classes)."""
+    if hasattr(fingerprint, "kind"):
+        return _describe_images(fingerprint)
     spacings, shapes = fingerprint.spacings, fingerprint.shapes
     lines = [
         f"  cases: {len(fingerprint.cases)}",
@@ -46,14 +52,52 @@ def describe_fingerprint(fingerprint) -> str:
     return "\n".join(lines)
 
 
+def _describe_images(fingerprint) -> str:
+    h, w = fingerprint.height, fingerprint.width
+    lines = [
+        f"  images ({fingerprint.kind}, training split): {fingerprint.num_images}",
+        f"  size (H × W): median {h['median']:g} × {w['median']:g} (min {h['min']:g} × {w['min']:g}, "
+        f"max {h['max']:g} × {w['max']:g})",
+    ]
+    for c in fingerprint.classes:
+        if fingerprint.kind == "masks":
+            parts = f", {c['components']} components (median {c['component_pixels_median']:.0f} px)"
+            lines.append(
+                f"  class {c['name']}: {100 * c['pixel_share']:.3f} % of the pixels, in {c['images']} images"
+                + (parts if c["components"] else "")
+            )
+        else:
+            lines.append(
+                f"  class {c['name']}: {c['boxes']} boxes in {c['images']} images, median "
+                f"{c['box_width_median']:.1f} × {c['box_height_median']:.1f} px (w × h), "
+                f"small / medium / large {c['small']} / {c['medium']} / {c['large']}"
+            )
+    if fingerprint.boxes is not None:
+        b = fingerprint.boxes
+        lines.append(
+            f"  all boxes: {b['count']}, median {b['box_width_median']:.1f} × {b['box_height_median']:.1f} px, "
+            f"small / medium / large {b['small']} / {b['medium']} / {b['large']}"
+        )
+    return "\n".join(lines)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name="train")
 def main(cfg: DictConfig) -> None:
+    from ..data.base import DetectionDataModule
     from ..train import plan_run
 
     datamodule = instantiate(cfg.data)
+    if isinstance(datamodule, DetectionDataModule):
+        from .images import detection_fingerprint
+
+        print("Fingerprint:\n" + describe_fingerprint(detection_fingerprint(datamodule)))
+        print("(detection data is not planned: its recipe is the configuration's)")
+        return
     fingerprint = getattr(datamodule, "fingerprint", None)
     if fingerprint is None:
-        raise SystemExit(f"detloss-plan: data {cfg.data.get('_target_')} is not planned (volumetric data is)")
+        raise SystemExit(
+            f"detloss-plan: data {cfg.data.get('_target_')} is not planned (volumetric data and masks folders are)"
+        )
     print("Fingerprint:\n" + describe_fingerprint(fingerprint))
     plan_run(cfg, datamodule)  # logs the plan's table
 
