@@ -243,7 +243,11 @@ def test_with_the_epochs_given_the_whole_run_fits_the_budget():
     plan = plan_images(fp, cost, budget_minutes=2, min_steps=200, num_val_images=40, given={"epochs": 4})
     assert plan.epochs == 4 and plan.batch_size == 8  # batch 16 would train 4 · 25 = 100 < 200 steps
     epoch = 50 * plan.step_seconds + plan.validation_seconds + 1.0
-    assert 20 + 4 * epoch <= 120 and "epochs" in plan.given
+    assert 20 + 4 * epoch <= 120 and "epochs" in plan.given and plan.run_seconds == pytest.approx(20 + 4 * epoch)
+    # a budget the epochs cannot fit: the resolution stays, the cheapest recipe is taken and the overrun is shown
+    tight = plan_images(fingerprint(side=256, images=400), cost, budget_minutes=0.5, given={"epochs": 4})
+    assert (tight.image_size, tight.base_channels, tight.batch_size) == (256, 8, 8) and tight.run_seconds > 30
+    assert "predicted run (min)" in tight.table()
 
 
 def test_values_given_on_the_command_line_win():

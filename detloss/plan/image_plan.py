@@ -68,6 +68,7 @@ class ImagePlan:
     step_seconds: float | None = None
     eval_seconds: float | None = None
     validation_seconds: float | None = None
+    run_seconds: float | None = None
     machine: str = ""
     given: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)
@@ -98,6 +99,8 @@ class ImagePlan:
             rows.append(("measured step / eval batch (s)", f"{self.step_seconds:.3f} / {self.eval_seconds:.3f}"))
         if self.validation_seconds is not None:
             rows.append(("predicted validation (s)", f"{self.validation_seconds:.1f} per epoch"))
+        if self.run_seconds is not None:
+            rows.append(("predicted run (min)", f"{self.run_seconds / 60:.1f}"))
         return rows
 
     def table(self) -> str:
@@ -207,6 +210,8 @@ def plan_images(
         raise ValueError(f"plan.min_steps must be >= 1, got {min_steps}")
     depth = given.get("depth")
     sizes = [int(given["image_size"])] if "image_size" in given else _sizes(fingerprint, depth)
+    if "epochs" in given:  # the budget cannot buy steps then: it sets width and batch, never the resolution
+        sizes = sizes[:1]
     widths = [int(given["base_channels"])] if "base_channels" in given else list(WIDTHS)
     batches = [int(given["batch_size"])] if "batch_size" in given else list(BATCHES)
     n_train, epochs = max(int(fingerprint.num_images), 1), given.get("epochs")
@@ -215,7 +220,7 @@ def plan_images(
     weights = given.get("class_weights") or class_weights(fingerprint)
     common = dict(class_weights=weights, machine=machine(), given=sorted(given))
 
-    def make(size, width, batch, budget, epochs=None, m=None, val=None, candidates=()):
+    def make(size, width, batch, budget, epochs=None, m=None, val=None, candidates=(), run=None):
         steps = None if epochs is None else int(epochs) * math.ceil(n_train / batch)
         return ImagePlan(
             image_size=size,
@@ -228,6 +233,7 @@ def plan_images(
             step_seconds=None if m is None else m["step_seconds"],
             eval_seconds=None if m is None else m["eval_seconds"],
             validation_seconds=val,
+            run_seconds=run,
             candidates=list(candidates),
             **common,
         )
@@ -268,7 +274,8 @@ def plan_images(
         for k, v in measured.items()
     ]
     budget = f"{budget_minutes:g} min of this machine, at least {min_steps} steps"
-    return make(*chosen, budget, planned_epochs, m, validation, candidates)
+    run = STARTUP_SECONDS + planned_epochs * epoch_s
+    return make(*chosen, budget, planned_epochs, m, validation, candidates, run)
 
 
 def cached_image_plan(

@@ -21,8 +21,9 @@ except for generated data, which is drawn). Cached as JSON beside the data (``de
   nnU-Net): the image size is kept unless even its cheapest recipe does not fit (the resolution goes last, as
   nnU-Net shrinks its patch only when it must); at that size the recipes are ranked by ``batch · width^1.5`` and
   bisected with measured step times (:func:`~detloss.plan.budget.largest_fitting`); the largest that trains
-  ``min_steps`` steps within the budget wins (with the epochs given, the largest whose epochs fit, at a batch that
-  still gives ``min_steps`` steps);
+  ``min_steps`` steps within the budget wins; with the epochs given, the image size stays the rule's and the
+  largest recipe whose epochs fit wins, at a batch that still gives ``min_steps`` steps (the cheapest where none
+  fits: the plan's predicted run time then says by how much the budget is exceeded);
 * class weights (detloss's own, not nnU-Net's): when the rarest foreground class holds less than
   :data:`RARE_SHARE` of the mean foreground class's pixel share, ``1 / sqrt(share)`` per foreground class,
   normalised to mean 1 over them (background 1), for the loss terms that take ``class_weights``.
