@@ -9,13 +9,14 @@ images are never decoded (masks are, they are the annotations; detection boxes c
 except for generated data, which is drawn). Cached as JSON beside the data (``detloss_fingerprint_2d.json``) or in
 ``~/.cache/detloss/fingerprints/``, computed anew when a file's name, size or modification time changed.
 
-**Plan** (:func:`plan_images`), nnU-Net's 2D rules where they apply (Isensee et al., Nature Methods 2021):
+**Plan** (:func:`plan_images`, in :mod:`detloss.plan.image_plan` with its constants), nnU-Net's 2D rules where they
+apply (Isensee et al., Nature Methods 2021):
 
-* image size: the median image side (the longer of the median height and width, the side a letterbox fits),
-  capped at :data:`MAX_IMAGE_SIZE`, rounded to a multiple of ``2**depth``; smaller candidates (3/4, 1/2 of it) only
-  while the smallest class's median component keeps :data:`MIN_COMPONENT_PIXELS` pixels and the side 64;
-* depth: poolings while the feature map keeps :data:`MIN_FEATURE` pixels, at most :data:`MAX_DEPTH` (nnU-Net's
-  2D U-Net pools to 4 px; 8 keeps the 3×3 convolutions of the bottleneck away from padding on small images);
+* image size: the median image side (the longer of the median height and width, the side a letterbox fits), capped
+  at 512, rounded to a multiple of ``2**depth``; smaller candidates (3/4, 1/2 of it) only while the smallest class's
+  median component keeps 16 pixels and the side 64;
+* depth: poolings while the feature map keeps 8 pixels, at most 5 (nnU-Net's 2D U-Net pools to 4 px; 8 keeps the
+  3×3 convolutions of the bottleneck away from padding on small images);
 * width 32 / 16 / 8 channels at full resolution, batch 16 / 8;
 * steps and epochs from a CPU time budget, as for volumes (:mod:`detloss.plan.budget`, where detloss departs from
   nnU-Net): the image size is kept unless even its cheapest recipe does not fit (the resolution goes last, as
@@ -25,7 +26,7 @@ except for generated data, which is drawn). Cached as JSON beside the data (``de
   largest recipe whose epochs fit wins, at a batch that still gives ``min_steps`` steps (the cheapest where none
   fits: the plan's predicted run time then says by how much the budget is exceeded);
 * class weights (detloss's own, not nnU-Net's): when the rarest foreground class holds less than
-  :data:`RARE_SHARE` of the mean foreground class's pixel share, ``1 / sqrt(share)`` per foreground class,
+  a quarter of the mean foreground class's pixel share, ``1 / sqrt(share)`` per foreground class,
   normalised to mean 1 over them (background 1), for the loss terms that take ``class_weights``.
 """
 
