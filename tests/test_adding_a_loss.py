@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 import detloss.losses as L
 from detloss.composite import CompositeLoss, View
-from detloss.detection._dense import _BoxTerms, _Buffers, _ciou_into
 from detloss.losses import LossModule, LossOptions, loss_function
 from detloss.losses._utils import Checks, apply_weight, check_number, reduce
 
@@ -97,20 +96,3 @@ def test_a_term_must_take_reduction_per_call():
 
     with pytest.raises(ValueError, match="must take a `reduction` keyword"):
         CompositeLoss({"a": {"loss": MeanOnly(), "weight": 1.0, "view": "box"}})
-
-
-def test_the_assigners_in_place_ciou_is_the_library_ciou():
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(2, 7, 2, generator=g) * 50
-    pred = torch.cat([xy, xy + torch.rand(2, 7, 2, generator=g) * 40], -1)  # (B, A, 4)
-    xy = torch.rand(2, 3, 2, generator=g) * 50
-    gt = torch.cat([xy, xy + torch.rand(2, 3, 2, generator=g) * 40], -1)  # (B, G, 4)
-    gt[0, 0] = pred[0, 2]  # an identical pair
-    gt[1, 1, 3] = gt[1, 1, 1]  # a zero-height ground truth
-    pred[0, 3, 2:] = pred[0, 3, :2] - 2.0  # an inverted prediction
-    pred[1, 4, 2:] = pred[1, 4, :2] + 1e-3  # a tiny one, whose aspect term fades
-    out = torch.empty(2, 3, 7)
-    p, t = _BoxTerms(pred.permute(2, 0, 1).unsqueeze(2)), _BoxTerms(gt.permute(2, 0, 1).unsqueeze(3))
-    _ciou_into(out, p.rows(slice(None)), t.rows(slice(None), slice(None)), _Buffers((2, 3, 7), out.device).like(out))
-    expected = L.box_iou_pairwise(pred[:, None], gt[:, :, None], "ciou").clamp(min=0)
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)

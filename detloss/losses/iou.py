@@ -51,6 +51,7 @@ Degenerate boxes, so that values stay finite and gradients bounded:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 
 import torch
@@ -59,7 +60,7 @@ from torch import Tensor
 from ._api import LossModule, LossOptions, loss_function
 from ._utils import Checks, apply_weight, as_float, as_target, check_choice, check_number, reduce
 
-__all__ = ["IOU_KINDS", "DEGENERATE", "box_iou_pairwise"]
+__all__ = ["IOU_KINDS", "DEGENERATE", "box_iou_pairwise", "box_loss_corners"]
 
 IOU_KINDS = ("iou", "giou", "diou", "ciou", "siou", "eiou")
 DEGENERATE = 1e-3
@@ -85,13 +86,20 @@ def box_iou_pairwise(pred: Tensor, target: Tensor, kind: str = "iou", eps: float
     Shapes ``(..., 4)`` and ``(..., 4)``, broadcastable; returns ``(...)``. No checks and no upcasting: this is the
     inner routine the losses and the task-aligned assigner share.
     """
-    return 1 - _box_loss(pred, target, kind, eps)
+    return 1 - box_loss_corners(pred.unbind(-1), target.unbind(-1), kind, eps)
 
 
-def _box_loss(pred: Tensor, target: Tensor, kind: str, eps: float) -> Tensor:
-    """The loss of each pair (module doc), as a sum of non-negative terms: nothing is subtracted from 1."""
-    x1, y1, x2, y2 = pred.unbind(-1)
-    x1g, y1g, x2g, y2g = target.unbind(-1)
+def box_loss_corners(pred: Sequence[Tensor], target: Sequence[Tensor], kind: str, eps: float = 1e-7) -> Tensor:
+    """The loss of ``kind`` (module table) of each pair, from the corner planes ``(x1, y1, x2, y2)`` of the
+    predicted and of the target boxes, each plane of any shape, the eight broadcasting together.
+
+    The one owner of the IoU family's arithmetic: :func:`iou_loss`, :func:`box_iou_pairwise` and the task-aligned
+    assigner's dense blocks (planes ``(B, 1, A)`` against ``(B, G, 1)``) all call it, so a per-box quantity (area,
+    aspect angle) is computed once per box and only the pair terms take the broadcast shape. Written as a sum of
+    non-negative terms, nothing subtracted from 1 (module doc). No checks, no upcasting.
+    """
+    x1, y1, x2, y2 = pred
+    x1g, y1g, x2g, y2g = target
     w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)  # an inverted box has no area
     wg, hg = (x2g - x1g).clamp(min=0), (y2g - y1g).clamp(min=0)
 
@@ -200,6 +208,8 @@ def iou_loss(
 
     Returns:
         float32 for half/bfloat16 input, else the input's dtype.
+
+    Reference form: this one; its arithmetic is :func:`box_loss_corners`, which the assigner's dense blocks call too.
     """
     pred = as_float("pred", pred)
     target = as_target("target", target, pred)
@@ -210,7 +220,7 @@ def iou_loss(
         )
     if validate:
         _check_box_values(pred, target, weight)
-    loss = _box_loss(pred, target, options.kind, options.eps)
+    loss = box_loss_corners(pred.unbind(-1), target.unbind(-1), options.kind, options.eps)
     return reduce(apply_weight(loss, weight), reduction)
 
 
