@@ -14,8 +14,7 @@ from torch import Tensor, nn
 
 import detloss.losses as L
 from detloss.composite import CompositeLoss, View
-from detloss.losses import LossModule, LossOptions, loss_function
-from detloss.losses._utils import Checks, apply_weight, check_number, reduce
+from detloss.losses import Checks, LossModule, LossOptions, apply_weight, check_number, loss_function, reduce
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,11 +3,31 @@
 One family per file. Each file defines its options (a frozen dataclass), its functions and its modules; the
 modules register their names where they are defined (:mod:`._api`), so ``available()`` lists what exists and
 ``build(name, **options)`` makes one. This package imports nothing else of detloss.
+
+The extension API: what a loss of your own needs to keep the library's contract is public here, the option checks
+(:func:`check_number`, :func:`check_choice`, :func:`check_reduction`), the input conversions and value checks
+(:func:`as_float`, :func:`as_target`, :func:`check_same_shape`, :class:`Checks`: one host sync for all), the
+weight (:func:`apply_weight`) and the one reduction (:func:`reduce`). :mod:`.reference` holds the plain form of
+every loss that runs a fused kernel, the formula as its paper writes it.
 """
 
 import sys
 
+from . import reference
 from ._api import LossModule, LossOptions, available, build, loss_function, register
+from ._utils import (
+    REDUCTIONS,
+    Checks,
+    apply_weight,
+    as_float,
+    as_target,
+    autocast_off,
+    check_choice,
+    check_number,
+    check_reduction,
+    check_same_shape,
+    reduce,
+)
 from .bce import *  # noqa: F403
 from .boundary import *  # noqa: F403
 from .cldice import *  # noqa: F403
@@ -49,5 +69,17 @@ __all__ = [
     "LossOptions",
     "loss_function",
     "register",
+    "reference",
+    "REDUCTIONS",
+    "Checks",
+    "apply_weight",
+    "as_float",
+    "as_target",
+    "autocast_off",
+    "check_choice",
+    "check_number",
+    "check_reduction",
+    "check_same_shape",
+    "reduce",
     *(name for family in _FAMILIES for name in family.__all__),
 ]

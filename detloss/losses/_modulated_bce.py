@@ -31,9 +31,11 @@ Two more things keep it fast on detection-sized inputs, where almost every targe
   ``t ≠ 0`` elements are then gathered, recomputed with the general formula (:func:`_terms`) and written over;
 * ``p^e`` comes from ``exp(e · log p)``, except for ``e`` in {0, 1, 2, 3, 0.5}, done with multiplies / ``pow``.
 
-:func:`reference` is the plain composed-autograd form of the same losses. It is used when the target requires
-grad and, inside the backward, when the graph of the gradient is wanted (``create_graph=True``: double backward);
-the tests check the fused path against it.
+:func:`composed` is the same losses in composed autograd ops, with the care for precision below. It is used when
+the target requires grad and, inside the backward, when the graph of the gradient is wanted (``create_graph=True``:
+double backward). The formulas as their papers write them, with no such care, are the public reference forms
+(:mod:`.reference`: ``bce_with_logits``, ``focal_loss``, ``varifocal_loss``, ``quality_focal_loss``); the tests
+hold the fused path equal to both.
 
 Precision. Every quantity is computed from terms of one sign, so that the loss and its derivative keep full
 relative precision (float32: about 1e-6 and better) for every finite logit, confident ones included, where the
@@ -45,7 +47,7 @@ loses 3 of float32's 7 digits, and is 0 instead of 3e-7 at ``x = 15``; so does `
 * ``p − t = p·(1 − t) − (1 − p)·t`` and the focal base ``p + t − 2pt = p·(1 − t) + (1 − p)·t``;
 * ``p^e`` in the background kernel is ``exp(e · log p)`` with ``log p = x⁻ − log1p(e^−|x|)``, not ``x − softplus(x)``.
 
-:func:`reference` keeps the same care in composed form (``softplus`` on the side of ``x`` where it does not
+:func:`composed` keeps the same care in composed form (``softplus`` on the side of ``x`` where it does not
 cancel, :func:`._stable.sigmoid_pair` for ``p`` and ``1 − p``); ``tests/test_precision.py`` holds both paths to
 float64 and to an exact evaluation.
 
@@ -65,7 +67,7 @@ from . import _stable, buffers
 from ._stable import bce_terms, log1p, sigmoid_pair
 from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_same_shape, reduce
 
-__all__ = ["BCE", "FOCAL", "QUALITY", "VARIFOCAL", "checked_inputs", "modulated_bce", "reference"]
+__all__ = ["BCE", "FOCAL", "QUALITY", "VARIFOCAL", "checked_inputs", "composed", "modulated_bce"]
 
 BCE, FOCAL, VARIFOCAL, QUALITY = "bce", "focal", "varifocal", "quality"
 
@@ -87,7 +89,7 @@ def _pow(base: Tensor, exponent: float) -> Tensor:
     return base.pow(exponent)
 
 
-def reference(x: Tensor, t: Tensor, kind: str, a: float, b: float) -> Tensor:
+def composed(x: Tensor, t: Tensor, kind: str, a: float, b: float) -> Tensor:
     """Elementwise loss from composed autograd ops: differentiable in ``x`` and ``t``, to any order.
 
     ``BCE = softplus(−x) + x·(1 − t)`` for ``x > 0``, ``softplus(x) − x·t`` otherwise: terms ``>= 0`` in value,
@@ -295,7 +297,7 @@ def _fused_forward(x: Tensor, t: Tensor, kind: str, a: float, b: float, reduce_s
 class _FusedModulatedBCE(torch.autograd.Function):
     """Loss (elementwise, or summed with ``reduce_sum``) with the derivative computed in the forward.
 
-    Gradient w.r.t. ``x`` only (callers send targets that require grad to :func:`reference`).
+    Gradient w.r.t. ``x`` only (callers send targets that require grad to :func:`composed`).
     """
 
     @staticmethod
@@ -310,9 +312,9 @@ class _FusedModulatedBCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, t = ctx.saved_tensors
         kind, a, b, reduce_sum = ctx.options
-        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable, take the reference
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable, take the composed form
             with torch.enable_grad():
-                loss = reference(x, t, kind, a, b)
+                loss = composed(x, t, kind, a, b)
                 if reduce_sum:
                     loss = loss.sum()
                 (gx,) = torch.autograd.grad(loss, x, grad_out, create_graph=True)
@@ -330,7 +332,7 @@ def modulated_bce(x: Tensor, t: Tensor, kind: str, a: float, b: float, weight: T
     """
     with autocast_off(x.device):
         if t.requires_grad or x.numel() == 0:
-            return reduce(apply_weight(reference(x, t, kind, a, b), weight), reduction)
+            return reduce(apply_weight(composed(x, t, kind, a, b), weight), reduction)
         need_grad = torch.is_grad_enabled() and x.requires_grad
         if weight is None and reduction != "none":
             total = _FusedModulatedBCE.apply(x, t, kind, a, b, True, need_grad)

@@ -53,6 +53,8 @@ def bce_with_logits(
 ) -> Tensor:
     """Binary cross-entropy with logits.
 
+    Reference form: :func:`detloss.losses.reference.bce_with_logits`.
+
     Args:
         logits: raw scores of any shape.
         target: the logits' shape, values in [0, 1].

@@ -63,6 +63,8 @@ def cross_entropy(
 ) -> Tensor:
     """Softmax cross-entropy (the softmax focal loss with ``gamma > 0``).
 
+    Reference form: :func:`detloss.losses.reference.cross_entropy`.
+
     Args:
         logits: ``(N, C)`` or ``(N, C, d1, ...)``.
         target: class indices of shape ``(N,)`` / ``(N, d1, ...)`` (integer dtype), or class probabilities of the

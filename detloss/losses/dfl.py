@@ -36,6 +36,8 @@ def dfl_loss(
 ) -> Tensor:
     """Distribution Focal Loss of each box.
 
+    Reference form: :func:`detloss.losses.reference.dfl_loss`.
+
     Args:
         pred_logits: ``(N, 4, reg_max)`` bin logits of the four sides (left, top, right, bottom).
         target: ``(N, 4)`` distances in bin units (stride-normalised); clamped to ``[0, reg_max − 1.01]``.

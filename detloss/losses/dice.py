@@ -210,6 +210,8 @@ def dice_loss(
     ``squared=True`` uses ``Σ p²·m`` and ``Σ t²·m`` in the denominator, as in V-Net. Degenerate input, all finite
     in value and gradient: a sample/class with every pixel ignored, or empty in both target and prediction, gives
     ``(0 + s) / (0 + s)``, i.e. loss 0; a class absent from the target but predicted gives a loss near 1.
+
+    Reference form: :func:`detloss.losses.reference.dice_loss`.
     """
     c = region_stats(logits, target, options, weight, validate)
     loss = ratio(c.mismatch, 2.0 * c.inter + options.smooth)  # = 1 − (2I + s) / (P + T + s), nothing cancelling
@@ -240,6 +242,8 @@ def generalized_dice_loss(
     weights and large images keep it small. A sample with every pixel ignored has ``I = P = T = 0`` and weights 1,
     so its loss is exactly 0. Value and gradient stay finite where tiny soft targets put ``1 / T_c²`` near the
     dtype's largest value (the sums are formed with ``w_c`` and ``s`` divided by ``max_c w_c``: the same ratio).
+
+    Reference form: :func:`detloss.losses.reference.generalized_dice_loss`.
     """
     c = region_stats(logits, target, options, weight, validate)
     w = sudre_weights(c.true, options.weight_type)
@@ -273,6 +277,8 @@ def tversky_loss(
     ``TI = (I + s) / (I + α·FP + β·FN + s)``, ``FP = P − I``, ``FN = T − I``. ``α = β = 0.5`` gives Dice (up to
     ``smooth``), ``α = β = 1`` Jaccard; ``β > α`` weighs missed foreground more. A sample/class with every pixel
     ignored (or empty in target and prediction) gives ``TI = 1``, loss 0; all finite.
+
+    Reference form: :func:`detloss.losses.reference.tversky_loss`.
     """
     loss = _one_minus_tversky(region_stats(logits, target, options, weight, validate), options)
     return reduce_classes(loss, options, weight, reduction)
@@ -294,6 +300,8 @@ def focal_tversky_loss(
     ``TI`` as in :func:`tversky_loss`; ``γ > 0`` (``γ = 1`` is the Tversky loss, ``γ < 1`` the paper's choice that
     keeps the gradient large on well-segmented classes). Where ``1 − TI = 0`` the value is exactly 0 and the
     gradient 0, not NaN (``x^γ`` has an infinite slope at 0 for ``γ < 1``).
+
+    Reference form: :func:`detloss.losses.reference.focal_tversky_loss`.
     """
     base = _one_minus_tversky(region_stats(logits, target, options, weight, validate), options)
     # base >= 0; feed pow a safe base where it is 0, and output exactly 0 there
@@ -319,6 +327,8 @@ def jaccard_loss(
     With ``squared=True`` the union is ``Σ p²·m + Σ t²·m − I``, still ``>= I``. A sample/class with every pixel
     ignored (or empty in target and prediction) gives loss 0; a class absent from the target but predicted gives a
     loss near 1; all finite.
+
+    Reference form: :func:`detloss.losses.reference.jaccard_loss`.
     """
     c = region_stats(logits, target, options, weight, validate)
     loss = ratio(c.mismatch, c.inter + options.smooth)  # = 1 − (I + s) / (P + T − I + s)

@@ -47,6 +47,8 @@ def focal_loss(
 ) -> Tensor:
     """Sigmoid focal loss.
 
+    Reference form: :func:`detloss.losses.reference.focal_loss`.
+
     Args:
         logits: raw scores of any shape, e.g. ``(N, A, C)`` for ``A`` anchors and ``C`` classes.
         target: the logits' shape, values in [0, 1].

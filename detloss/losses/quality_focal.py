@@ -44,6 +44,8 @@ def quality_focal_loss(
 ) -> Tensor:
     """Quality focal loss.
 
+    Reference form: :func:`detloss.losses.reference.quality_focal_loss`.
+
     Args:
         logits: raw scores of any shape, e.g. ``(N, A, C)``.
         target_scores: the logits' shape, values in [0, 1].

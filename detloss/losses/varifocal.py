@@ -48,6 +48,8 @@ def varifocal_loss(
 ) -> Tensor:
     """Varifocal loss.
 
+    Reference form: :func:`detloss.losses.reference.varifocal_loss`.
+
     Args:
         logits: raw scores of any shape, e.g. ``(N, A, C)``.
         target_scores: the logits' shape, values in [0, 1]; 0 marks a negative.
