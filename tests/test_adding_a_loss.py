@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,14 @@ def test_a_term_must_take_reduction_per_call():
 
     with pytest.raises(ValueError, match="must take a `reduction` keyword"):
         CompositeLoss({"a": {"loss": MeanOnly(), "weight": 1.0, "view": "box"}})
+
+
+def test_the_readme_and_the_example_plugin_use_public_names_only():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("### Adding a loss", 1)[1].split("\n### ", 1)[0]
+    sources = [section, *(p.read_text() for p in (root / "examples").rglob("*.py"))]
+    for text in sources:
+        assert "detloss.losses._" not in text and "from detloss.detection._" not in text
+    names = {"Checks", "apply_weight", "check_number", "check_choice", "check_reduction", "reduce", "as_float"}
+    assert names <= set(L.__all__)

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from detloss.losses import LossModule, LossOptions, loss_function
-from detloss.losses._utils import Checks, apply_weight, check_number, reduce
+from detloss.losses import Checks, LossModule, LossOptions, apply_weight, check_number, loss_function, reduce
 
 
 @dataclass(frozen=True, kw_only=True)
