@@ -288,7 +288,7 @@ def test_a_rare_class_weights_the_loss_terms_unless_they_are_given(tmp_path):
     from conftest import compose_config
     from hydra.utils import instantiate
 
-    from detloss.train import plan_run
+    from detloss.planning import plan_run
 
     root = make_masks(tmp_path / "ds")
     save_png(root / "masks/train/b.png", np.ones((2, 8)))  # class 2 holds 1 pixel in 39, class 1 holds 21

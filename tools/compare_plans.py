@@ -6,7 +6,7 @@
 For each dataset: nnU-Net's target spacing, patch, poolings per axis and normalisation (planned offline under its
 default 8 GB GPU-memory target), and detloss's: the same rules without a budget (``--measure`` off: the patch
 before any shrinking), and with ``--measure`` the plan a training run makes on this machine
-(``detloss.train.plan_run``, which measures candidate steps within ``data.plan.budget_minutes``). Prints a Markdown
+(``detloss.planning.plan_run``, which measures candidate steps within ``data.plan.budget_minutes``). Prints a Markdown
 table (the benchmarks page's) and writes ``--out`` as JSON.
 """
 
@@ -38,7 +38,7 @@ def detloss_plan(root: Path, measure: bool, budget_minutes: float) -> dict:
 
     from detloss.config import CONFIG_DIR
     from detloss.plan import initial_patch, normalisation, target_spacing, topology
-    from detloss.train import plan_run
+    from detloss.planning import plan_run
 
     overrides = ["task=volumetric", "data=nnunet", f"data.root={root}", f"data.plan.budget_minutes={budget_minutes}"]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):

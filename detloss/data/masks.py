@@ -120,7 +120,7 @@ class MaskDataModule(SegmentationDataModule):
     """Train / val splits of a segmentation folder ``root`` (``images/<split>``, ``masks/<split>``).
 
     The recipe can be planned from the data (:mod:`detloss.plan.images`): :attr:`fingerprint` (of the training
-    split, cached beside the data) is read by the run (:func:`detloss.train.plan_run`), which plans what is left
+    split, cached beside the data) is read by the run (:func:`detloss.planning.plan_run`), which plans what is left
     ``None`` (image size, batch; the U-Net's depth and width, the epochs and class weights where their configs leave
     them open) and calls :meth:`configure`.
 
@@ -225,7 +225,7 @@ class MaskDataModule(SegmentationDataModule):
         if self.image_size is None:
             raise ValueError(
                 "data.image_size is not set and was not planned: give it, or train through detloss.train, which "
-                "plans it (detloss.train.plan_run)"
+                "plans it (detloss.planning.plan_run)"
             )
 
     def train_dataloader(self):

@@ -2,7 +2,7 @@
 training.
 
 It composes the training config (``train.yaml``) with the same overrides as ``detloss-train``, builds the data and
-plans as a run would (:func:`detloss.train.plan_run`: measured candidates on this machine where values are left to
+plans as a run would (:func:`detloss.planning.plan_run`: measured candidates on this machine where values are left to
 the plan), and prints the fingerprint's summary and the plan::
 
     detloss-plan task=volumetric data=nnunet data.root=/data/Dataset001 [data.plan.budget_minutes=20]
@@ -84,7 +84,7 @@ def _describe_images(fingerprint) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name="train")
 def main(cfg: DictConfig) -> None:
     from ..data.base import DetectionDataModule
-    from ..train import plan_run
+    from ..planning import plan_run
 
     datamodule = instantiate(cfg.data)
     if isinstance(datamodule, DetectionDataModule):
