@@ -1,12 +1,13 @@
-"""detloss.losses.buffers: a pooled block is handed out again only once nothing holds its memory."""
+"""detloss.runtime: a pooled block is handed out again only once nothing holds its memory; one_thread restores the
+thread count."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from detloss import runtime
 from detloss.detection import DetectionCriterion, EndToEndCriterion
-from detloss.losses import buffers
 
 SHAPE = (4, 8, 1024)  # 128 KiB in float32
 
@@ -14,14 +15,14 @@ SHAPE = (4, 8, 1024)  # 128 KiB in float32
 @pytest.fixture
 def pool(monkeypatch):
     """The pool on small blocks, empty before and after the test."""
-    monkeypatch.setattr(buffers, "MIN_BYTES", 1)
-    buffers.clear()
-    yield buffers
-    buffers.clear()
+    monkeypatch.setattr(runtime, "MIN_BYTES", 1)
+    runtime.clear()
+    yield runtime
+    runtime.clear()
 
 
 def _take(shape=SHAPE, **kw):
-    return buffers.empty(shape, dtype=torch.float32, device=torch.device("cpu"), **kw)
+    return runtime.empty(shape, dtype=torch.float32, device=torch.device("cpu"), **kw)
 
 
 def test_a_pooled_tensor_is_laid_out_as_torch_empty(pool):
@@ -87,25 +88,25 @@ def test_a_held_block_is_never_handed_out_twice(pool, holder):
 
 
 def test_the_pool_keeps_at_most_capacity_blocks_least_recently_used_out(pool, monkeypatch):
-    monkeypatch.setattr(buffers, "CAPACITY", 3)
+    monkeypatch.setattr(runtime, "CAPACITY", 3)
     held = [_take() for _ in range(5)]
     assert len(pool._blocks) == 3
     assert [b.data_ptr() for b in pool._blocks] == [t.data_ptr() for t in reversed(held[2:])]
     kept = {t.data_ptr() for t in held[2:]}
     del held
     assert _take().data_ptr() in kept
-    buffers.clear()
+    runtime.clear()
     assert pool._blocks == []
 
 
 def test_small_blocks_and_other_devices_are_not_pooled(monkeypatch):
-    buffers.clear()
-    monkeypatch.setattr(buffers, "MIN_BYTES", 1 << 30)
+    runtime.clear()
+    monkeypatch.setattr(runtime, "MIN_BYTES", 1 << 30)
     _take()
-    assert buffers._blocks == []
-    monkeypatch.setattr(buffers, "MIN_BYTES", 1)
-    t = buffers.empty(SHAPE, dtype=torch.float32, device=torch.device("meta"))
-    assert t.device.type == "meta" and buffers._blocks == []
+    assert runtime._blocks == []
+    monkeypatch.setattr(runtime, "MIN_BYTES", 1)
+    t = runtime.empty(SHAPE, dtype=torch.float32, device=torch.device("meta"))
+    assert t.device.type == "meta" and runtime._blocks == []
 
 
 def _maps(seed: int, channels: int, batch: int = 2, memory_format=torch.contiguous_format):
@@ -131,7 +132,7 @@ def _step(criterion, feats, retain: bool = False):
 @pytest.mark.parametrize("pooled", [False, True])
 def test_the_criterion_gives_the_same_steps_with_and_without_the_pool(pool, monkeypatch, pooled, memory_format):
     if not pooled:
-        monkeypatch.setattr(buffers, "MIN_BYTES", 1 << 40)
+        monkeypatch.setattr(runtime, "MIN_BYTES", 1 << 40)
     criterion = DetectionCriterion(5, reg_max=4)
     first, second = (_maps(seed, 4 * 4 + 5, memory_format=memory_format) for seed in (0, 1))
     ref = [criterion(f, _targets()).total.item() for f in (first, second)]
@@ -170,7 +171,7 @@ def test_the_two_heads_of_the_end_to_end_criterion_take_separate_blocks(pool, mo
         assert out.terms[name].item() == pytest.approx(value.item(), rel=1e-6)
     out.total.backward()
     assert len(pool._blocks) >= 2 * 3
-    monkeypatch.setattr(buffers, "MIN_BYTES", 1 << 40)
+    monkeypatch.setattr(runtime, "MIN_BYTES", 1 << 40)
     no_pool = {k: [f.clone().requires_grad_() for f in v] for k, v in feats.items()}
     criterion(no_pool, _targets()).total.backward()
     for k in leaves:
@@ -189,3 +190,10 @@ def test_validation_in_inference_mode_between_training_steps(pool):
     assert out.total.item() == pytest.approx(ref, rel=1e-6) and all(leaf.grad.isfinite().all() for leaf in leaves)
     with torch.inference_mode():
         assert criterion(feats, _targets()).total.item() == pytest.approx(ref, rel=1e-6)
+
+
+def test_one_thread_runs_on_one_thread_and_restores_the_count():
+    before = torch.get_num_threads()
+    with runtime.one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

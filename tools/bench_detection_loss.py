@@ -209,7 +209,7 @@ def peak_memory_worker(name: str, num_gt: int, device_name: str, threads: int) -
     else:
         import gc
 
-        from detloss.losses import buffers
+        from detloss import runtime as buffers
 
         gc.collect()
         base = _rss_now()

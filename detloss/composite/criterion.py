@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from ..losses._utils import check_number
-from ..threads import one_thread
+from ..runtime import one_thread
 from .loss import CompositeLoss, LossOutput, View
 
 __all__ = ["Criterion"]

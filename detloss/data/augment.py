@@ -38,7 +38,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..threads import one_thread
+from ..runtime import one_thread
 from .transforms import PAD_VALUE, Letterbox, detection_transforms
 
 __all__ = ["AUGMENTS", "YoloAugment", "CloseMosaic", "KeepVisibleBoxes", "detection_train_transforms"]

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..threads import one_thread
+from ..runtime import one_thread
 from .collate import detection_collate, segmentation_collate
 from .transforms import PAD_VALUE, apply_detection, apply_segmentation
 

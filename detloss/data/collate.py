@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..threads import one_thread
+from ..runtime import one_thread
 
 __all__ = ["detection_collate", "segmentation_collate"]
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..threads import one_thread
+from ..runtime import one_thread
 from .nnunet import NnUNetDataModule
 
 __all__ = ["LESION3D_LABELS", "CHANNELS", "generate_case", "generate_lesions3d", "Lesions3DDataModule"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..threads import one_thread
+from ..runtime import one_thread
 
 if TYPE_CHECKING:
     from .nnunet import NnUNetDataset

@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..threads import one_thread
+from ..runtime import one_thread
 
 __all__ = [
     "PAD_VALUE",

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..losses import buffers
+from .. import runtime as buffers
 from ..losses._utils import check_choice, check_number
 from ._dense import dense_metrics, pair_ciou, pow_
 

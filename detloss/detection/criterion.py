@@ -29,8 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .. import runtime as buffers
 from ..composite import CompositeLoss, Criterion, ProgLoss, View
-from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss, DistanceL1Loss, buffers
+from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss, DistanceL1Loss
 from ..losses._utils import check_number
 from .assigner import Assignment, TaskAlignedAssigner
 from .geometry import bbox2dist, decode_boxes, make_anchors

@@ -2,7 +2,8 @@
 
 One family per file. Each file defines its options (a frozen dataclass), its functions and its modules; the
 modules register their names where they are defined (:mod:`._api`), so ``available()`` lists what exists and
-``build(name, **options)`` makes one. This package imports nothing else of detloss.
+``build(name, **options)`` makes one. This package imports nothing else of detloss but its runtime plumbing
+(:mod:`detloss.runtime`, the buffer pool of the fused kernels).
 
 The extension API: what a loss of your own needs to keep the library's contract is public here, the option checks
 (:func:`check_number`, :func:`check_choice`, :func:`check_reduction`), the input conversions and value checks

@@ -63,7 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _stable, buffers
+from .. import runtime
+from . import _stable
 from ._stable import bce_terms, log1p, sigmoid_pair
 from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_same_shape, reduce
 
@@ -259,7 +260,7 @@ def _fused_forward(x: Tensor, t: Tensor, kind: str, a: float, b: float, reduce_s
     """``(loss, grad)``: the elementwise loss (or its sum) and ``dloss/dx`` (``None`` unless ``need_grad``)."""
     xf, tf = x.reshape(-1), t.reshape(-1)
     n = xf.numel()
-    grad = buffers.empty(x.shape, dtype=x.dtype, device=x.device) if need_grad else None
+    grad = runtime.empty(x.shape, dtype=x.dtype, device=x.device) if need_grad else None
     loss = None if reduce_sum else torch.empty_like(x, memory_format=torch.contiguous_format)
     gf = None if grad is None else grad.view(-1)
     lf = None if loss is None else loss.view(-1)

@@ -1,4 +1,7 @@
-"""Reuse of the large CPU buffers that the fused losses and the detection criterion allocate at every call.
+"""Runtime plumbing, no maths: a pool of large CPU buffers, and one intra-op thread for work of many small ops.
+
+The buffer pool. :func:`empty` reuses the large CPU buffers that the fused losses and the detection criterion
+allocate at every call.
 
 The CPU allocator of torch has no cache: it asks glibc, which serves every block above its mmap threshold (at most
 32 MiB) with a fresh ``mmap`` and gives it back with ``munmap`` when the tensor dies. Every page of such a block
@@ -13,19 +16,23 @@ caller still holds, a graph kept with ``retain_graph=True`` or a gradient kept a
 twice: the call allocates a fresh block instead. The pool keeps at most :data:`CAPACITY` blocks, dropping the
 least recently used; :func:`clear` releases them all. On other devices (whose allocators cache), for blocks under
 :data:`MIN_BYTES` (which glibc serves from its heap), inside ``torch.compile`` and where torch cannot report the
-count, :func:`empty` is ``torch.empty``; ``detloss.losses.buffers.CAPACITY = 0`` turns the pool off.
+count, :func:`empty` is ``torch.empty``; ``detloss.runtime.CAPACITY = 0`` turns the pool off.
+
+Threads. :func:`one_thread` runs a block of small tensor ops on one intra-op thread (a data sample, the detection
+criterion's assignment and views).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-__all__ = ["CAPACITY", "MIN_BYTES", "clear", "empty", "pooled_bytes"]
+__all__ = ["CAPACITY", "MIN_BYTES", "clear", "empty", "one_thread", "pooled_bytes"]
 
 #: blocks smaller than this are not pooled: glibc's heap serves them without page faults once warm
 MIN_BYTES = 4 << 20
@@ -74,3 +81,22 @@ def clear() -> None:
     """Release every pooled block (the memory goes back to the system once no tensor holds it)."""
     with _lock:
         _blocks.clear()
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the ops inside on one intra-op thread, then restore the thread count.
+
+    For work whose tensors are too small to gain from intra-op threads (a data sample; the detection criterion's
+    assignment and views): each parallel op forks and joins the threads, which costs 10-20x the work on a busy
+    machine, where the other thread waits for a core. DataLoader workers use one thread anyway.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
