@@ -461,7 +461,7 @@ def summarise(results: dict[str, dict], title: str = "") -> str:
     lines = [title] if title else []
     other = {r: next((o for o in recipes if o != r), None) for r in recipes}
     header = ["recipe", "seeds", "final Dice", *labels, "wall time (s)", "points", "time to the other's final Dice"]
-    lines += ["| " + " | ".join(header) + " |", "| --- | ---: | ---: | " + "---: | " * (len(labels) + 3)]
+    lines += ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
     for r in recipes:
         runs = list(results[r].values())
         per_label = [_spread([run["curve"][-1][2].get(k, math.nan) for run in runs if run["curve"]]) for k in labels]
@@ -499,6 +499,7 @@ def plot(results: dict[str, dict], path: str | Path, title: str = "") -> None:
             ax.plot(t, [p[1] for p in one["curve"]], "-o", ms=3, color=colour, label=recipe if i == 0 else None)
     ax.set_xlabel("minutes from the start of the job")
     ax.set_ylabel("validation Dice (mean over labels)")
+    ax.set_xlim(left=0)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()

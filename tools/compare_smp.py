@@ -52,7 +52,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_monai import plot, run_detloss, summarise  # noqa: E402
 
-__all__ = ["read_split", "num_classes_of", "DiceAccumulator", "train_smp", "main"]
+__all__ = ["read_split", "num_classes_of", "class_names", "DiceAccumulator", "train_smp", "main"]
 
 IGNORE = 255
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -96,6 +96,14 @@ def num_classes_of(root: str | Path) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; give --num-classes")
     return len([line for line in path.read_text().splitlines() if line.strip()])
+
+
+def class_names(root: str | Path, num_classes: int) -> list[str] | None:
+    """The first ``num_classes`` names of ``root/classes.txt`` (background first), or ``None`` if it is missing or
+    names fewer (detloss then calls them ``class_<k>``, and so does the smp side)."""
+    path = Path(root) / "classes.txt"
+    names = [n.strip() for n in path.read_text().splitlines() if n.strip()] if path.is_file() else []
+    return names[:num_classes] if len(names) >= num_classes else None
 
 
 def _pad32(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,9 +173,7 @@ def train_smp(
     num_classes = int(num_classes) if num_classes is not None else num_classes_of(root)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
-    class_file = Path(root) / "classes.txt"
-    names = class_file.read_text().split() if class_file.is_file() else [str(k) for k in range(num_classes)]
-    names = names[1:num_classes] if len(names) >= num_classes else [str(k) for k in range(1, num_classes)]
+    names = (class_names(root, num_classes) or [f"class_{k}" for k in range(num_classes)])[1:]
     torch.manual_seed(int(seed))
     rng = np.random.default_rng(int(seed))
     train_images, train_masks = read_split(root, "train")
@@ -177,6 +183,7 @@ def train_smp(
         bad = [int(v) for v in values if v >= num_classes and v != IGNORE]
         if bad:
             raise ValueError(f"{root}/masks/{split}: values {bad} outside 0..{num_classes - 1} and {IGNORE}")
+    batch_size = min(int(batch_size), len(train_images))
     model = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_classes)
     dice_loss = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE)
     ce_loss = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
@@ -300,7 +307,11 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     record = {"data": str(args.data), "minutes": args.minutes, "seeds": args.seeds, "machine": machine}
     record |= {"detloss_overrides": args.overrides, "results": results}
-    base = ["data=masks", f"data.root={args.data.resolve()}", f"data.num_classes={num_classes}", *args.overrides]
+    base = ["data=masks", f"data.root={args.data.resolve()}", f"data.num_classes={num_classes}"]
+    names = class_names(args.data, num_classes)
+    if names and not any(o.lstrip("+").startswith("data.class_names=") for o in args.overrides):
+        base.append("++data.class_names=[" + ",".join(f"'{n}'" for n in names) + "]")  # the table's names agree
+    base += args.overrides
     for seed in args.seeds:
         if args.only in (None, "detloss"):
             r = run_detloss("segmentation", base, seconds, seed, args.runs / args.data.name)
