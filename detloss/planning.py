@@ -59,7 +59,7 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
         measure,
         budget_minutes=None if on_gpu else options.get("budget_minutes", 10.0),
         memory_gib=options.get("memory_gib", 8.0) if on_gpu else None,
-        min_steps=options.get("min_steps", 1000),
+        min_steps=options.get("min_steps", 500),
         num_val_cases=len(datamodule.val_cases),
         given=given,
         key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],

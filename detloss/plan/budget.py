@@ -9,7 +9,7 @@ On a CPU the budget is time, where detloss departs from nnU-Net, which assumes a
 candidates on this machine (a few steps each, with the real model, criterion and optimizer) and picks the largest
 recipe that still trains ``min_steps`` steps within the budget:
 
-1. candidates are nnU-Net's patch and its shrunken versions (down to 24³ voxels' worth), at widths 32, 16 and 8
+1. candidates are nnU-Net's patch and its shrunken versions (down to 32³ voxels' worth), at widths 32, 16 and 8
    channels, batch 2;
 2. the candidates are ranked by the voxels of a patch times ``width^1.5`` (what a step's time grows with), and a
    binary search over that ranking measures a handful of them to find the largest whose step fits;
@@ -47,7 +47,7 @@ STARTUP_SECONDS = 20.0
 VALIDATION_SHARE = 1 / 6
 MAX_EPOCHS = 20
 WIDTH_EXPONENT = 1.5
-MIN_PATCH_VOXELS = 24**3
+MIN_PATCH_VOXELS = 32**3
 
 
 def machine() -> str:
@@ -129,7 +129,7 @@ def _voxels(patch: Sequence[int]) -> int:
 
 
 def _patches(spacing, median_shape, fixed: Sequence[int] | None) -> list[list[int]]:
-    """The candidate patches, largest first: nnU-Net's and its shrunken versions down to 24³ voxels' worth."""
+    """The candidate patches, largest first: nnU-Net's and its shrunken versions down to 32³ voxels' worth."""
     if fixed is not None:
         return [list(fixed)]
     _, patch, _, _ = topology(spacing, initial_patch(spacing, median_shape))
@@ -157,7 +157,7 @@ def plan_volumes(
     *,
     budget_minutes: float | None = 10.0,
     memory_gib: float | None = None,
-    min_steps: int = 1000,
+    min_steps: int = 500,
     num_val_cases: int = 1,
     given: Mapping[str, Any] | None = None,
 ) -> VolumePlan:
