@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .plan import VolumePlan, cached_plan
-from .plan.images import ImagePlan
+from .plan.image_plan import ImagePlan
 
 __all__ = ["plan_run"]
 
@@ -116,11 +116,11 @@ def _measure(cfg: DictConfig, datamodule, device: str):
 def _plan_images(cfg: DictConfig, datamodule) -> ImagePlan:
     """:func:`plan_run` for 2D masks: the image size and batch (``data.image_size``, ``data.batch_size``), the
     U-Net's ``model.depth`` and ``model.base_channels``, ``trainer.max_epochs`` and the loss terms'
-    ``class_weights``, each planned (:func:`detloss.plan.images.plan_images`) only where the configuration leaves it
+    ``class_weights``, each planned (:func:`detloss.plan.image_plan.plan_images`) only where the configuration leaves it
     ``null`` (a model without the key keeps its own); ``data.plan.class_weights=false`` proposes the weights in the
     plan without giving them to the loss. A plan that decided nothing (every value given, no class weights applied)
     is logged but not kept by the data module (no ``plan.json``, nothing added to the checkpoints)."""
-    from .plan.images import cached_image_plan, weights_for_terms
+    from .plan.image_plan import cached_image_plan, weights_for_terms
 
     options = dict(datamodule.plan_options)
     known = {"budget_minutes", "min_steps", "class_weights", "cache"}
@@ -170,10 +170,10 @@ def _plan_images(cfg: DictConfig, datamodule) -> ImagePlan:
 
 
 def _measure_2d(cfg: DictConfig, datamodule, device: str):
-    """The 2D planner's :data:`~detloss.plan.images.Measure2D` for this run: a few training steps of a candidate
+    """The 2D planner's :data:`~detloss.plan.image_plan.Measure2D` for this run: a few training steps of a candidate
     recipe with the run's own model, criterion and optimizer on a random batch of its size (the time of a step does
     not depend on the pixels' values), and one evaluation forward; the global random state is left as it was."""
-    from .plan.images import unet_depth
+    from .plan.image_plan import unet_depth
 
     def measure(size, width, batch):
         trial = cfg.copy()

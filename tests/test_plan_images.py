@@ -16,17 +16,15 @@ from PIL import Image
 from detloss.data import MaskDataModule, ShapesDataset
 from detloss.data.coco import CocoDetection
 from detloss.data.yolo import YoloDetection
-from detloss.plan.images import (
-    ImageFingerprint,
+from detloss.plan.image_plan import (
     cached_image_plan,
     class_weights,
-    detection_fingerprint,
     image_size_for,
-    mask_fingerprint,
     plan_images,
     unet_depth,
     weights_for_terms,
 )
+from detloss.plan.images import ImageFingerprint, detection_fingerprint, mask_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -208,7 +208,7 @@ class MaskDataModule(SegmentationDataModule):
         return mask_fingerprint(self.train_dataset, self.class_names, self.root)
 
     def configure(self, image_size: int, batch_size: int, plan=None) -> None:
-        """Fix the image size and the batch (given, or from ``plan``, an :class:`~detloss.plan.images.ImagePlan`
+        """Fix the image size and the batch (given, or from ``plan``, an :class:`~detloss.plan.image_plan.ImagePlan`
         that :meth:`describe` then carries): the transforms of both splits are made for ``image_size``."""
         if int(image_size) < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size}")
@@ -237,7 +237,7 @@ class MaskDataModule(SegmentationDataModule):
         return super().val_dataloader()
 
     def describe(self) -> dict[str, Any]:
-        """The base's description and, where planned, ``plan`` (:meth:`detloss.plan.images.ImagePlan.to_dict`)."""
+        """The base's description and, where planned, ``plan`` (:meth:`detloss.plan.image_plan.ImagePlan.to_dict`)."""
         return super().describe() | ({} if self.plan is None else {"plan": self.plan.to_dict()})
 
     def validate(self) -> None:

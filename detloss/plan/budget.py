@@ -33,7 +33,7 @@ import numpy as np
 from .fingerprint import VolumeFingerprint
 from .rules import initial_patch, normalisation, shrink_patch, target_spacing, topology
 
-__all__ = ["VolumePlan", "Measure", "plan_volumes", "cached_plan", "machine", "largest_fitting", "kept"]
+__all__ = ["PlanTable", "VolumePlan", "Measure", "plan_volumes", "cached_plan", "machine", "largest_fitting", "kept"]
 
 T = TypeVar("T")
 
@@ -59,8 +59,23 @@ def machine() -> str:
     return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+class PlanTable:
+    """What every plan shares: ``to_dict()`` (JSON-ready, what ``plan.json`` and the checkpoints keep) and
+    ``table()``, the aligned ``rows()`` a subclass gives, logged when training starts."""
+
+    def rows(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        width = max(len(name) for name, _ in self.rows())
+        return "\n".join(f"  {name:<{width}}  {value}" for name, value in self.rows())
+
+
 @dataclass
-class VolumePlan:
+class VolumePlan(PlanTable):
     """A volumetric recipe: what the data module, the model and the trainer take from the plan.
 
     ``given`` names the values the configuration fixed (the command line wins over the plan); ``candidates`` lists
@@ -86,9 +101,6 @@ class VolumePlan:
     given: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def rows(self) -> list[tuple[str, str]]:
         """``(name, value)`` rows of the table printed when training starts."""
         mark = lambda key: " (given)" if key in self.given else ""  # noqa: E731
@@ -111,10 +123,6 @@ class VolumePlan:
         if self.validation_seconds is not None:
             rows.append(("predicted validation (s)", f"{self.validation_seconds:.1f} per epoch"))
         return rows
-
-    def table(self) -> str:
-        width = max(len(name) for name, _ in self.rows())
-        return "\n".join(f"  {name:<{width}}  {value}" for name, value in self.rows())
 
 
 def _describe_norm(norm: Mapping[str, Any]) -> str:

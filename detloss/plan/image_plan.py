@@ -1,16 +1,16 @@
 """The plan of a 2D segmentation run: the rules of :mod:`detloss.plan.images` under a CPU time budget.
 
-Re-exported by :mod:`detloss.plan.images`, whose docstring states the rules and their sources.
+The fingerprints it reads are :mod:`detloss.plan.images`'s, whose docstring states the rules and their sources.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .budget import STARTUP_SECONDS, VALIDATION_SHARE, WIDTH_EXPONENT, WIDTHS, kept, largest_fitting, machine
+from .budget import STARTUP_SECONDS, VALIDATION_SHARE, WIDTH_EXPONENT, WIDTHS, PlanTable, kept, largest_fitting, machine
 
 if TYPE_CHECKING:
     from .images import ImageFingerprint
@@ -48,7 +48,7 @@ that recipe and one evaluation forward of a batch, measured on this machine."""
 
 
 @dataclass
-class ImagePlan:
+class ImagePlan(PlanTable):
     """A 2D segmentation recipe: what the data module, the U-Net, the loss and the trainer take from the plan.
 
     ``class_weights`` (all classes, background first; ``None``: no class is rare) is what the plan proposes;
@@ -72,9 +72,6 @@ class ImagePlan:
     machine: str = ""
     given: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def rows(self) -> list[tuple[str, str]]:
         """``(name, value)`` rows of the table printed when training starts."""
@@ -102,10 +99,6 @@ class ImagePlan:
         if self.run_seconds is not None:
             rows.append(("predicted run (min)", f"{self.run_seconds / 60:.1f}"))
         return rows
-
-    def table(self) -> str:
-        width = max(len(name) for name, _ in self.rows())
-        return "\n".join(f"  {name:<{width}}  {value}" for name, value in self.rows())
 
 
 def unet_depth(size: float) -> int:

@@ -46,19 +46,7 @@ from scipy import ndimage
 
 from .fingerprint import _signature
 
-__all__ = [
-    "ImageFingerprint",
-    "ImagePlan",
-    "Measure2D",
-    "mask_fingerprint",
-    "detection_fingerprint",
-    "unet_depth",
-    "image_size_for",
-    "class_weights",
-    "weights_for_terms",
-    "plan_images",
-    "cached_image_plan",
-]
+__all__ = ["ImageFingerprint", "mask_fingerprint", "detection_fingerprint"]
 
 VERSION = 1
 _FILE = "detloss_fingerprint_2d.json"
@@ -275,16 +263,3 @@ def detection_fingerprint(data, cache: bool = True) -> ImageFingerprint:
         return ImageFingerprint("detection", names, len(heights), _stats(heights), _stats(widths), classes, boxes)
 
     return _cached(root, signature, compute, cache)
-
-
-# the plan (its own module for length; the rules above are its contract)
-from .image_plan import (  # noqa: E402
-    ImagePlan,
-    Measure2D,
-    cached_image_plan,
-    class_weights,
-    image_size_for,
-    plan_images,
-    unet_depth,
-    weights_for_terms,
-)
