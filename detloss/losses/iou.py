@@ -103,21 +103,23 @@ def box_loss_corners(pred: Sequence[Tensor], target: Sequence[Tensor], kind: str
     w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)  # an inverted box has no area
     wg, hg = (x2g - x1g).clamp(min=0), (y2g - y1g).clamp(min=0)
 
-    inter = (torch.minimum(x2, x2g) - torch.maximum(x1, x1g)).clamp(min=0) * (
-        torch.minimum(y2, y2g) - torch.maximum(y1, y1g)
-    ).clamp(min=0)
+    # The in-place steps (``sub_``, ``add_``, ...) act on fresh temporaries, whose values autograd keeps where a
+    # backward needs them: fewer allocations of the pair shape on the assigner's dense blocks, the plain expressions'
+    # values and gradients to the bit.
+    inter_x = torch.minimum(x2, x2g).sub_(torch.maximum(x1, x1g)).clamp_(min=0)
+    inter = inter_x * torch.minimum(y2, y2g).sub_(torch.maximum(y1, y1g)).clamp_(min=0)
     area, area_g = w * h, wg * hg
-    union = area + area_g - inter
+    union = (area + area_g).sub_(inter)
     # 1 − IoU as (U − I) / (U + eps): 0 with a zero gradient for identical boxes (the tied minimum and maximum
     # split their gradient in halves); 1 with a zero gradient, as torchvision's, for boxes that do not overlap
-    loss = torch.where(inter > 0, ((area - inter) + (area_g - inter)) / (union + eps), 1.0)
+    loss = torch.where(inter > 0, (area - inter).add_(area_g - inter).div_(union + eps), 1.0)
     if kind == "iou":
         return loss
 
     # smallest box enclosing every corner of both (the corners of a valid box are its x1 <= x2, y1 <= y2)
     cw = _span(x1, x2, x1g, x2g)
     ch = _span(y1, y2, y1g, y2g)
-    c2 = cw * cw + ch * ch + eps
+    c2 = (cw * cw).add_(ch * ch).add_(eps)
     if kind == "giou":
         area_c = cw * ch
         side = torch.minimum(cw, ch)
@@ -127,21 +129,22 @@ def box_loss_corners(pred: Sequence[Tensor], target: Sequence[Tensor], kind: str
         return loss + torch.where(gap > 0, gap / (area_c + eps) * _fade(side * side, c2, eps), 0.0)
 
     # centre offsets (target minus prediction), 0 for identical boxes wherever they lie
-    dx = ((x1g - x1) + (x2g - x2)) * 0.5
-    dy = ((y1g - y1) + (y2g - y2)) * 0.5
+    dx = (x1g - x1).add_(x2g - x2).mul_(0.5)
+    dy = (y1g - y1).add_(y2g - y2).mul_(0.5)
     if kind == "siou":
         distance = _siou_distance_cost(dx, dy, cw, ch, c2, eps)
         return loss + 0.5 * (distance + _siou_shape_cost(w, h, wg, hg, c2, eps))
 
-    diou = loss + (dx * dx + dy * dy) / c2
+    diou = (dx * dx).add_(dy * dy).div_(c2).add_(loss)  # 1 − IoU + ρ² / c²
     if kind == "diou":
         return diou
     if kind == "ciou":
-        v = (4 / math.pi**2) * (torch.atan(wg / (hg + eps)) - torch.atan(w / (h + eps))).pow(2)
-        v = v * _fade(w * w + h * h, c2, eps)
+        v = (torch.atan(wg / (hg + eps)) - torch.atan(w / (h + eps))).pow(2).mul_(4 / math.pi**2)
+        v = v.mul_(_fade(w * w + h * h, c2, eps))
         with torch.no_grad():
-            alpha = v / (loss + v + eps)  # v / (1 − IoU + v)
-        return diou + alpha * v
+            alpha = (loss + v).add_(eps)
+            alpha = torch.div(v, alpha, out=alpha)  # v / (1 − IoU + v)
+        return (alpha * v).add_(diou)
     if kind == "eiou":
         return diou + (w - wg).pow(2) / (cw * cw + eps) + (h - hg).pow(2) / (ch * ch + eps)
     raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
@@ -151,15 +154,15 @@ def _span(a1: Tensor, a2: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
     """The extent along one axis of the box enclosing the intervals ``[a1, a2]`` and ``[b1, b2]``, either
     possibly inverted."""
     lo = torch.minimum(torch.minimum(a1, a2), torch.minimum(b1, b2))
-    return torch.maximum(torch.maximum(a1, a2), torch.maximum(b1, b2)) - lo
+    return torch.maximum(torch.maximum(a1, a2), torch.maximum(b1, b2)).sub_(lo)
 
 
 def _fade(size2: Tensor, c2: Tensor, eps: float) -> Tensor:
     """``s·(2 − s)`` with ``s = min(1, size² / unit²)``, ``unit² = κ²·c² + eps``: 0 for a size of 0, exactly 1 from
     ``unit`` up, and flat there; below ``unit`` it is ``< 2·size² / unit²``, so times a term of slope ``~1/size`` it
     has a slope below ``~2 / unit``, and its own slope is below ``~1.6 / unit``."""
-    s = (size2 / (DEGENERATE**2 * c2 + eps)).clamp(max=1)
-    return s * (2 - s)
+    s = (size2 / (c2 * DEGENERATE**2).add_(eps)).clamp_(max=1)
+    return (2 - s).mul_(s)
 
 
 def _siou_distance_cost(dx: Tensor, dy: Tensor, cw: Tensor, ch: Tensor, c2: Tensor, eps: float) -> Tensor:
