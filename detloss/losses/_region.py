@@ -8,6 +8,10 @@ it too). Since ``P = I + FP`` and ``T = I + FN`` (``P + T − 2I = Σ (p − t)�
 :mod:`.dice` is then ``N / (N + R)`` with a mismatch ``N`` and ``R = k·I + s``, e.g. Dice
 ``1 − (2I + s) / (P + T + s) = (FP + FN) / (FP + FN + 2I + s)``: no difference from 1, and :func:`._stable.ratio`
 gives its gradient without the one autograd would take (``1/(N + R) − N/(N + R)²``).
+
+The plain forms of these losses, from ``I``, ``P`` and ``T`` as their papers write them, are in :mod:`.reference`
+(``dice_loss``, ``jaccard_loss``, ``tversky_loss``, ``focal_tversky_loss``, ``generalized_dice_loss``);
+``tests/test_reference_forms.py`` holds the two equal in values and gradients.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ Speed (README, "Speed of the losses"): :func:`log1p` replaces ATen's CPU ``log1p
 largest logits of a softmax are found as ``floor(exp(x − max))``; :func:`index_nll` computes its softmax in blocks of
 :data:`BLOCK` elements into the buffer that becomes its gradient; :func:`softmax_counts` fuses the soft counts of the
 region losses with the softmax so that their backward is two full-size passes.
+
+The losses built on these keep their plain forms (``F.log_softmax``, ``torch.softmax``, ``torch.sigmoid``) in
+:mod:`.reference`, where the formulas read as their papers write them.
 """
 
 from __future__ import annotations
