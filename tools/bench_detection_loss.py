@@ -41,7 +41,7 @@ Each part is timed by a wrapper around the function that does it.
 
 Peak memory is measured for each implementation in a fresh subprocess, over a step after a warm-up step: on CPU
 the growth of the peak resident set (``VmHWM``) over the step plus the blocks that detloss' buffer pool
-(:mod:`detloss.losses.buffers`) kept from the warm-up and reuses; on a GPU ``torch.cuda.max_memory_allocated``
+(:mod:`detloss.runtime`) kept from the warm-up and reuses; on a GPU ``torch.cuda.max_memory_allocated``
 over the step.
 """
 

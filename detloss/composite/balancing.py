@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..losses._utils import check_number
+from ..losses import check_number
 from .weight_schedules import Position
 
 __all__ = ["Balancer", "UncertaintyWeighting", "DynamicWeightAverage"]

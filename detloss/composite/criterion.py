@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from ..losses._utils import check_number
+from ..losses import check_number
 from ..runtime import one_thread
 from .loss import CompositeLoss, LossOutput, View
 
@@ -54,7 +54,7 @@ class Criterion(nn.Module):
         """The views of one batch, by name (a subset of :attr:`views` is allowed where terms do not need all)."""
         raise NotImplementedError
 
-    #: compute on one intra-op thread when the outputs are on the CPU (:func:`detloss.threads.one_thread`): for
+    #: compute on one intra-op thread when the outputs are on the CPU (:func:`detloss.runtime.one_thread`): for
     #: criteria of many small ops (the detection criteria), whose thread fork/join costs more than it gains on an idle
     #: machine and many times the work on a busy one (README, "The detection criterion")
     single_thread_on_cpu: bool = False

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..losses._utils import autocast_off, check_number
+from ..losses import autocast_off, check_number
 from .balancing import Balancer
 from .weight_schedules import HandOver, Position, WeightSchedule
 

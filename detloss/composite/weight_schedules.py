@@ -28,7 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..losses._utils import check_number
+from ..losses import check_number
 
 __all__ = ["Position", "WeightSchedule", "LinearWarmup", "Step", "Cosine", "HandOver", "ProgLoss", "Rebalance"]
 

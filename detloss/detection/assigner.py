@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import runtime as buffers
-from ..losses._utils import check_choice, check_number
+from ..losses import check_choice, check_number
 from ._dense import dense_metrics, pair_ciou, pow_
 
 __all__ = ["TaskAlignedAssigner", "Assignment"]

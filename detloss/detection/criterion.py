@@ -31,8 +31,7 @@ from torch import Tensor
 
 from .. import runtime as buffers
 from ..composite import CompositeLoss, Criterion, ProgLoss, View
-from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss, DistanceL1Loss
-from ..losses._utils import check_number
+from ..losses import BCEWithLogitsLoss, CIoULoss, DFLoss, DistanceL1Loss, check_number
 from .assigner import Assignment, TaskAlignedAssigner
 from .geometry import bbox2dist, decode_boxes, make_anchors
 from .targets import Targets, check_feats, check_values, pack_targets

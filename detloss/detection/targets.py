@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from ..losses._utils import Checks
+from ..losses import Checks
 
 __all__ = ["Targets", "pack_targets", "check_feats", "check_values"]
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..detection.postprocess import postprocess
-from ..losses._utils import check_number
+from ..losses import check_number
 from .pretrained import UltralyticsWeights, read_ultralytics
 
 __all__ = ["YOLODetector"]

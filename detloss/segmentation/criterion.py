@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..composite import CompositeLoss, Criterion, LossOutput, View
-from ..losses import CrossEntropyLoss, DiceLoss
-from ..losses._utils import Checks, check_number
+from ..losses import Checks, CrossEntropyLoss, DiceLoss, check_number
 from .distance import class_masks, mask_distance
 
 __all__ = ["SegmentationCriterion", "default_segmentation_loss", "deep_supervision_weights", "VIEWS"]

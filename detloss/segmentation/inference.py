@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import Tensor
 
-from ..losses._utils import check_number
+from ..losses import check_number
 
 __all__ = ["sliding_window", "resize_logits"]
 

@@ -26,7 +26,7 @@ import time
 import torch
 from torch import Tensor
 
-from ..losses._utils import check_number
+from ..losses import check_number
 from .base import StepObserver
 
 __all__ = ["GradientDiagnostics", "term_gradients", "gradient_stats"]
