@@ -61,6 +61,7 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
         memory_gib=options.get("memory_gib", 8.0) if on_gpu else None,
         min_steps=options.get("min_steps", 500),
         num_val_cases=len(datamodule.val_cases),
+        num_cases=len(datamodule.train_cases) + len(datamodule.val_cases),
         given=given,
         key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],
         use_cache=options.get("cache", True),
@@ -85,10 +86,21 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
 
 def _measure(cfg: DictConfig, datamodule, device: str):
     """The planner's :data:`~detloss.plan.Measure` for this run: a few training steps of a candidate recipe with the
-    run's own model, criterion and optimizer on real patches, and one validation window; the global random state
-    is left as it was."""
+    run's own model, criterion and optimizer on real patches (a step's time includes cutting its batch, which the
+    training loop does too), one validation window, and once the time to read and preprocess a case (the first
+    epoch does it for every case); the global random state is left as it was."""
     from .data import PatchDataset, volume_collate
     from .plan import topology
+
+    loading = {}
+
+    def load_seconds() -> float:
+        if "seconds" not in loading:  # a case not read yet: read, normalise and resample it, then forget it
+            index = datamodule.train_cases[-1]
+            start = time.perf_counter()
+            datamodule.source.image(index)
+            loading["seconds"] = time.perf_counter() - start
+        return loading["seconds"]
 
     def measure(patch, width, batch):
         trial = cfg.copy()
@@ -104,11 +116,15 @@ def _measure(cfg: DictConfig, datamodule, device: str):
             patches = PatchDataset(
                 datamodule.source, datamodule.train_cases, patch, batch, 1.0, False, datamodule.ignore_index
             )
+            load = load_seconds()
+            volume_collate([patches[i] for i in range(batch)])  # the cases of the batch read once
+            start = time.perf_counter()
             images, targets = volume_collate([patches[i] for i in range(batch)])
+            cut = time.perf_counter() - start
             images, targets = images.to(device), {k: v.to(device) for k, v in targets.items()}
             step, window, memory = _time_steps(task, images, targets, images[:1], device)
-        log.info("detloss plan: patch %s, %d channels: %.3f s a step", list(patch), width, step)
-        return {"step_seconds": step, "window_seconds": window, "memory_gib": memory}
+        log.info("detloss plan: patch %s, %d channels: %.3f s a step", list(patch), width, step + cut)
+        return {"step_seconds": step + cut, "window_seconds": window, "memory_gib": memory, "load_seconds": load}
 
     return measure
 
@@ -198,8 +214,8 @@ def _measure_2d(cfg: DictConfig, datamodule, device: str):
 
 def _time_steps(task, inputs, targets, eval_inputs, device: str) -> tuple[float, float, float]:
     """``(seconds a training step, seconds an evaluation forward of eval_inputs, peak GiB)`` of ``task`` on one
-    batch: four steps with the task's own optimizer, the first paying for allocations, the fastest of the others
-    taken (a busy machine only ever slows a step down)."""
+    batch: four steps with the task's own optimizer, the first paying for allocations, the median of the others
+    taken."""
     optimizer = task.optimizer_factory([{"params": [p for p in task.parameters() if p.requires_grad]}])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -220,7 +236,7 @@ def _time_steps(task, inputs, targets, eval_inputs, device: str) -> tuple[float,
         if device == "cuda":
             torch.cuda.synchronize()
         evaluation = time.perf_counter() - start
-    return min(times[1:]), evaluation, memory
+    return sorted(times[1:])[1], evaluation, memory
 
 
 def _build_task(cfg, data, pretrained):

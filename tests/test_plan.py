@@ -394,3 +394,15 @@ def test_validation_scores_on_each_cases_own_grid(tmp_path):
     assert tuple(image.shape) == (1, 8, 16, 16)
     assert tuple(target["labels"].shape) == (16, 16, 16) and target["spacing"].tolist() == [1.0, 1.0, 1.0]
     assert np.array_equal(target["labels"].numpy(), labels)
+
+
+def test_reading_every_case_in_the_first_epoch_comes_out_of_the_budget():
+    fp = fingerprint([(1.0, 1.0, 1.0)] * 3, [(32, 32, 32)] * 3)
+    given = {"patch_size": [32, 32, 32], "base_channels": 8, "epochs": 2}
+    fast = plan_volumes(fp, cost, budget_minutes=2, min_steps=10, given=given, num_cases=30)
+    slow = plan_volumes(
+        fp, lambda *a: cost(*a) | {"load_seconds": 1.0}, budget_minutes=2, min_steps=10, given=given, num_cases=30
+    )
+    step = cost([32, 32, 32], 8, 2)["step_seconds"]
+    steps = lambda plan: plan.epochs * plan.patches_per_epoch // plan.batch_size  # noqa: E731
+    assert steps(fast) - steps(slow) == pytest.approx(30 / step, abs=3)

@@ -167,6 +167,7 @@ def plan_volumes(
     memory_gib: float | None = None,
     min_steps: int = 500,
     num_val_cases: int = 1,
+    num_cases: int = 0,
     given: Mapping[str, Any] | None = None,
 ) -> VolumePlan:
     """The plan of a volumetric run on the data of ``fingerprint``.
@@ -179,6 +180,7 @@ def plan_volumes(
         memory_gib: the memory a training step may take (the GPU budget).
         min_steps: the fewest training steps a CPU recipe must reach within the budget.
         num_val_cases: the validation cases (their sliding windows cost time every epoch).
+        num_cases: the cases the first epoch reads and preprocesses (``load_seconds`` of a measurement each).
         given: values fixed by the configuration, which the plan keeps: ``spacing``, ``normalization``,
             ``patch_size``, ``base_channels``, ``batch_size``, ``patches_per_epoch``, ``epochs``,
             ``foreground_fraction``.
@@ -234,8 +236,11 @@ def plan_volumes(
             measured[key] = dict(measure(patch, width, batch))
         return measured[key]
 
+    def startup():  # start-up, and the first epoch's reading of every case
+        return STARTUP_SECONDS + num_cases * max((m.get("load_seconds", 0.0) for m in measured.values()), default=0.0)
+
     def fits(step_seconds):
-        return step_seconds * min_steps <= budget_s * (1 - VALIDATION_SHARE) - STARTUP_SECONDS
+        return step_seconds * min_steps <= budget_s * (1 - VALIDATION_SHARE) - startup()
 
     # A step's time grows with a batch's voxels and the width: order the candidates by voxels · width^1.5 and search
     # for the largest whose measured step fits (a handful of measurements for dozens of candidates).
@@ -247,10 +252,10 @@ def plan_volumes(
         epochs = int(given["epochs"])
     elif "patches_per_epoch" in given:  # the epoch's length is fixed: as many epochs as the budget trains
         epoch_s = int(given["patches_per_epoch"]) / batch * m["step_seconds"] + window
-        epochs = max(1, int((budget_s - STARTUP_SECONDS) / epoch_s))
+        epochs = max(1, int((budget_s - startup()) / epoch_s))
     else:
         epochs = max(1, min(MAX_EPOCHS, int(budget_s * VALIDATION_SHARE / max(window, 1e-6))))
-    steps = max(1, int((budget_s - STARTUP_SECONDS - epochs * window) / m["step_seconds"]))
+    steps = max(1, int((budget_s - startup() - epochs * window) / m["step_seconds"]))
     per_epoch = max(batch, steps // epochs * batch)
     candidates = [
         {"patch_size": list(k[0]), "base_channels": k[1], "step_seconds": round(v["step_seconds"], 4)}
