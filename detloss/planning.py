@@ -65,6 +65,7 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
         given=given,
         key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],
         use_cache=options.get("cache", True),
+        rank=rank_zero_only.rank,
     )
     if plan.epochs is None:
         raise ValueError("trainer.max_epochs: not given and not planned (a GPU plan leaves epochs to the trainer)")
@@ -160,6 +161,7 @@ def _plan_images(cfg: DictConfig, datamodule) -> ImagePlan:
         given={k: v for k, v in given.items() if k != "class_weights"},
         key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],
         use_cache=options.get("cache", True),
+        rank=rank_zero_only.rank,
     )
     if plan.epochs is None:
         raise ValueError("trainer.max_epochs: not given and not planned")

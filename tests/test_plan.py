@@ -406,3 +406,27 @@ def test_reading_every_case_in_the_first_epoch_comes_out_of_the_budget():
     step = cost([32, 32, 32], 8, 2)["step_seconds"]
     steps = lambda plan: plan.epochs * plan.patches_per_epoch // plan.batch_size  # noqa: E731
     assert steps(fast) - steps(slow) == pytest.approx(30 / step, abs=3)
+
+
+def test_the_other_ranks_of_a_distributed_run_train_rank_0s_plan(tmp_path):
+    """Rank 1 measures nothing: it waits for rank 0's plan and takes it, even when its own measurement would differ."""
+    import threading
+
+    fp = fingerprint([(1.0, 1.0, 1.0)] * 3, [(64, 64, 64)] * 3)
+    slower = lambda p, w, b: {k: 3 * v for k, v in cost(p, w, b).items()}  # noqa: E731
+    found = {}
+
+    def rank1():
+        found["plan"] = cached_plan(fp, slower, cache_dir=tmp_path, rank=1, budget_minutes=5, min_steps=100)
+
+    waiting = threading.Thread(target=rank1)
+    waiting.start()
+    first = cached_plan(fp, cost, cache_dir=tmp_path, rank=0, use_cache=False, budget_minutes=5, min_steps=100)
+    waiting.join(timeout=30)
+    assert found["plan"] == first
+    alone = plan_volumes(fp, slower, budget_minutes=5, min_steps=100)
+    assert alone.patch_size != first.patch_size or alone.base_channels != first.base_channels
+    with pytest.raises(TimeoutError, match="rank 2 waited"):
+        from detloss.plan.budget import kept
+
+        kept(["nothing"], lambda: None, dict, tmp_path, rank=2, wait_seconds=0.1)

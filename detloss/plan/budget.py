@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,12 +52,13 @@ MIN_PATCH_VOXELS = 32**3
 
 
 def machine() -> str:
-    """The machine a plan was measured on, in words (CPU count and torch's threads, or the GPU's name)."""
+    """The machine a plan was measured on, in words (its CPU count, or the GPU's name): part of a kept plan's key,
+    so it names nothing that differs between the processes of one run (torch's thread count does)."""
     import torch
 
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name()}"
-    return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"cpu: {os.cpu_count()} cores"
 
 
 class PlanTable:
@@ -293,15 +295,17 @@ def cached_plan(
     key: Any = None,
     use_cache: bool = True,
     cache_dir: str | Path | None = None,
+    rank: int = 0,
     **options,
 ) -> VolumePlan:
     """:func:`plan_volumes`, kept in ``cache_dir`` (default ``~/.cache/detloss/plans``) under the fingerprint, this
     machine, the options and ``key`` (what else shapes a measured step: the model, loss and criterion configs), so
-    that the same run on the same machine measures once. ``use_cache=False`` plans anew and keeps nothing."""
-    if measure is None or not use_cache:
+    that the same run on the same machine measures once, and every process of a distributed run trains rank 0's
+    plan (see :func:`kept`). ``use_cache=False`` measures anew."""
+    if measure is None:  # nothing measured: the rules alone, the same in every process
         return plan_volumes(fingerprint, measure, **options)
     ident = [fingerprint.signature, machine(), options, key]
-    return kept(ident, lambda: plan_volumes(fingerprint, measure, **options), VolumePlan, cache_dir)
+    return kept(ident, lambda: plan_volumes(fingerprint, measure, **options), VolumePlan, cache_dir, use_cache, rank)
 
 
 def largest_fitting(ranked: Sequence[T], fits: Callable[[T], bool]) -> T:
@@ -324,17 +328,47 @@ def largest_fitting(ranked: Sequence[T], fits: Callable[[T], bool]) -> T:
     return chosen
 
 
-def kept(ident: Any, compute: Callable[[], Any], kind: Callable[..., Any], cache_dir: str | Path | None = None):
+def kept(
+    ident: Any,
+    compute: Callable[[], Any],
+    kind: Callable[..., Any],
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    rank: int = 0,
+    wait_seconds: float = 1800.0,
+):
     """``compute()``, a plan with ``to_dict()``, kept as JSON in ``cache_dir`` (default ``~/.cache/detloss/plans``)
-    under the hash of ``ident`` (JSON-able: what the plan depends on) and read back as ``kind(**json)``; a file that
-    cannot be read or written is computed anew, never an error."""
+    under the hash of ``ident`` (JSON-able: what the plan depends on) and read back as ``kind(**json)``.
+
+    Rank 0 reads a kept plan (``use_cache``) or computes one and writes it (always, so that the others can read it);
+    a file that cannot be read is computed anew. Every other rank of a distributed run measures nothing: it waits
+    up to ``wait_seconds`` for rank 0's file and trains that plan, so that all processes build the same model (the
+    ranks that Lightning's DDP starts after rank 0 has planned find it at once; ranks started together by torchrun
+    or SLURM wait for it). A file that cannot be written is not an error on rank 0.
+
+    Raises:
+        TimeoutError: on a rank other than 0, no plan from rank 0 within ``wait_seconds`` (naming the file).
+    """
     text = json.dumps(ident, sort_keys=True, default=str)
     folder = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "detloss" / "plans"
     path = folder / f"{hashlib.sha1(text.encode()).hexdigest()[:16]}.json"
-    try:
-        return kind(**json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError):
-        pass
+    if rank != 0:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                return kind(**json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError, TypeError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"rank {rank} waited {wait_seconds:.0f} s for rank 0's plan at {path}; is rank 0 planning "
+                        "this run with the same configuration and a shared home directory?"
+                    ) from None
+                time.sleep(1.0)
+    if use_cache:
+        try:
+            return kind(**json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError):
+            pass
     plan = compute()
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -278,11 +278,13 @@ def cached_image_plan(
     key: Any = None,
     use_cache: bool = True,
     cache_dir=None,
+    rank: int = 0,
     **options,
 ) -> ImagePlan:
     """:func:`plan_images`, kept as :func:`detloss.plan.budget.cached_plan` keeps a volumetric plan: under the
-    fingerprint, this machine, the options and ``key`` (the model, loss and criterion configs)."""
-    if measure is None or not use_cache:
+    fingerprint, this machine, the options and ``key`` (the model, loss and criterion configs); the ranks other than
+    0 of a distributed run train rank 0's plan."""
+    if measure is None:
         return plan_images(fingerprint, measure, **options)
     ident = ["2d", fingerprint.signature, machine(), options, key]
-    return kept(ident, lambda: plan_images(fingerprint, measure, **options), ImagePlan, cache_dir)
+    return kept(ident, lambda: plan_images(fingerprint, measure, **options), ImagePlan, cache_dir, use_cache, rank)
