@@ -6,8 +6,10 @@ the task; ``detloss-plan`` calls it alone.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -48,25 +50,24 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
     given = dict(datamodule.given)
     given["spacing"], given["normalization"] = list(datamodule.spacing), datamodule.normalization
     given["base_channels"] = cfg.model.get("base_channels")
+    given["depth"] = cfg.model.get("depth") if "depth" in cfg.model else None
     given["epochs"] = cfg.trainer.get("max_epochs")
     on_gpu = str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and torch.cuda.is_available()
     planned = [
         k for k in ("patch_size", "batch_size", "patches_per_epoch", "base_channels", "epochs") if given[k] is None
     ]
-    measure = _measure(cfg, datamodule, "cuda" if on_gpu else "cpu") if planned else None
-    plan = cached_plan(
-        datamodule.fingerprint,
-        measure,
-        budget_minutes=None if on_gpu else options.get("budget_minutes", 10.0),
-        memory_gib=options.get("memory_gib", 8.0) if on_gpu else None,
-        min_steps=options.get("min_steps", 500),
-        num_val_cases=len(datamodule.val_cases),
-        num_cases=len(datamodule.train_cases) + len(datamodule.val_cases),
-        given=given,
-        key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],
-        use_cache=options.get("cache", True),
-        rank=rank_zero_only.rank,
-    )
+    resumed = Path(str(cfg.get("resume"))) / "plan.json" if cfg.get("resume") else None
+    if resumed is not None and resumed.is_file():  # a resumed run trains the plan it started with
+        plan = VolumePlan(**json.loads(resumed.read_text()))
+    else:
+        plan = _plan_volumes(cfg, datamodule, options, given, planned, on_gpu)
+    # only what the configuration gave is "given" (the planner reads the data module's spacing and normalisation
+    # either way; the foreground share is never planned)
+    user = {
+        k for k, v in given.items() if v is not None and k not in ("spacing", "normalization", "foreground_fraction")
+    }
+    user |= {k for k in ("spacing", "normalization") if datamodule.given.get(k) is not None}
+    plan.given = sorted(k for k in plan.given if k in user)
     if plan.epochs is None:
         raise ValueError("trainer.max_epochs: not given and not planned (a GPU plan leaves epochs to the trainer)")
     datamodule.configure(plan.patch_size, plan.batch_size, plan.patches_per_epoch, plan)
@@ -80,9 +81,29 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
         if "depth" in cfg.model and cfg.model.get("depth") is None:
             cfg.model.depth = plan.depth
         cfg.trainer.max_epochs = plan.epochs
+        if "cpu_max_epochs" in cfg and cfg.get("cpu_max_epochs") is None:  # what a checkpoint's task group keeps
+            cfg.cpu_max_epochs = plan.epochs
     if rank_zero_only.rank == 0:
         log.info("detloss: the plan of this run (data.plan; values given on the command line win):\n%s", plan.table())
     return plan
+
+
+def _plan_volumes(cfg, datamodule, options, given, planned, on_gpu) -> VolumePlan:
+    """The volumetric plan of :func:`plan_run`, measured (and kept) where values are left to it."""
+    measure = _measure(cfg, datamodule, "cuda" if on_gpu else "cpu") if planned else None
+    return cached_plan(
+        datamodule.fingerprint,
+        measure,
+        budget_minutes=None if on_gpu else options.get("budget_minutes", 10.0),
+        memory_gib=options.get("memory_gib", 8.0) if on_gpu else None,
+        min_steps=options.get("min_steps", 500),
+        num_val_cases=len(datamodule.val_cases),
+        num_cases=len(datamodule.train_cases) + len(datamodule.val_cases),
+        given=given,
+        key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],
+        use_cache=options.get("cache", True),
+        rank=rank_zero_only.rank,
+    )
 
 
 def _measure(cfg: DictConfig, datamodule, device: str):
@@ -111,7 +132,7 @@ def _measure(cfg: DictConfig, datamodule, device: str):
             if "depth" in trial.model and cfg.model.get("depth") is None:
                 trial.model.depth = topology(datamodule.spacing, patch)[0]
         data = datamodule.describe() | {"patch_size": list(patch)}
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
             torch.manual_seed(0)
             task = _build_task(trial, data, pretrained=False).to(device)
             patches = PatchDataset(
@@ -202,7 +223,7 @@ def _measure_2d(cfg: DictConfig, datamodule, device: str):
             if "depth" in trial.model and cfg.model.get("depth") is None:
                 trial.model.depth = unet_depth(size)
         data = datamodule.describe() | {"image_size": int(size)}
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
             torch.manual_seed(0)
             task = _build_task(trial, data, pretrained=False).to(device)
             images = torch.rand(batch, datamodule.in_channels, size, size, device=device)

@@ -226,7 +226,9 @@ class VolumeWriter(PredictionWriter):
                 )
             volumes.append(volume)
             spacing = spacing or zooms
-        image = preprocess(volumes, spacing, self.data.get("spacing"), self.data.get("normalization"))
+        planned = "normalization" in self.data  # a checkpoint of a planned run; an older one used every case as it is
+        target = self.data.get("spacing") if planned else None
+        image = preprocess(volumes, spacing, target, self.data.get("normalization"))
         logits = self.task.infer(torch.from_numpy(image)[None].to(self.task.device))
         labels = resize_logits(logits, volumes[0].shape).argmax(1)[0].cpu()
         ids = torch.as_tensor(self.category_ids, dtype=torch.int16)[labels].numpy().transpose(2, 1, 0)  # to (x, y, z)

@@ -320,18 +320,7 @@ def test_a_run_plans_what_the_command_line_leaves_open_and_keeps_the_plan(tmp_pa
     cfg = compose_config(*overrides)
     train(cfg)
     plan = json.loads((run / "plan.json").read_text())
-    assert (
-        plan["base_channels"] == 4
-        and plan["epochs"] == 1
-        and sorted(plan["given"])
-        == [
-            "base_channels",
-            "epochs",
-            "foreground_fraction",
-            "normalization",
-            "spacing",
-        ]
-    )
+    assert plan["base_channels"] == 4 and plan["epochs"] == 1 and plan["given"] == ["base_channels", "epochs"]
     assert plan["patch_size"] and plan["candidates"] and plan["step_seconds"] > 0
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
     saved = ckpt[CHECKPOINT_CONFIG]
@@ -430,3 +419,41 @@ def test_the_other_ranks_of_a_distributed_run_train_rank_0s_plan(tmp_path):
         from detloss.plan.budget import kept
 
         kept(["nothing"], lambda: None, dict, tmp_path, rank=2, wait_seconds=0.1)
+
+
+def test_a_given_patch_and_depth_stand_as_given():
+    fp = fingerprint([(1.0, 1.0, 1.0)] * 3, [(64, 64, 64)] * 3)
+    plan = plan_volumes(fp, None, given={"patch_size": [30, 60, 60], "depth": 1})
+    assert plan.patch_size == [30, 60, 60] and plan.depth == 1 and len(plan.pools) == 1
+    with pytest.raises(ValueError, match=r"data.patch_size \[8, 8, 8\]: .*too small for depth 4"):
+        plan_volumes(fp, None, given={"patch_size": [8, 8, 8], "depth": 4})
+    # a given depth with a planned patch: every candidate is pooled that many times, no more
+    for patch_depth in (2, 3):
+        planned = plan_volumes(fp, cost, budget_minutes=10, min_steps=100, given={"depth": patch_depth})
+        assert planned.depth == patch_depth == len(planned.pools)
+
+
+def test_a_gpu_plan_has_nnunets_epoch_length():
+    fp = fingerprint([(1.0, 1.0, 1.0)] * 3, [(64, 64, 64)] * 3)
+    plan = plan_volumes(fp, cost, budget_minutes=None, memory_gib=1.0)
+    assert plan.patches_per_epoch == 250 * plan.batch_size and plan.epochs is None
+
+
+def test_bad_planning_input_is_refused_naming_the_argument(tmp_path):
+    stats = [{"mean": 0.0, "std": 1.0, "p00_5": 0.0, "p99_5": 0.0, "min": 0.0, "max": 0.0}]
+    with pytest.raises(ValueError, match="channel 'CT' is CT, but the dataset has no foreground"):
+        normalisation(fingerprint([(1.0,) * 3], [(16,) * 3], channels=("CT",), intensities=stats))
+    with pytest.raises(ValueError, match="too small for one pooling"):
+        plan_volumes(fingerprint([(1.0,) * 3], [(4, 4, 4)]), cost)
+    root = make_dataset(tmp_path / "ds", cases=5)
+    with pytest.raises(ValueError, match=r"data.target_spacing must be 3 positive numbers"):
+        NnUNetDataModule(root, target_spacing=[1.0, 2.0])
+    bad = [
+        ([{"scheme": "minmax"}], "scheme must be 'zscore' or 'ct'"),
+        ([{"scheme": "ct", "mean": 0, "std": 1}], "a 'ct' scheme has the keys"),
+        ([{"scheme": "zscore"}, {"scheme": "zscore"}], "one scheme per channel"),
+        ([{"scheme": "ct", "clip": [5, 1], "mean": 0, "std": 1}], "low <= high"),
+    ]
+    for normalization, message in bad:
+        with pytest.raises(ValueError, match=rf"data.normalization.*{message}"):
+            NnUNetDataModule(root, normalization=normalization)

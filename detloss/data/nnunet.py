@@ -50,6 +50,8 @@ __all__ = [
     "zscore",
     "normalise",
     "preprocess",
+    "check_spacing",
+    "check_normalization",
 ]
 
 FILE_ENDINGS = (".nii.gz", ".nii")
@@ -125,6 +127,45 @@ def normalise(volume: np.ndarray, scheme: dict | None, nonzero: np.ndarray | Non
     return out
 
 
+def check_spacing(spacing: Sequence[float], name: str) -> tuple[float, float, float]:
+    """``spacing`` as 3 positive floats ``(D, H, W)`` mm, or a ``ValueError`` naming ``name``."""
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"{name} must be 3 positive numbers (D, H, W) mm, got {spacing!r}")
+    return values
+
+
+def check_normalization(normalization: Sequence[dict], channel_names: Sequence[str]) -> None:
+    """A ``ValueError`` naming ``data.normalization`` unless it gives one valid scheme per channel (see
+    :func:`normalise`): ``{"scheme": "zscore"[, "nonzero_mask": bool]}`` or ``{"scheme": "ct", "clip": [low,
+    high], "mean": m, "std": s}`` with ``low <= high`` and ``s > 0``."""
+    if len(normalization) != len(channel_names):
+        raise ValueError(
+            f"data.normalization must give one scheme per channel ({len(channel_names)}: {list(channel_names)}), "
+            f"got {len(normalization)}"
+        )
+    for name, scheme in zip(channel_names, normalization):
+        kind = dict(scheme).get("scheme")
+        keys = {"zscore": {"scheme", "nonzero_mask"}, "ct": {"scheme", "clip", "mean", "std"}}.get(kind)
+        if keys is None:
+            raise ValueError(f"data.normalization of channel {name!r}: scheme must be 'zscore' or 'ct', got {scheme!r}")
+        if set(scheme) - keys or (kind == "ct" and set(scheme) != keys):
+            raise ValueError(
+                f"data.normalization of channel {name!r}: a {kind!r} scheme has the keys {sorted(keys)}, "
+                f"got {sorted(scheme)}"
+            )
+        if kind == "ct":
+            low, high = (float(v) for v in scheme["clip"])
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high) or not float(scheme["std"]) > 0:
+                raise ValueError(
+                    f"data.normalization of channel {name!r}: a CT scheme needs clip [low, high] with low <= high "
+                    f"and std > 0, got {scheme!r}"
+                )
+
+
 def preprocess(
     channels: Sequence[np.ndarray],
     spacing: Sequence[float],
@@ -191,14 +232,9 @@ class NnUNetDataset:
         ``normalization`` (one scheme per channel, see :func:`normalise`; ``None``: z-score per case): what a plan
         fixes (:mod:`detloss.plan`). Resamples the label volumes at once and lists their foreground voxels."""
         if spacing is not None:
-            spacing = tuple(float(s) for s in spacing)
-            if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-                raise ValueError(f"spacing must be 3 positive numbers (D, H, W) mm, got {spacing}")
-        if normalization is not None and len(normalization) != self.in_channels:
-            raise ValueError(
-                f"normalization must give one scheme per channel ({self.in_channels}: {self.channel_names}), got "
-                f"{len(normalization)}"
-            )
+            spacing = check_spacing(spacing, "data.target_spacing")
+        if normalization is not None:
+            check_normalization(normalization, self.channel_names)
         self.target_spacing = spacing
         self.normalization = None if normalization is None else [dict(n) for n in normalization]
         self._images.clear()
@@ -417,6 +453,8 @@ class NnUNetDataModule(_DataModule):
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
         self.foreground_fraction, self.augment = float(foreground_fraction), bool(augment)
         self.plan_options = dict(plan or {})
+        if target_spacing is not None:
+            target_spacing = check_spacing(target_spacing, "data.target_spacing")
         self.given = {
             "patch_size": None if patch_size is None else list(patch_size),
             "batch_size": batch_size,

@@ -21,8 +21,7 @@ from scipy import ndimage
 
 __all__ = ["ANISOTROPY", "resampled_shape", "needs_resampling", "resample_image", "resample_labels"]
 
-ANISOTROPY = 3.0
-"""nnU-Net's ``ANISO_THRESHOLD``: a coarsest axis this many times the finest is resampled separately."""
+from ..plan.rules import ANISOTROPY  # nnU-Net's ANISO_THRESHOLD: one owner for the spacing and the resampling
 
 
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:

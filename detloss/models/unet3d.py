@@ -19,45 +19,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..plan.rules import plan_stages
+
 __all__ = ["UNet3D", "plan_stages"]
 
 NORMS = ("instance", "batch", "group", "none")
-
-
-def plan_stages(
-    spacing: Sequence[float], depth: int, patch_size: Sequence[int] | None = None, min_size: int = 4
-) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """The kernel size of each of the ``depth + 1`` stages and the pooling factors between them (``depth``).
-
-    Raises ``ValueError`` when the patch is too small for ``depth`` poolings (no axis left to pool at a stage).
-    """
-    spacing = [float(s) for s in spacing]
-    size = None if patch_size is None else [int(s) for s in patch_size]
-    dims = len(spacing)
-    kernel = [3 if s / min(spacing) < 2 else 1 for s in spacing]
-    kernels, pools = [tuple(kernel)], []
-    for stage in range(depth):
-        poolable = [a for a in range(dims) if size is None or size[a] >= 2 * min_size]
-        if not poolable:
-            raise ValueError(
-                f"patch_size {tuple(patch_size)} is too small for depth {depth}: after {stage} poolings no axis keeps "
-                f"{2 * min_size} voxels to pool; use a larger patch or a smaller depth"
-            )
-        finest = min(spacing[a] for a in poolable)
-        pool = [2 if a in poolable and spacing[a] / finest < 2 else 1 for a in range(dims)]
-        lone = [a for a in range(dims) if pool[a] == 2]
-        if size is not None and len(lone) == 1 and size[lone[0]] < 3 * min_size:
-            raise ValueError(
-                f"patch_size {tuple(patch_size)} is too small for depth {depth}: after {stage} poolings only one axis "
-                f"is left to pool and it keeps fewer than {3 * min_size} voxels; use a larger patch or a smaller depth"
-            )
-        spacing = [s * p for s, p in zip(spacing, pool)]
-        if size is not None:
-            size = [s // p for s, p in zip(size, pool)]
-        kernel = [3 if k == 3 or s / min(spacing) < 2 else 1 for k, s in zip(kernel, spacing)]
-        pools.append(tuple(pool))
-        kernels.append(tuple(kernel))
-    return kernels, pools
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

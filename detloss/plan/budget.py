@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -32,11 +33,21 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .fingerprint import VolumeFingerprint
-from .rules import initial_patch, normalisation, shrink_patch, target_spacing, topology
+from .rules import (
+    MAX_POOLINGS,
+    MIN_FEATURE,
+    initial_patch,
+    normalisation,
+    plan_stages,
+    shrink_patch,
+    target_spacing,
+    topology,
+)
 
 __all__ = ["PlanTable", "VolumePlan", "Measure", "plan_volumes", "cached_plan", "machine", "largest_fitting", "kept"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 Measure = Callable[[Sequence[int], int, int], Mapping[str, float]]
 """``measure(patch, base_channels, batch_size)`` -> ``{"step_seconds", "window_seconds", "memory_gib"}``: one
@@ -49,6 +60,8 @@ VALIDATION_SHARE = 1 / 6
 MAX_EPOCHS = 20
 WIDTH_EXPONENT = 1.5
 MIN_PATCH_VOXELS = 32**3
+NNUNET_STEPS = 250
+"""nnU-Net's training steps an epoch, the epoch's length of a GPU plan."""
 
 
 def machine() -> str:
@@ -138,17 +151,21 @@ def _voxels(patch: Sequence[int]) -> int:
     return int(np.prod([int(p) for p in patch]))
 
 
-def _patches(spacing, median_shape, fixed: Sequence[int] | None) -> list[list[int]]:
-    """The candidate patches, largest first: nnU-Net's and its shrunken versions down to 32³ voxels' worth."""
+def _patches(spacing, median_shape, fixed: Sequence[int] | None, depth: int | None = None) -> list[list[int]]:
+    """The candidate patches, largest first: nnU-Net's and its shrunken versions down to 32³ voxels' worth; with a
+    given ``depth``, rounded for that many poolings and none too small for them."""
     if fixed is not None:
         return [list(fixed)]
-    _, patch, _, _ = topology(spacing, initial_patch(spacing, median_shape))
+    most = MAX_POOLINGS if depth is None else int(depth)
+    _, patch, _, _ = topology(spacing, initial_patch(spacing, median_shape), most)
     patches = [patch]
     while _voxels(patches[-1]) > MIN_PATCH_VOXELS:
         smaller = shrink_patch(patches[-1], median_shape, spacing)
         if smaller is None:
             break
-        patches.append(topology(spacing, smaller)[1])
+        patches.append(topology(spacing, smaller, most)[1])
+    if depth is not None:
+        patches = [p for p in patches if topology(spacing, p, most)[0] == most] or patches[:1]
     return patches
 
 
@@ -192,15 +209,20 @@ def plan_volumes(
     """
     given = {k: v for k, v in (given or {}).items() if v is not None}
     if budget_minutes is not None and not budget_minutes > 0:
-        raise ValueError(f"plan.budget_minutes must be positive, got {budget_minutes}")
+        raise ValueError(f"data.plan.budget_minutes must be positive, got {budget_minutes}")
     if memory_gib is not None and not memory_gib > 0:
-        raise ValueError(f"plan.memory_gib must be positive, got {memory_gib}")
+        raise ValueError(f"data.plan.memory_gib must be positive, got {memory_gib}")
     if int(min_steps) < 1:
-        raise ValueError(f"plan.min_steps must be >= 1, got {min_steps}")
+        raise ValueError(f"data.plan.min_steps must be >= 1, got {min_steps}")
     spacing = [float(s) for s in given.get("spacing") or target_spacing(fingerprint)]
     norm = list(given.get("normalization") or normalisation(fingerprint))
     median_shape = fingerprint.median_shape_at(spacing)
-    patches = _patches(spacing, median_shape, given.get("patch_size"))
+    if max(topology(spacing, median_shape)[0], 0) == 0 and "patch_size" not in given:
+        raise ValueError(
+            f"data: the median case is {list(median_shape)} voxels at the target spacing {spacing}, too small for "
+            "one pooling of a U-Net (8 voxels along an axis); give data.patch_size and model.depth"
+        )
+    patches = _patches(spacing, median_shape, given.get("patch_size"), given.get("depth"))
     widths = [int(given["base_channels"])] if "base_channels" in given else list(WIDTHS)
     batch = int(given.get("batch_size", BATCH))
     fraction = float(given.get("foreground_fraction", 1 / 3))
@@ -208,7 +230,14 @@ def plan_volumes(
     common |= dict(machine=machine(), given=sorted(given))
 
     def make(patch, width, budget, epochs=None, per_epoch=None, step=None, window=None, candidates=(), val=None):
-        depth, patch, kernels, pools = topology(spacing, patch)
+        if "patch_size" in given:  # the given patch stands as given (the model refuses one it cannot take)
+            depth = int(given.get("depth") or topology(spacing, patch)[0])
+            try:
+                kernels, pools = plan_stages(spacing, depth, patch, MIN_FEATURE)
+            except ValueError as error:
+                raise ValueError(f"data.patch_size {list(patch)}: {error}") from None
+        else:
+            depth, patch, kernels, pools = topology(spacing, patch, given.get("depth", MAX_POOLINGS))
         return VolumePlan(
             patch_size=patch,
             depth=depth,
@@ -258,6 +287,16 @@ def plan_volumes(
     else:
         epochs = max(1, min(MAX_EPOCHS, int(budget_s * VALIDATION_SHARE / max(window, 1e-6))))
     steps = max(1, int((budget_s - startup() - epochs * window) / m["step_seconds"]))
+    if steps < min_steps:
+        log.warning(
+            "detloss plan: even the smallest recipe trains only %d of data.plan.min_steps=%d steps within "
+            "data.plan.budget_minutes=%g on this machine (validation %.0f s an epoch); give a larger budget or "
+            "smaller values",
+            steps,
+            min_steps,
+            budget_minutes,
+            window,
+        )
     per_epoch = max(batch, steps // epochs * batch)
     candidates = [
         {"patch_size": list(k[0]), "base_channels": k[1], "step_seconds": round(v["step_seconds"], 4)}
@@ -270,8 +309,9 @@ def plan_volumes(
 
 
 def _plan_memory(patches, widths, batch, median_shape, spacing, measure, memory_gib, make) -> VolumePlan:
-    """nnU-Net's rule: the widest network and the largest patch whose measured training step fits ``memory_gib``."""
-    width = widths[0]
+    """nnU-Net's rule: the widest network and the largest patch whose measured training step fits ``memory_gib``;
+    nnU-Net's 250 steps an epoch."""
+    width, per_epoch = widths[0], NNUNET_STEPS * batch
     measured = []
     for patch in patches:
         m = measure(patch, width, batch)
@@ -284,8 +324,10 @@ def _plan_memory(patches, widths, batch, median_shape, spacing, measure, memory_
                 step=m["step_seconds"],
                 window=m["window_seconds"],
                 candidates=measured,
+                per_epoch=per_epoch,
             )
-    return make(patches[-1], width, f"{memory_gib:g} GiB (smallest patch; none fits)", candidates=measured)
+    budget = f"{memory_gib:g} GiB (smallest patch; none fits)"
+    return make(patches[-1], width, budget, candidates=measured, per_epoch=per_epoch)
 
 
 def cached_plan(

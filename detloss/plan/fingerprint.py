@@ -147,7 +147,7 @@ def volume_fingerprint(source, cache: bool = True) -> VolumeFingerprint:
     written)."""
     from ..data.nnunet import read_volume  # the reader owns the axis order
 
-    files = [p for case in source.cases for p in (*case.images, case.label)]
+    files = [source.root / "dataset.json", *(p for case in source.cases for p in (*case.images, case.label))]
     signature = _signature(files)
     if cache and (found := _read_cached(source.root, signature)) is not None:
         return found

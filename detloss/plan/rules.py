@@ -12,7 +12,7 @@ supplement), and nnU-Net v2's default experiment planner. The rules, in detloss'
   or more (the median case), and is 0 outside it.
 * **Patch size** (:func:`initial_patch`): a cube of 256³ voxels' worth of physical extent, shaped by the spacing
   (``1 / spacing`` aspect), then clipped to the median shape of the cases at the target spacing.
-* **Topology** (:func:`topology`): poolings per axis and kernel sizes by :func:`detloss.models.plan_stages` (an axis
+* **Topology** (:func:`topology`): poolings per axis and kernel sizes by :func:`plan_stages` (an axis
   is pooled only while its spacing is less than twice the finest and the feature map keeps 8 voxels along it; a
   coarse axis gets kernel 1 until the others catch up), as many poolings as the patch allows, at most
   :data:`MAX_POOLINGS`; the patch is then rounded up to a multiple of the poolings.
@@ -29,11 +29,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..models.unet3d import plan_stages
 from .fingerprint import VolumeFingerprint
 
 __all__ = [
     "ANISOTROPY",
+    "plan_stages",
     "MAX_POOLINGS",
     "MIN_FEATURE",
     "target_spacing",
@@ -47,6 +47,42 @@ ANISOTROPY = 3.0
 MAX_POOLINGS = 5
 MIN_FEATURE = 4
 """The smallest side of a pooled feature map (nnU-Net's ``featuremap_min_edge_length``)."""
+
+
+def plan_stages(
+    spacing: Sequence[float], depth: int, patch_size: Sequence[int] | None = None, min_size: int = 4
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """The kernel size of each of the ``depth + 1`` stages and the pooling factors between them (``depth``).
+
+    Raises ``ValueError`` when the patch is too small for ``depth`` poolings (no axis left to pool at a stage).
+    """
+    spacing = [float(s) for s in spacing]
+    size = None if patch_size is None else [int(s) for s in patch_size]
+    dims = len(spacing)
+    kernel = [3 if s / min(spacing) < 2 else 1 for s in spacing]
+    kernels, pools = [tuple(kernel)], []
+    for stage in range(depth):
+        poolable = [a for a in range(dims) if size is None or size[a] >= 2 * min_size]
+        if not poolable:
+            raise ValueError(
+                f"patch_size {tuple(patch_size)} is too small for depth {depth}: after {stage} poolings no axis keeps "
+                f"{2 * min_size} voxels to pool; use a larger patch or a smaller depth"
+            )
+        finest = min(spacing[a] for a in poolable)
+        pool = [2 if a in poolable and spacing[a] / finest < 2 else 1 for a in range(dims)]
+        lone = [a for a in range(dims) if pool[a] == 2]
+        if size is not None and len(lone) == 1 and size[lone[0]] < 3 * min_size:
+            raise ValueError(
+                f"patch_size {tuple(patch_size)} is too small for depth {depth}: after {stage} poolings only one axis "
+                f"is left to pool and it keeps fewer than {3 * min_size} voxels; use a larger patch or a smaller depth"
+            )
+        spacing = [s * p for s, p in zip(spacing, pool)]
+        if size is not None:
+            size = [s // p for s, p in zip(size, pool)]
+        kernel = [3 if k == 3 or s / min(spacing) < 2 else 1 for k, s in zip(kernel, spacing)]
+        pools.append(tuple(pool))
+        kernels.append(tuple(kernel))
+    return kernels, pools
 
 
 def target_spacing(fingerprint: VolumeFingerprint) -> tuple[float, float, float]:
@@ -71,6 +107,11 @@ def normalisation(fingerprint: VolumeFingerprint) -> list[dict]:
     schemes = []
     for name, stats in zip(fingerprint.channel_names, fingerprint.intensities):
         if name.strip().upper() == "CT":
+            if stats["p00_5"] == stats["p99_5"]:
+                raise ValueError(
+                    f"channel {name!r} is CT, but the dataset has no foreground intensities to clip it to (no case "
+                    "holds a foreground label, or it is constant); give data.normalization"
+                )
             std = stats["std"] if stats["std"] > 1e-8 else 1.0
             schemes.append(
                 {"scheme": "ct", "clip": [stats["p00_5"], stats["p99_5"]], "mean": stats["mean"], "std": std}
@@ -87,12 +128,15 @@ def initial_patch(spacing: Sequence[float], median_shape: Sequence[int], voxels:
     return [int(min(round(p), m)) for p, m in zip(patch, median_shape)]
 
 
-def topology(spacing: Sequence[float], patch: Sequence[int]) -> tuple[int, list[int], list, list]:
-    """``(depth, patch, kernels, pools)``: the most poolings (up to :data:`MAX_POOLINGS`) that ``patch`` allows
-    with feature maps of at least :data:`MIN_FEATURE` voxels, and the patch rounded up to a multiple of them."""
+def topology(
+    spacing: Sequence[float], patch: Sequence[int], max_depth: int = MAX_POOLINGS
+) -> tuple[int, list[int], list, list]:
+    """``(depth, patch, kernels, pools)``: the most poolings (up to ``max_depth``, :data:`MAX_POOLINGS` by default)
+    that ``patch`` allows with feature maps of at least :data:`MIN_FEATURE` voxels, and the patch rounded up to a
+    multiple of them."""
     patch = [max(int(p), 1) for p in patch]
     depth, kernels, pools = 0, *plan_stages(spacing, 0, patch, MIN_FEATURE)
-    for d in range(1, MAX_POOLINGS + 1):
+    for d in range(1, int(max_depth) + 1):
         try:
             k, p = plan_stages(spacing, d, patch, MIN_FEATURE)
         except ValueError:
