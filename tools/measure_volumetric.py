@@ -7,7 +7,10 @@
 * ``run``: ``python -m detloss.train task=volumetric`` in a subprocess, exactly as a user runs it, timed from start to
   exit (data generation on a cold cache included if ``--cold``, training, every validation, checkpoints); its
   ``metrics.json`` gives the final metrics and its CSV log the validation Dice of each epoch.
-* ``memory``: the default model, criterion and optimizer (``task=volumetric``'s configs: deep supervision, Dice + CE
+The memory and inference parts fix the network and window (:data:`RECIPE`: 8 channels, 3 poolings, a 24 × 48 × 48
+window), since a run plans its own from the data and the machine.
+
+* ``memory``: the task's model, criterion and optimizer (``task=volumetric``'s configs: deep supervision, Dice + CE
   with batch Dice, AdamW) on a 128 × 128 × 128 patch of 1 mm voxels, batch 2, 2 input channels and 4 classes; peak
   memory over 2 training steps, in a fresh process: on CPU the growth of the peak resident set (``ru_maxrss``), on a
   GPU ``torch.cuda.max_memory_allocated``.
@@ -41,9 +44,14 @@ from detloss.train import CONFIG_PATH
 CLASSES, CHANNELS = 4, 2
 
 
+#: the network and window of the memory and inference parts: the task's model at 8 channels and 3 poolings, the
+#: embedded data's recipe at 2 x 1 x 1 mm (a run plans its own: ``detloss-plan task=volumetric``)
+RECIPE = ("model.base_channels=8", "model.depth=3", "data.patch_size=[24,48,48]")
+
+
 def config(*overrides: str):
     with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("train", overrides=["task=volumetric", "paths.output_dir=.", *overrides])
+        return compose("train", overrides=["task=volumetric", "paths.output_dir=.", *RECIPE, *overrides])
 
 
 def part_run(overrides: list[str], out_root: Path, cold: bool) -> None:
@@ -124,7 +132,7 @@ def part_memory(device: str) -> None:
 def part_inference(device_name: str) -> None:
     cfg = config()
     device = torch.device(device_name)
-    spacing, roi = tuple(cfg.data.spacing), tuple(cfg.data.patch_size)
+    spacing, roi = tuple(cfg.data.spacing), tuple(cfg.data.patch_size)  # the generator's 2 x 1 x 1 mm
     model = instantiate(cfg.model, num_classes=CLASSES, in_channels=CHANNELS, spacing=spacing, patch_size=roi)
     criterion = instantiate(cfg.criterion, num_classes=CLASSES, loss=instantiate(cfg.loss))
     task = instantiate(cfg.task, model=model.to(device).eval(), criterion=criterion, optimizer=None)
