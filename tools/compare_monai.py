@@ -74,6 +74,8 @@ __all__ = [
     "train_monai",
     "run_detloss",
     "read_curve",
+    "Clock",
+    "compare",
     "summarise",
     "plot",
     "main",
@@ -291,24 +293,14 @@ def train_monai(
         model.train()
         return mean_dice(rows, names)
 
-    curve, step, next_val = [], 0, val_every
-    val_seconds, free = 0.0, 0.0  # all validation time; the part not counted (free_validation)
+    clock, step, next_val = Clock(start, validate, free_validation), 0, val_every
 
-    def checkpoint() -> None:
-        nonlocal val_seconds, free
-        begun = time.perf_counter()
-        dice, scores = validate()
-        spent = time.perf_counter() - begun
-        val_seconds += spent
-        free += spent if free_validation else 0.0
-        curve.append([time.perf_counter() - start - free, dice, scores])
-
-    train_start = time.perf_counter()
+    clock.begin()
     model.train()
     done = False
     while not done:
         for batch in loader:
-            elapsed = time.perf_counter() - train_start - free
+            elapsed = clock.elapsed()
             fraction = min(elapsed / seconds, 1.0)
             factor = (1 - fraction) ** 0.9 if optimizer == "sgd" else 0.5 * (1 + math.cos(math.pi * fraction))
             for group in opt.param_groups:
@@ -322,21 +314,22 @@ def train_monai(
             opt.step()
             loss = loss.detach()
             step += 1
-            elapsed = time.perf_counter() - train_start - free
+            elapsed = clock.elapsed()
             if elapsed >= seconds or (max_steps is not None and step >= max_steps):
                 done = True
                 break
             if elapsed >= next_val:
-                checkpoint()
-                say(f"monai: {curve[-1][0]:.0f} s, step {step}, loss {float(loss):.3f}, val dice {curve[-1][1]:.3f}")
-                next_val = time.perf_counter() - train_start - free + val_every
-    checkpoint()
-    say(f"monai: {curve[-1][0]:.0f} s, step {step} (end), val dice {curve[-1][1]:.3f} {curve[-1][2]}")
+                clock.checkpoint()
+                seconds_now, dice_now = clock.curve[-1][:2]
+                say(f"monai: {seconds_now:.0f} s, step {step}, loss {float(loss):.3f}, val dice {dice_now:.3f}")
+                next_val = clock.elapsed() + val_every
+    clock.checkpoint()
+    say(f"monai: {clock.curve[-1][0]:.0f} s, step {step} (end), val dice {clock.curve[-1][1]:.3f} {clock.curve[-1][2]}")
     return {
-        "curve": curve,
+        "curve": clock.curve,
         "steps": step,
         "seconds": time.perf_counter() - start,
-        "validation_seconds": val_seconds,
+        "validation_seconds": clock.val_seconds,
         "patch": patch,
         "kernels": kernels,
         "strides": strides,
@@ -357,6 +350,34 @@ def max_time(seconds: float) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+class Clock:
+    """A baseline's training clock: wall time since :meth:`begin` less the validations that do not count
+    (``free_validation``), and the curve ``[seconds since start, dice, {label: dice}]`` of its validations (whose
+    times count from ``start``, the job's own start, as detloss's curve does)."""
+
+    def __init__(self, start: float, validate, free_validation: bool = False) -> None:
+        self.start, self.validate, self.free_validation = start, validate, bool(free_validation)
+        self.curve: list[list] = []
+        self.val_seconds = self.free = 0.0
+        self.began = time.perf_counter()
+
+    def begin(self) -> None:
+        self.began = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Training seconds since :meth:`begin`, validations that do not count left out."""
+        return time.perf_counter() - self.began - self.free
+
+    def checkpoint(self) -> None:
+        """Validate once and add the point to :attr:`curve`."""
+        begun = time.perf_counter()
+        dice, scores = self.validate()
+        spent = time.perf_counter() - begun
+        self.val_seconds += spent
+        self.free += spent if self.free_validation else 0.0
+        self.curve.append([time.perf_counter() - self.start - self.free, dice, scores])
 
 
 def read_curve(log: str | Path) -> list[dict]:
@@ -533,6 +554,22 @@ def main(argv=None) -> int:
         parser.error(f"data: {args.data / 'dataset.json'} not found")
     if not args.minutes > 0:
         parser.error(f"--minutes must be positive, got {args.minutes}")
+    base = ["data=nnunet", f"data.root={args.data.resolve()}", *args.overrides]
+
+    def baseline(seed: int, seconds: float) -> dict:
+        return train_monai(
+            args.data, seconds, seed, args.val_every, args.patch, args.patch_voxels, args.filters,
+            optimizer=args.optimizer, lr=args.lr, free_validation=args.free_validation,
+        )  # fmt: skip
+
+    return compare(args, "volumetric", base, "monai", baseline)
+
+
+def compare(args, task: str, base: list[str], name: str, baseline) -> int:
+    """The side-by-side run of both tools: for each of ``args.seeds``, detloss's ``task`` with the overrides
+    ``base`` and the baseline ``name`` (``baseline(seed, seconds)``, a run's record with its ``curve``), each for
+    ``args.minutes`` (``args.only``: one side); writes ``args.out`` (JSON) after every run, prints the table and
+    draws ``args.plot``."""
     seconds = args.minutes * 60
     out = args.out or Path("outputs/compare") / f"{args.data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -542,19 +579,14 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     record = {"data": str(args.data), "minutes": args.minutes, "seeds": args.seeds, "machine": machine}
     record |= {"detloss_overrides": args.overrides, "results": results}
-    base = ["data=nnunet", f"data.root={args.data.resolve()}", *args.overrides]
     for seed in args.seeds:
         if args.only in (None, "detloss"):
-            r = run_detloss("volumetric", base, seconds, seed, args.runs / args.data.name)
+            r = run_detloss(task, base, seconds, seed, args.runs / args.data.name)
             results.setdefault("detloss", {})[str(seed)] = r
             print(f"detloss seed {seed}: {r['seconds']:.0f} s, final Dice {r['curve'][-1][1]:.3f}", flush=True)
             out.write_text(json.dumps(record, indent=2))
-        if args.only in (None, "monai"):
-            r = train_monai(
-                args.data, seconds, seed, args.val_every, args.patch, args.patch_voxels, args.filters,
-                optimizer=args.optimizer, lr=args.lr, free_validation=args.free_validation,
-            )  # fmt: skip
-            results.setdefault("monai", {})[str(seed)] = r
+        if args.only in (None, name):
+            results.setdefault(name, {})[str(seed)] = baseline(seed, seconds)
             out.write_text(json.dumps(record, indent=2))
     table = summarise(results, f"{args.data.name}, {args.minutes:g} min of training per run ({machine})")
     record["table"] = table

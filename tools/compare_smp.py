@@ -36,9 +36,7 @@ Output as ``tools/compare_monai.py``'s: a JSON file with both curves per seed an
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -50,7 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_monai import plot, run_detloss, summarise  # noqa: E402
+from compare_monai import Clock, compare  # noqa: E402
 
 __all__ = ["read_split", "num_classes_of", "class_names", "DiceAccumulator", "train_smp", "main"]
 
@@ -212,25 +210,15 @@ def train_smp(
         model.train()
         return dice.compute(names)
 
-    curve, step, next_val = [], 0, val_every
-    val_seconds, free = 0.0, 0.0  # all validation time; the part not counted (free_validation)
+    clock, step, next_val = Clock(start, validate, free_validation), 0, val_every
 
-    def checkpoint() -> None:
-        nonlocal val_seconds, free
-        begun = time.perf_counter()
-        dice, scores = validate()
-        spent = time.perf_counter() - begun
-        val_seconds += spent
-        free += spent if free_validation else 0.0
-        curve.append([time.perf_counter() - start - free, dice, scores])
-
-    train_start = time.perf_counter()
+    clock.begin()
     model.train()
     done = False
     while not done:
         order = rng.permutation(len(train_images))
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            elapsed = time.perf_counter() - train_start - free
+            elapsed = clock.elapsed()
             for group in opt.param_groups:
                 group["lr"] = float(lr) * 0.5 * (1 + math.cos(math.pi * min(elapsed / seconds, 1.0)))
             picks = order[i : i + batch_size]
@@ -249,21 +237,22 @@ def train_smp(
             opt.step()
             loss = loss.detach()
             step += 1
-            elapsed = time.perf_counter() - train_start - free
+            elapsed = clock.elapsed()
             if elapsed >= seconds or (max_steps is not None and step >= max_steps):
                 done = True
                 break
             if elapsed >= next_val:
-                checkpoint()
-                say(f"smp: {curve[-1][0]:.0f} s, step {step}, loss {float(loss):.3f}, val dice {curve[-1][1]:.3f}")
-                next_val = time.perf_counter() - train_start - free + val_every
-    checkpoint()
-    say(f"smp: {curve[-1][0]:.0f} s, step {step} (end), val dice {curve[-1][1]:.3f}")
+                clock.checkpoint()
+                seconds_now, dice_now = clock.curve[-1][:2]
+                say(f"smp: {seconds_now:.0f} s, step {step}, loss {float(loss):.3f}, val dice {dice_now:.3f}")
+                next_val = clock.elapsed() + val_every
+    clock.checkpoint()
+    say(f"smp: {clock.curve[-1][0]:.0f} s, step {step} (end), val dice {clock.curve[-1][1]:.3f}")
     return {
-        "curve": curve,
+        "curve": clock.curve,
         "steps": step,
         "seconds": time.perf_counter() - start,
-        "validation_seconds": val_seconds,
+        "validation_seconds": clock.val_seconds,
         "encoder": encoder,
         "params": params,
         "train_images": len(train_images),
@@ -298,43 +287,19 @@ def main(argv=None) -> int:
         num_classes = args.num_classes or num_classes_of(args.data)
     except FileNotFoundError as err:
         parser.error(str(err))
-    seconds = args.minutes * 60
-    out = args.out or Path("outputs/compare") / f"{args.data.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    machine = f"{os.cpu_count()} CPUs, load {load:.1f}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    print(f"machine: {machine}; data: {args.data}; {args.minutes:g} min per run; seeds {args.seeds}", flush=True)
-    results: dict[str, dict] = {}
-    record = {"data": str(args.data), "minutes": args.minutes, "seeds": args.seeds, "machine": machine}
-    record |= {"detloss_overrides": args.overrides, "results": results}
     base = ["data=masks", f"data.root={args.data.resolve()}", f"data.num_classes={num_classes}"]
     names = class_names(args.data, num_classes)
     if names and not any(o.lstrip("+").startswith("data.class_names=") for o in args.overrides):
         base.append("++data.class_names=[" + ",".join(f"'{n}'" for n in names) + "]")  # the table's names agree
     base += args.overrides
-    for seed in args.seeds:
-        if args.only in (None, "detloss"):
-            r = run_detloss("segmentation", base, seconds, seed, args.runs / args.data.name)
-            results.setdefault("detloss", {})[str(seed)] = r
-            print(f"detloss seed {seed}: {r['seconds']:.0f} s, final Dice {r['curve'][-1][1]:.3f}", flush=True)
-            out.write_text(json.dumps(record, indent=2))
-        if args.only in (None, "smp"):
-            r = train_smp(
-                args.data, seconds, seed, num_classes, args.val_every, args.encoder, args.batch_size, args.lr,
-                free_validation=args.free_validation,
-            )  # fmt: skip
-            results.setdefault("smp", {})[str(seed)] = r
-            out.write_text(json.dumps(record, indent=2))
-    table = summarise(results, f"{args.data.name}, {args.minutes:g} min of training per run ({machine})")
-    record["table"] = table
-    out.write_text(json.dumps(record, indent=2))
-    print()
-    print(table)
-    print(f"\nwritten: {out}")
-    if args.plot:
-        plot(results, args.plot, args.data.name)
-        print(f"plot: {args.plot}")
-    return 0
+
+    def baseline(seed: int, seconds: float) -> dict:
+        return train_smp(
+            args.data, seconds, seed, num_classes, args.val_every, args.encoder, args.batch_size, args.lr,
+            free_validation=args.free_validation,
+        )  # fmt: skip
+
+    return compare(args, "segmentation", base, "smp", baseline)
 
 
 if __name__ == "__main__":
