@@ -191,10 +191,10 @@ class VolumeWriter(PredictionWriter):
 
     The channels of a case are read as the nnU-Net layout names them (``<case>_XXXX.nii.gz``, ``XXXX`` from 0000 up
     to the checkpoint's ``in_channels``; the item of channel 0000 stands for its case, the others are skipped), each
-    preprocessed as in training (:func:`detloss.data.nnunet.preprocess`: the checkpoint's normalisation, resampled to
-    its target spacing); the logits are resampled back to the case's own grid (trilinear) before the argmax, so the
-    written mask has the input's shape and geometry. A channel file missing, or channels of different shapes, fail
-    naming the file. No drawing (``predict.draw`` does not apply)."""
+    preprocessed as in training (:func:`detloss.data.preprocess.preprocess`: the checkpoint's normalisation,
+    resampled to its target spacing); the logits are resampled back to the case's own grid (trilinear) before the
+    argmax, so the written mask has the input's shape and geometry. A channel file missing, or channels of different
+    shapes, fail naming the file. No drawing (``predict.draw`` does not apply)."""
 
     extensions = (".nii.gz", ".nii")
     _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")
@@ -203,7 +203,8 @@ class VolumeWriter(PredictionWriter):
     def __call__(self, item: Item) -> None:
         import nibabel as nib
 
-        from .data.nnunet import preprocess, read_volume
+        from .data.nnunet import read_volume
+        from .data.preprocess import preprocess
         from .segmentation import resize_logits
 
         channels, found = int(self.data["in_channels"]), self._CHANNEL.match(item.path.name)

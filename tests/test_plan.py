@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from detloss.data import NnUNetDataModule, NnUNetDataset, read_volume
-from detloss.data.nnunet import normalise, preprocess
+from detloss.data.preprocess import normalise, preprocess
 from detloss.data.resample import resample_image, resample_labels, resampled_shape
 from detloss.plan import (
     VolumeFingerprint,

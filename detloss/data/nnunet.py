@@ -6,8 +6,9 @@
     DIR/labelsTr/<case>.nii.gz       class indices 0 … K−1 (and the value of an optional "ignore" label)
 
 Arrays are read as nnU-Net's ``NibabelIO`` reads them: transposed to ``(z, y, x)`` = ``(D, H, W)``, the spacing
-(mm, from the header's zooms) reversed to match; the affine's orientation is not applied (no resampling either: each
-case is used at its own spacing). An ``"ignore"`` label becomes ``ignore_index`` (255).
+(mm, from the header's zooms) reversed to match; the affine's orientation is not applied. Cases are resampled to
+the target spacing of the plan (:mod:`detloss.data.resample`) when theirs differs. An ``"ignore"`` label becomes
+``ignore_index`` (255).
 
 Checks at construction, each naming the file: ``dataset.json`` present, with the four keys and labels 0 … K−1; a
 channel file missing for a case; a label file missing; channels of one case with different shapes or spacings; a
@@ -15,10 +16,10 @@ label volume whose shape or spacing differs from its image's; label values absen
 volume is read once, which also gives the foreground locations for patch sampling); ``numTraining`` not matching
 the cases found.
 
-Normalisation: each channel of each case is z-scored, ``(x − mean) / std`` over the case's volume, which is what
-nnU-Net does for every channel that is not CT (``ZScoreNormalization``). Channels named CT are z-scored per case too
-(nnU-Net's dataset-wide CT clipping is not implemented), and nnU-Net's option of normalising inside the non-zero mask
-only (after cropping) is not used.
+Normalisation: one scheme per channel (:func:`detloss.data.preprocess.normalise`), planned from the fingerprint as
+nnU-Net plans it (:func:`detloss.plan.normalisation`): CT clipped to the dataset's foreground percentiles and
+z-scored with its statistics, every other channel z-scored per case (inside the non-zero region where cropping to
+it removes a quarter of the volume).
 
 Split: fold ``fold`` of a seeded ``num_folds``-fold split by case (nnU-Net: 5 folds, seed 12345), the cases sorted
 by name and shuffled with the seed; the validation cases of the folds are disjoint and cover every case.
@@ -39,7 +40,8 @@ import numpy as np
 
 from .base import _DataModule
 from .patches import PatchDataset, VolumeDataset, volume_collate
-from .resample import needs_resampling, resample_image, resample_labels
+from .preprocess import check_normalization, check_spacing, preprocess
+from .resample import needs_resampling, resample_labels
 
 __all__ = [
     "NnUNetDataset",
@@ -47,11 +49,6 @@ __all__ = [
     "Case",
     "read_volume",
     "cross_validation_split",
-    "zscore",
-    "normalise",
-    "preprocess",
-    "check_spacing",
-    "check_normalization",
 ]
 
 FILE_ENDINGS = (".nii.gz", ".nii")
@@ -94,96 +91,6 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float
     if array.ndim > 3:
         array = array.reshape(array.shape[:3])
     return np.ascontiguousarray(array.transpose(2, 1, 0)), tuple(float(z) for z in image.header.get_zooms()[:3][::-1])
-
-
-def zscore(volume: np.ndarray) -> np.ndarray:
-    """``(x − mean) / std`` over the volume, float32 (statistics in float64; a constant volume becomes 0)."""
-    data = volume.astype(np.float64)
-    std = data.std()
-    return ((data - data.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
-
-
-def normalise(volume: np.ndarray, scheme: dict | None, nonzero: np.ndarray | None = None) -> np.ndarray:
-    """One channel normalised by ``scheme`` (float32), as nnU-Net normalises:
-
-    * ``None`` or ``{"scheme": "zscore"}``: :func:`zscore` over the volume; with ``"nonzero_mask": true``, over the
-      voxels of ``nonzero`` (where any channel of the case is non-zero) only, and 0 outside them;
-    * ``{"scheme": "ct", "clip": [low, high], "mean": m, "std": s}``: clipped to ``[low, high]`` (the dataset's
-      foreground percentiles 0.5 and 99.5), then ``(x − m) / s`` (the dataset's foreground statistics).
-    """
-    kind = "zscore" if scheme is None else scheme.get("scheme")
-    if kind == "ct":
-        low, high = scheme["clip"]
-        std = float(scheme["std"]) if float(scheme["std"]) > 1e-8 else 1.0
-        return ((np.clip(volume.astype(np.float64), low, high) - float(scheme["mean"])) / std).astype(np.float32)
-    if kind != "zscore":
-        raise ValueError(f"normalization scheme must be 'zscore' or 'ct', got {scheme!r}")
-    if not (scheme or {}).get("nonzero_mask") or nonzero is None or not nonzero.any():
-        return zscore(volume)
-    out = np.zeros(volume.shape, dtype=np.float32)
-    values = volume[nonzero].astype(np.float64)
-    std = values.std()
-    out[nonzero] = ((values - values.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
-    return out
-
-
-def check_spacing(spacing: Sequence[float], name: str) -> tuple[float, float, float]:
-    """``spacing`` as 3 positive floats ``(D, H, W)`` mm, or a ``ValueError`` naming ``name``."""
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"{name} must be 3 positive numbers (D, H, W) mm, got {spacing!r}")
-    return values
-
-
-def check_normalization(normalization: Sequence[dict], channel_names: Sequence[str]) -> None:
-    """A ``ValueError`` naming ``data.normalization`` unless it gives one valid scheme per channel (see
-    :func:`normalise`): ``{"scheme": "zscore"[, "nonzero_mask": bool]}`` or ``{"scheme": "ct", "clip": [low,
-    high], "mean": m, "std": s}`` with ``low <= high`` and ``s > 0``."""
-    if len(normalization) != len(channel_names):
-        raise ValueError(
-            f"data.normalization must give one scheme per channel ({len(channel_names)}: {list(channel_names)}), "
-            f"got {len(normalization)}"
-        )
-    for name, scheme in zip(channel_names, normalization):
-        kind = dict(scheme).get("scheme")
-        keys = {"zscore": {"scheme", "nonzero_mask"}, "ct": {"scheme", "clip", "mean", "std"}}.get(kind)
-        if keys is None:
-            raise ValueError(f"data.normalization of channel {name!r}: scheme must be 'zscore' or 'ct', got {scheme!r}")
-        if set(scheme) - keys or (kind == "ct" and set(scheme) != keys):
-            raise ValueError(
-                f"data.normalization of channel {name!r}: a {kind!r} scheme has the keys {sorted(keys)}, "
-                f"got {sorted(scheme)}"
-            )
-        if kind == "ct":
-            low, high = (float(v) for v in scheme["clip"])
-            if not (math.isfinite(low) and math.isfinite(high) and low <= high) or not float(scheme["std"]) > 0:
-                raise ValueError(
-                    f"data.normalization of channel {name!r}: a CT scheme needs clip [low, high] with low <= high "
-                    f"and std > 0, got {scheme!r}"
-                )
-
-
-def preprocess(
-    channels: Sequence[np.ndarray],
-    spacing: Sequence[float],
-    target_spacing: Sequence[float] | None = None,
-    normalization: Sequence[dict] | None = None,
-) -> np.ndarray:
-    """A case's raw channels ``[(D, H, W), ...]`` at ``spacing`` as a network sees them: each channel normalised by
-    its scheme (:func:`normalise`; ``None``: z-scored), then resampled to ``target_spacing``
-    (:func:`~detloss.data.resample.resample_image`; ``None``: kept). Training, evaluation and prediction all call
-    this, so they preprocess alike. Returns ``(C, D', H', W')`` float32."""
-    schemes = list(normalization) if normalization is not None else [None] * len(channels)
-    nonzero = (
-        np.any(np.stack([c != 0 for c in channels]), 0) if any((s or {}).get("nonzero_mask") for s in schemes) else None
-    )
-    image = np.stack([normalise(c, s, nonzero) for c, s in zip(channels, schemes)])
-    if target_spacing is not None and needs_resampling(spacing, target_spacing):
-        image = resample_image(image, spacing, target_spacing)
-    return image
 
 
 def cross_validation_split(names: Sequence[str], fold: int, num_folds: int = 5, seed: int = 12345):
@@ -229,8 +136,9 @@ class NnUNetDataset:
 
     def prepare(self, spacing: Sequence[float] | None = None, normalization: Sequence[dict] | None = None) -> None:
         """Resample every case to ``spacing`` (``None``: each case at its own) and normalise its channels by
-        ``normalization`` (one scheme per channel, see :func:`normalise`; ``None``: z-score per case): what a plan
-        fixes (:mod:`detloss.plan`). Resamples the label volumes at once and lists their foreground voxels."""
+        ``normalization`` (one scheme per channel, see :func:`detloss.data.preprocess.normalise`; ``None``: z-score
+        per case): what a plan fixes (:mod:`detloss.plan`). Resamples the label volumes at once and lists their
+        foreground voxels."""
         if spacing is not None:
             spacing = check_spacing(spacing, "data.target_spacing")
         if normalization is not None:
@@ -413,7 +321,7 @@ class NnUNetDataModule(_DataModule):
         ignore_index: the label of voxels that count nowhere (padding, an ``"ignore"`` label).
         cache: keep the normalised images in memory once read.
         target_spacing: the spacing ``(D, H, W)`` mm every case is resampled to (``None``: planned).
-        normalization: one scheme per channel (:func:`normalise`; ``None``: planned).
+        normalization: one scheme per channel (:func:`detloss.data.preprocess.normalise`; ``None``: planned).
         plan: the planner's options (``budget_minutes``, ``memory_gib``, ``min_steps``), read by the run.
 
     Attributes (known after ``__init__``): ``class_names``, ``num_classes``, ``in_channels``, ``spacing`` (the target
