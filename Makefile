@@ -5,7 +5,7 @@ PIP_INSTALL = $(PYTHON) -m pip install -e ".[dev]"
 CHECK_TORCHVISION = $(PYTHON) -c "import torch, torchvision.ops as o; o.nms(torch.rand(1, 4), torch.rand(1), 0.5)" \
 	|| { echo "torchvision's ops do not load against this torch; reinstall the pair: see README, Install"; exit 1; }
 
-.PHONY: install lint train test test-slow fuzz-long bench
+.PHONY: install lint train test test-slow fuzz-long bench docs
 
 install:
 	$(PIP_INSTALL)
@@ -30,3 +30,7 @@ fuzz-long: install
 
 bench: install
 	$(PYTHON) tools/bench_losses.py
+
+# the documentation site (mkdocs.yml) into build/site/; --strict fails on a broken link or a missing API object
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir build/site

@@ -1,0 +1,60 @@
+"""The documentation site (``mkdocs.yml``, ``docs/``) builds with ``--strict``: a broken link or anchor, a page
+left out of the navigation and an API object that mkdocstrings cannot find fail the build; and no built page asks
+the network for anything."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+#: the packages whose API reference pages the site must hold, one page each
+PACKAGES = ("losses", "composite", "detection", "segmentation", "models", "data", "tasks", "plan", "report")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
+           "--site-dir", str(out)]  # fmt: skip
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out
+
+
+def test_the_site_builds_strictly_with_a_page_per_package(site):
+    for name in PACKAGES:
+        page = (site / "reference" / name / "index.html").read_text()
+        assert f'id="detloss.{name}' in page, name  # mkdocstrings rendered the package's objects
+    entry = (site / "reference" / "entry_points" / "index.html").read_text()
+    for module in ("detloss.train", "detloss.eval", "detloss.predict", "detloss.plan.cli", "detloss.report.cli"):
+        assert f'id="{module}"' in entry, module
+
+
+def test_a_fused_loss_page_links_its_reference_form(site):
+    page = (site / "reference" / "losses" / "index.html").read_text()
+    for name in ("bce_with_logits", "focal_loss", "varifocal_loss", "quality_focal_loss", "cross_entropy", "dfl_loss",
+                 "dice_loss", "generalized_dice_loss", "tversky_loss", "focal_tversky_loss", "jaccard_loss"):  # fmt: skip
+        assert f'href="#detloss.losses.reference.{name}"' in page, name
+        assert f'id="detloss.losses.reference.{name}"' in page, name
+
+
+#: an attribute that makes the browser fetch something: a script, a style sheet, a font, an image, a frame
+FETCH = re.compile(r"<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)=\"((?:https?:)?//[^\"]+)\"", re.I)
+
+
+def test_no_page_loads_anything_from_the_network(site):
+    pages = list(site.rglob("*.html"))
+    assert len(pages) > 20
+    for page in pages:
+        text = page.read_text()
+        assert not FETCH.findall(text), (page.relative_to(site), FETCH.findall(text))
+        assert "fonts.googleapis" not in text and "fonts.gstatic" not in text, page.relative_to(site)
+    for sheet in site.rglob("*.css"):
+        assert not re.search(r"@import\s+url\((?:https?:)?//", sheet.read_text()), sheet.relative_to(site)
+
