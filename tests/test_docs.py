@@ -38,8 +38,9 @@ def test_the_site_builds_strictly_with_a_page_per_package(site):
 
 def test_a_fused_loss_page_links_its_reference_form(site):
     page = (site / "reference" / "losses" / "index.html").read_text()
-    for name in ("bce_with_logits", "focal_loss", "varifocal_loss", "quality_focal_loss", "cross_entropy", "dfl_loss",
-                 "dice_loss", "generalized_dice_loss", "tversky_loss", "focal_tversky_loss", "jaccard_loss"):  # fmt: skip
+    fused = ("bce_with_logits", "focal_loss", "varifocal_loss", "quality_focal_loss", "cross_entropy", "dfl_loss",
+             "dice_loss", "generalized_dice_loss", "tversky_loss", "focal_tversky_loss", "jaccard_loss")  # fmt: skip
+    for name in fused:
         assert f'href="#detloss.losses.reference.{name}"' in page, name
         assert f'id="detloss.losses.reference.{name}"' in page, name
 
@@ -57,4 +58,3 @@ def test_no_page_loads_anything_from_the_network(site):
         assert "fonts.googleapis" not in text and "fonts.gstatic" not in text, page.relative_to(site)
     for sheet in site.rglob("*.css"):
         assert not re.search(r"@import\s+url\((?:https?:)?//", sheet.read_text()), sheet.relative_to(site)
-
