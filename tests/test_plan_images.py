@@ -82,6 +82,17 @@ def test_the_fingerprint_of_a_mask_folder(tmp_path, monkeypatch):
     assert again.signature != fp.signature and again.classes[2]["pixel_share"] == pytest.approx(17 / 39)
 
 
+def test_a_cached_mask_fingerprint_is_not_reused_for_other_classes(tmp_path):
+    """The counts depend on the number of classes and their names: the same files read with another class list are
+    counted anew, not read back from the cache beside them."""
+    root = make_masks(tmp_path / "ds")
+    three = MaskDataModule(root, num_classes=3, class_names=["bg", "one", "two"]).fingerprint
+    four = MaskDataModule(root, num_classes=4, class_names=["bg", "one", "two", "three"]).fingerprint
+    assert four.signature != three.signature and len(four.classes) == 4 and four.classes[3]["pixel_share"] == 0.0
+    renamed = MaskDataModule(root, num_classes=3, class_names=["bg", "a", "b"]).fingerprint
+    assert renamed.class_names == ["bg", "a", "b"]
+
+
 def no_decoding(monkeypatch):
     """Fail any image decode: the detection fingerprint reads headers and annotation files only."""
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded an image"))

@@ -19,8 +19,6 @@ recipe that still trains ``min_steps`` steps within the budget:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -32,6 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .cache import cache_folder, key, read_json, write_json
 from .fingerprint import VolumeFingerprint
 from .rules import (
     MAX_POOLINGS,
@@ -391,32 +390,27 @@ def kept(
     Raises:
         TimeoutError: on a rank other than 0, no plan from rank 0 within ``wait_seconds`` (naming the file).
     """
-    text = json.dumps(ident, sort_keys=True, default=str)
-    folder = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "detloss" / "plans"
-    path = folder / f"{hashlib.sha1(text.encode()).hexdigest()[:16]}.json"
+    folder = Path(cache_dir) if cache_dir is not None else cache_folder("plans")
+    path = folder / f"{key(ident)}.json"
+
+    def read():
+        try:
+            return kind(**found) if (found := read_json([path])) is not None else None
+        except TypeError:  # written by another version of the plan
+            return None
+
     if rank != 0:
         deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                return kind(**json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError, TypeError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"rank {rank} waited {wait_seconds:.0f} s for rank 0's plan at {path}; is rank 0 planning "
-                        "this run with the same configuration and a shared home directory?"
-                    ) from None
-                time.sleep(1.0)
-    if use_cache:
-        try:
-            return kind(**json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError):
-            pass
+        while (plan := read()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"rank {rank} waited {wait_seconds:.0f} s for rank 0's plan at {path}; is rank 0 planning "
+                    "this run with the same configuration and a shared home directory?"
+                )
+            time.sleep(1.0)
+        return plan
+    if use_cache and (plan := read()) is not None:
+        return plan
     plan = compute()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(plan.to_dict()))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    write_json([path], plan.to_dict())
     return plan

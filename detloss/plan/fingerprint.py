@@ -14,15 +14,15 @@ cannot be written, into ``~/.cache/detloss/fingerprints/``; it is computed anew 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from .cache import cache_folder, key, read_json, write_json
+from .cache import signature as files_signature
 
 __all__ = ["VolumeFingerprint", "volume_fingerprint", "crop_to_nonzero_box", "FOREGROUND_SAMPLES"]
 
@@ -104,41 +104,8 @@ def crop_to_nonzero_box(image: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(box)
 
 
-def _signature(files: list[Path]) -> str:
-    digest = hashlib.sha1(str(VERSION).encode())
-    for path in sorted(files):
-        stat = path.stat()
-        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
 def _cache_paths(root: Path) -> list[Path]:
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    return [root / _FILE, Path.home() / ".cache" / "detloss" / "fingerprints" / f"{key}.json"]
-
-
-def _read_cached(root: Path, signature: str) -> VolumeFingerprint | None:
-    for path in _cache_paths(root):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if data.get("signature") == signature and data.get("version") == VERSION:
-            return VolumeFingerprint.from_dict(data)
-    return None
-
-
-def _write_cached(root: Path, fingerprint: VolumeFingerprint) -> None:
-    text = json.dumps(fingerprint.to_dict(), indent=1)
-    for path in _cache_paths(root):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-            return
-        except OSError:
-            continue
+    return [root / _FILE, cache_folder("fingerprints") / f"{key(str(root.resolve()))}.json"]
 
 
 def volume_fingerprint(source, cache: bool = True) -> VolumeFingerprint:
@@ -148,9 +115,9 @@ def volume_fingerprint(source, cache: bool = True) -> VolumeFingerprint:
     from ..data.nnunet import read_volume  # the reader owns the axis order
 
     files = [source.root / "dataset.json", *(p for case in source.cases for p in (*case.images, case.label))]
-    signature = _signature(files)
-    if cache and (found := _read_cached(source.root, signature)) is not None:
-        return found
+    signature = files_signature(files, VERSION)
+    if cache and (found := read_json(_cache_paths(source.root), lambda d: d.get("signature") == signature)):
+        return VolumeFingerprint.from_dict(found)
     num_labels = len(source.class_names) - 1
     samples: list[list[np.ndarray]] = [[] for _ in source.channel_names]
     counts = np.zeros(num_labels, dtype=np.int64)
@@ -226,5 +193,5 @@ def volume_fingerprint(source, cache: bool = True) -> VolumeFingerprint:
         list(source.channel_names), list(source.class_names), cases, intensities, labels, signature
     )
     if cache:
-        _write_cached(source.root, fingerprint)
+        write_json(_cache_paths(source.root), fingerprint.to_dict())
     return fingerprint

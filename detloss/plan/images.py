@@ -32,9 +32,6 @@ apply (Isensee et al., Nature Methods 2021):
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +41,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .fingerprint import _signature
+from .cache import cache_folder, key, read_json, write_json
+from .cache import signature as files_signature
 
 __all__ = ["ImageFingerprint", "mask_fingerprint", "detection_fingerprint"]
 
@@ -98,27 +96,14 @@ def _stats(values) -> dict[str, float]:
 
 def _cached(root: Path | None, signature: str, compute: Callable[[], ImageFingerprint], cache: bool):
     """The fingerprint cached beside the data (``root``) or in the cache directory, computed when absent or stale."""
-    key = hashlib.sha1(str(root.resolve() if root else signature).encode()).hexdigest()[:16]
-    paths = ([root / _FILE] if root else []) + [Path.home() / ".cache" / "detloss" / "fingerprints" / f"2d-{key}.json"]
-    if cache:
-        for path in paths:
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if data.get("signature") == signature and data.get("version") == VERSION:
-                return ImageFingerprint.from_dict(data)
+    where = cache_folder("fingerprints") / f"2d-{key(str(root.resolve()) if root else signature)}.json"
+    paths = ([root / _FILE] if root else []) + [where]
+    if cache and (found := read_json(paths, lambda data: data.get("signature") == signature)):
+        return ImageFingerprint.from_dict(found)
     fingerprint = compute()
     fingerprint.signature = signature
-    for path in paths if cache else []:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(fingerprint.to_dict(), indent=1))
-            os.replace(tmp, path)
-            break
-        except OSError:
-            continue
+    if cache:
+        write_json(paths, fingerprint.to_dict())
     return fingerprint
 
 
@@ -143,7 +128,8 @@ def mask_fingerprint(
     classes named ``class_names``, default ``class_<k>``), cached in ``root`` (default: the folder two levels above
     its images, the dataset root)."""
     root = Path(root) if root is not None else Path(dataset.image_dir).parent.parent
-    signature = _signature([*dataset.image_paths, *dataset.mask_paths])
+    facts = (VERSION, int(dataset.num_classes), class_names, dataset.ignore_index)  # what the counts depend on
+    signature = files_signature([*dataset.image_paths, *dataset.mask_paths], *facts)
 
     def compute() -> ImageFingerprint:
         heights, widths = _header_sizes(dataset.image_paths)
@@ -237,10 +223,11 @@ def detection_fingerprint(data, cache: bool = True) -> ImageFingerprint:
     (generated data: in the cache directory, keyed by its parameters)."""
     dataset = getattr(data, "train_dataset", data)
     files, root, items = _detection_items(dataset)
-    if isinstance(files, dict):
-        signature = hashlib.sha1(json.dumps([VERSION, files], sort_keys=True).encode()).hexdigest()[:16]
+    names = [str(name) for name in dataset.class_names]
+    if isinstance(files, dict):  # generated data: its parameters say what it holds
+        signature = key([VERSION, files, names])
     else:
-        signature = _signature(files)
+        signature = files_signature(files, VERSION, names)
 
     def compute() -> ImageFingerprint:
         names = list(dataset.class_names)
