@@ -294,4 +294,4 @@ def test_the_criteria_compute_on_one_thread_on_cpu_and_restore_the_count(monkeyp
         assert seen == [1, 1] and torch.get_num_threads() == 2  # one normaliser per head
     finally:
         torch.set_num_threads(threads)
-    assert DetectionCriterion.single_thread_on_cpu and EndToEndCriterion.single_thread_on_cpu
+    assert DetectionCriterion._single_thread_on_cpu and EndToEndCriterion._single_thread_on_cpu

@@ -56,11 +56,11 @@ class Criterion(nn.Module):
 
     #: compute on one intra-op thread when the outputs are on the CPU (:func:`detloss.runtime.one_thread`): for
     #: criteria of many small ops (the detection criteria), whose thread fork/join costs more than it gains on an idle
-    #: machine and many times the work on a busy one (README, "The detection criterion")
-    single_thread_on_cpu: bool = False
+    #: machine and many times the work on a busy one (the benchmarks pages measure it)
+    _single_thread_on_cpu: bool = False
 
     def forward(self, outputs: Any, targets: Any) -> LossOutput:
-        if self.single_thread_on_cpu and _first_tensor(outputs).device.type == "cpu":
+        if self._single_thread_on_cpu and _first_tensor(outputs).device.type == "cpu":
             with one_thread():
                 return self.loss(self.build_views(outputs, targets))
         return self.loss(self.build_views(outputs, targets))

@@ -261,7 +261,7 @@ class DetectionCriterion(Criterion):
     """
 
     views = frozenset({"box", "dist", "cls"})
-    single_thread_on_cpu = True
+    _single_thread_on_cpu = True
 
     def __init__(
         self,
@@ -328,7 +328,7 @@ class EndToEndCriterion(Criterion):
     """
 
     views = frozenset(f"{head}/{view}" for head in HEADS for view in ("box", "dist", "cls"))
-    single_thread_on_cpu = True
+    _single_thread_on_cpu = True
 
     def __init__(
         self,
