@@ -3,6 +3,7 @@
 * :class:`CompositeLoss`, :class:`View`, :class:`LossOutput` (``loss.py``): the weighted sum, reduced and
   normalised in one place;
 * :class:`Criterion` (``criterion.py``): the contract between a task and the loss of a head;
+* the loss-config check (``checks.py``): :func:`check_loss` when a composite is built, and ``detloss-check``;
 * loss-weight schedules (``weight_schedules.py``): stateless factors on term weights read from the
   training :class:`Position`;
 * learned balancing (``balancing.py``): uncertainty weighting, dynamic weight averaging.
@@ -12,6 +13,7 @@ voxel is.
 """
 
 from .balancing import Balancer, DynamicWeightAverage, UncertaintyWeighting
+from .checks import Finding, LossConfigWarning, check_loss, check_views
 from .criterion import Criterion
 from .loss import CompositeLoss, LossOutput, View
 from .weight_schedules import Cosine, HandOver, LinearWarmup, Position, ProgLoss, Rebalance, Step, WeightSchedule
@@ -21,6 +23,10 @@ __all__ = [
     "LossOutput",
     "View",
     "Criterion",
+    "Finding",
+    "LossConfigWarning",
+    "check_loss",
+    "check_views",
     "Position",
     "WeightSchedule",
     "LinearWarmup",

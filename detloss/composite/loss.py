@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from ..losses import autocast_off, check_number
 from .balancing import Balancer
+from .checks import check_loss, report
 from .weight_schedules import HandOver, Position, WeightSchedule
 
 __all__ = ["CompositeLoss", "LossOutput", "View"]
@@ -198,9 +199,11 @@ class CompositeLoss(nn.Module):
             and schedule apply to each of its terms, named ``<group>/<term>`` (the two heads of an end-to-end
             detector, the scales of deep supervision).
         balancing: an optional :class:`~detloss.composite.Balancer` that learns the terms' factors.
+        check: run the loss-config check (:func:`~detloss.composite.check_loss`) on the composite built: its
+            errors raise ``ValueError``, its warnings are :class:`~detloss.composite.LossConfigWarning`.
     """
 
-    def __init__(self, terms: Mapping[str, Mapping | None], balancing: Balancer | None = None):
+    def __init__(self, terms: Mapping[str, Mapping | None], balancing: Balancer | None = None, check: bool = True):
         super().__init__()
         if not isinstance(terms, Mapping):
             raise ValueError(f"terms must be a mapping of name to {{loss, weight, view}}, got {type(terms).__name__}")
@@ -227,6 +230,8 @@ class CompositeLoss(nn.Module):
         self.balancing = balancing
         if self.schedules:  # the weights of the start of training, until the task updates them
             self.update(Position(step=0, epoch=0.0, total_steps=1, epochs=1))
+        if check:
+            report(check_loss(self))
 
     def members(self, owner: str) -> list[str]:
         """The terms that ``owner`` names: the term itself, or every term of the group."""
@@ -249,6 +254,12 @@ class CompositeLoss(nn.Module):
 
     def update(self, position: Position) -> None:
         """Set the scheduled weights, and tell the balancer, for the training position ``position``."""
+        self.weights = self.scheduled_weights(position)
+        if self.balancing is not None:
+            self.balancing.update(position)
+
+    def scheduled_weights(self, position: Position) -> dict[str, float]:
+        """Each term's configured weight times its schedules' factors at ``position`` (nothing is changed)."""
         weights = dict(self.base_weights)
         for owner, schedule in self.schedules.items():
             factor = schedule.factor(position)
@@ -258,9 +269,7 @@ class CompositeLoss(nn.Module):
                 share = schedule.share(position)
                 for name in {n for receiver in schedule.receivers for n in self.members(receiver)}:
                     weights[name] *= share
-        self.weights = weights
-        if self.balancing is not None:
-            self.balancing.update(position)
+        return weights
 
     def current_weights(self) -> dict[str, float]:
         """Each term's effective weight: configured × scheduled × learned."""
@@ -281,6 +290,7 @@ class CompositeLoss(nn.Module):
         return CompositeLoss(
             {group: {"weight": weight, **self._as_group(group)} for group, weight in groups.items()},
             balancing=copy.deepcopy(self.balancing),
+            check=False,  # this composite was checked; its copies hold the same terms
         )
 
     def _as_group(self, group: str) -> dict:
@@ -352,6 +362,12 @@ class CompositeLoss(nn.Module):
                 total = value if total is None else total + value
         terms.update({name: value.detach() for name, value in values.items()})
         return LossOutput(total, {name: terms[name] for name in self.losses if name in terms}, values)
+
+    def term_value(self, name: str, view: View) -> Tensor:
+        """Term ``name`` on ``view``, reduced as :meth:`forward` reduces it, unweighted; float32, autocast off."""
+        first = next((a for a in view.args if isinstance(a, Tensor)), None)
+        with autocast_off(first.device if first is not None else torch.device("cpu")):
+            return self._evaluate(name, self.losses[name], view)
 
     def _evaluate(self, name: str, loss: nn.Module, view: View) -> Tensor:
         kwargs = dict(view.kwargs)
