@@ -54,6 +54,9 @@ class VolumetricTask(LossTask):
         sw_batch_size: windows per forward pass.
         nsd_tolerance: the normalised surface Dice's tolerance in mm, one value or one per foreground label.
         hd_percentile: the percentile of the Hausdorff distance (95).
+        tta: mirroring test-time augmentation in :meth:`infer` (validation and prediction): each window's logits
+            averaged over its flips along every axis, as nnU-Net predicts
+            (:func:`~detloss.segmentation.inference.mirror_average`); off by default (8 forward passes a window).
 
     Previews: for a few validation volumes, three axial slices through the lesion; rows image (first channel),
     target and prediction, one colour per label (the palette of the 2D task).
@@ -74,11 +77,13 @@ class VolumetricTask(LossTask):
         sw_batch_size: int = 2,
         nsd_tolerance: float | Sequence[float] = 2.0,
         hd_percentile: float = 95.0,
+        tta: bool = False,
     ):
         super().__init__(model, criterion, optimizer, scheduler, class_names, num_previews, nan_guard, channels_last)
         self.num_classes = criterion.num_classes
         self.roi_size = tuple(int(s) for s in roi_size)
         self.sw_overlap, self.sw_batch_size = float(sw_overlap), int(sw_batch_size)
+        self.tta = bool(tta)
         ignore = getattr(criterion, "ignore_index", None)
         self.metrics = VolumeMetrics(self.num_classes, nsd_tolerance, hd_percentile, ignore)
 
@@ -87,8 +92,9 @@ class VolumetricTask(LossTask):
         self.model.to(memory_format=fmt)
 
     def infer(self, images: Tensor) -> Tensor:
-        """Logits of whole volumes ``(B, C_in, D, H, W)`` by Gaussian-weighted sliding windows."""
-        return sliding_window(self.model, images, self.roi_size, self.sw_overlap, self.sw_batch_size)
+        """Logits of whole volumes ``(B, C_in, D, H, W)`` by Gaussian-weighted sliding windows (mirrored with
+        ``tta``)."""
+        return sliding_window(self.model, images, self.roi_size, self.sw_overlap, self.sw_batch_size, tta=self.tta)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.infer(images).argmax(1)
