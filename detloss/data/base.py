@@ -215,6 +215,16 @@ class _DataModule(L.LightningDataModule):
             "fill": float(self.fill),
         }
 
+    def class_counts(self) -> list[int]:
+        """The objects (detection), pixels or voxels (segmentation) of each class in the training split, in the
+        order of ``class_names``: what ``class_weights: inverse_frequency`` and ``effective_number`` weigh by
+        (:mod:`detloss.data.class_weights`). Counted once and kept; the same on every rank (from the files)."""
+        if getattr(self, "_class_counts", None) is None:
+            from .class_weights import count_classes
+
+            self._class_counts = count_classes(self)
+        return list(self._class_counts)
+
     def _loader(self, dataset: Dataset, sampler: Sampler | None = None, batch_size: int | None = None) -> DataLoader:
         return DataLoader(
             dataset,

@@ -55,6 +55,12 @@ Where a base of a fractional power hits 0 (``p = 0`` with ``t = 0`` once ``x`` i
 ``p = t`` for the quality focal loss) the derivative of ``base^e`` is infinite for ``e < 1``; both paths clamp the
 base at the smallest normal number there, which keeps gradients finite (0 in the limit) and moves no value by more
 than that.
+
+Class weights. ``class_weights`` ``w`` (one value per class, along dim 1 of ``(N, C, ...)``: the detection criterion's
+``cls`` view is ``(B, C, A)``, a segmentation head's ``(B, C, *spatial)``) scale each element's loss by the weight of
+its class, ``w_c · BCE · m``, and so its derivative: the fused path scales its loss and derivative buffers in place
+(one pass, no temporaries), :func:`composed` multiplies, and the reference forms multiply, as
+``F.binary_cross_entropy_with_logits(weight=w.view(1, C, 1, ...))`` does for the plain BCE.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ from . import _stable
 from ._stable import bce_terms, log1p, sigmoid_pair
 from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_same_shape, reduce
 
-__all__ = ["BCE", "FOCAL", "QUALITY", "VARIFOCAL", "checked_inputs", "composed", "modulated_bce"]
+__all__ = ["BCE", "FOCAL", "QUALITY", "VARIFOCAL", "checked_inputs", "check_class_weights", "modulated_bce"]
 
 BCE, FOCAL, VARIFOCAL, QUALITY = "bce", "focal", "varifocal", "quality"
 
@@ -90,14 +96,25 @@ def _pow(base: Tensor, exponent: float) -> Tensor:
     return base.pow(exponent)
 
 
-def composed(x: Tensor, t: Tensor, kind: str, a: float, b: float) -> Tensor:
+def check_class_weights(class_weights: Tensor | None, logits: Tensor) -> None:
+    """``class_weights`` must hold one value per class of ``logits`` ``(N, C, ...)`` (dim 1)."""
+    if class_weights is not None and (logits.ndim < 2 or class_weights.shape != (logits.shape[1],)):
+        raise ValueError(
+            f"class_weights has {class_weights.numel()} values for logits of shape {tuple(logits.shape)}: it needs "
+            "one per class, along dim 1 of (N, C, ...)"
+        )
+
+
+def composed(x: Tensor, t: Tensor, kind: str, a: float, b: float, cw: Tensor | None = None) -> Tensor:
     """Elementwise loss from composed autograd ops: differentiable in ``x`` and ``t``, to any order.
 
     ``BCE = softplus(−x) + x·(1 − t)`` for ``x > 0``, ``softplus(x) − x·t`` otherwise: terms ``>= 0`` in value,
     derivatives ``(1 − t) − σ(−x)`` and ``σ(x) − t`` in ``x`` (``softplus``'s backward is ``σ`` to full precision),
-    exactly ``−x`` in ``t``.
+    exactly ``−x`` in ``t``. ``cw``: class weights ``(C,)`` along dim 1, or ``None``.
     """
     ce = torch.where(x > 0, F.softplus(-x) + x * (1 - t), F.softplus(x) - x * t)
+    if cw is not None:
+        ce = ce * cw.view(1, -1, *([1] * (x.ndim - 2)))
     if kind == BCE:
         return ce
     p, q = sigmoid_pair(x)  # σ(x) and 1 − σ(x), each to full precision
@@ -256,8 +273,19 @@ def _is_sparse(t: Tensor) -> bool:
     return int(torch.count_nonzero(sample)) <= SPARSE_MAX_DENSITY * sample.numel()
 
 
-def _fused_forward(x: Tensor, t: Tensor, kind: str, a: float, b: float, reduce_sum: bool, need_grad: bool):
-    """``(loss, grad)``: the elementwise loss (or its sum) and ``dloss/dx`` (``None`` unless ``need_grad``)."""
+def _fused_forward(
+    x: Tensor, t: Tensor, kind: str, a: float, b: float, reduce_sum: bool, need_grad: bool, cw: Tensor | None = None
+):
+    """``(loss, grad)``: the elementwise loss (or its sum) and ``dloss/dx`` (``None`` unless ``need_grad``), each
+    scaled by the class weights ``cw`` (``(C,)`` along dim 1) when given."""
+    if cw is not None:  # weigh the elementwise loss and derivative in place, then sum
+        loss, grad = _fused_forward(x, t, kind, a, b, False, need_grad)
+        per_class = (x.shape[0], x.shape[1], -1)
+        weights = cw.view(1, -1, 1)
+        loss.view(per_class).mul_(weights)
+        if grad is not None:
+            grad.view(per_class).mul_(weights)
+        return (loss.sum() if reduce_sum else loss), grad
     xf, tf = x.reshape(-1), t.reshape(-1)
     n = xf.numel()
     grad = runtime.empty(x.shape, dtype=x.dtype, device=x.device) if need_grad else None
@@ -298,47 +326,59 @@ def _fused_forward(x: Tensor, t: Tensor, kind: str, a: float, b: float, reduce_s
 class _FusedModulatedBCE(torch.autograd.Function):
     """Loss (elementwise, or summed with ``reduce_sum``) with the derivative computed in the forward.
 
-    Gradient w.r.t. ``x`` only (callers send targets that require grad to :func:`composed`).
+    Gradient w.r.t. ``x`` only (callers send targets that require grad to :func:`composed`); the class weights
+    ``cw`` are constants.
     """
 
     @staticmethod
-    def forward(ctx, x, t, kind, a, b, reduce_sum, need_grad):
-        loss, grad = _fused_forward(x, t, kind, a, b, reduce_sum, need_grad)
+    def forward(ctx, x, t, kind, a, b, reduce_sum, need_grad, cw=None):
+        loss, grad = _fused_forward(x, t, kind, a, b, reduce_sum, need_grad, cw)
         ctx.save_for_backward(x, t)
-        ctx.options = (kind, a, b, reduce_sum)
+        ctx.options = (kind, a, b, reduce_sum, cw)
         ctx.grad = grad
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         x, t = ctx.saved_tensors
-        kind, a, b, reduce_sum = ctx.options
+        kind, a, b, reduce_sum, cw = ctx.options
         if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable, take the composed form
             with torch.enable_grad():
-                loss = composed(x, t, kind, a, b)
+                loss = composed(x, t, kind, a, b, cw)
                 if reduce_sum:
                     loss = loss.sum()
                 (gx,) = torch.autograd.grad(loss, x, grad_out, create_graph=True)
-            return gx, None, None, None, None, None, None
+            return gx, None, None, None, None, None, None, None
         grad, ctx.grad = ctx.grad, None  # hand the buffer over: autograd may keep it as x.grad, no copy
         if grad is None:  # a second backward through a retained graph (or no grad was prepared): recompute
-            _, grad = _fused_forward(x, t, kind, a, b, True, True)
-        return grad.mul_(grad_out), None, None, None, None, None, None
+            _, grad = _fused_forward(x, t, kind, a, b, True, True, cw)
+        return grad.mul_(grad_out), None, None, None, None, None, None, None
 
 
-def modulated_bce(x: Tensor, t: Tensor, kind: str, a: float, b: float, weight: Tensor | None, reduction: str) -> Tensor:
+def modulated_bce(
+    x: Tensor,
+    t: Tensor,
+    kind: str,
+    a: float,
+    b: float,
+    weight: Tensor | None,
+    reduction: str,
+    class_weights: Tensor | None = None,
+) -> Tensor:
     """The loss of ``kind`` for checked float logits ``x`` and target ``t`` of one shape and dtype, reduced.
 
-    ``a``, ``b``: (alpha, gamma) for ``focal`` / ``varifocal``, (unused, beta) for ``quality``, unused for ``bce``.
+    ``a``, ``b``: (alpha, gamma) for ``focal`` / ``varifocal``, (unused, beta) for ``quality``, unused for ``bce``;
+    ``class_weights``: ``(C,)`` along dim 1 of ``x`` (checked by :func:`check_class_weights`), or ``None``.
     """
+    cw = class_weights
     with autocast_off(x.device):
         if t.requires_grad or x.numel() == 0:
-            return reduce(apply_weight(composed(x, t, kind, a, b), weight), reduction)
+            return reduce(apply_weight(composed(x, t, kind, a, b, cw), weight), reduction)
         need_grad = torch.is_grad_enabled() and x.requires_grad
         if weight is None and reduction != "none":
-            total = _FusedModulatedBCE.apply(x, t, kind, a, b, True, need_grad)
+            total = _FusedModulatedBCE.apply(x, t, kind, a, b, True, need_grad, cw)
             return total if reduction == "sum" else total / x.numel()
-        loss = _FusedModulatedBCE.apply(x, t, kind, a, b, False, need_grad)
+        loss = _FusedModulatedBCE.apply(x, t, kind, a, b, False, need_grad, cw)
         return reduce(apply_weight(loss, weight), reduction)
 
 

@@ -10,7 +10,8 @@ float32, and its gradient ``σ(x) − t`` is 0 instead of −3e-7 at ``x = 15``,
 is the fused kernel of :mod:`._modulated_bce` (``m = 1``); with it,
 ``w_pos · t · softplus(−x) + (1 − t) · softplus(x)``, terms ``>= 0`` whose derivatives are ``σ(∓x)``. Label
 smoothing pulls the target towards 1/2 first: ``t' = t(1 − ε) + ε/2`` (Szegedy et al., "Rethinking the Inception
-Architecture for Computer Vision", CVPR 2016, for two classes).
+Architecture for Computer Vision", CVPR 2016, for two classes). ``class_weights`` ``w`` multiply each element by
+the weight of its class (dim 1 of ``(N, C, ...)``): ``w_c · BCE``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._api import LossModule, LossOptions, as_options_tensor, loss_function
-from ._modulated_bce import BCE, modulated_bce
+from ._modulated_bce import BCE, check_class_weights, modulated_bce
 from ._utils import Checks, apply_weight, as_float, as_target, autocast_off, check_number, check_same_shape, reduce
 
 __all__: list[str] = []
@@ -31,14 +32,18 @@ __all__: list[str] = []
 @dataclass(frozen=True, kw_only=True)
 class BCEOptions(LossOptions):
     """``pos_weight``: weight of the positive term, a number or a tensor broadcastable to the logits (e.g. ``(C,)``
-    for the last dim), >= 0; ``label_smoothing``: ε in [0, 1), the target becomes ``t(1 − ε) + ε/2``."""
+    for the last dim), >= 0; ``label_smoothing``: ε in [0, 1), the target becomes ``t(1 − ε) + ε/2``;
+    ``class_weights``: ``(C,)`` weight of each class along dim 1 of ``(N, C, ...)``, >= 0 (None: all 1),
+    multiplying both terms (``F.binary_cross_entropy_with_logits``'s ``weight`` shaped ``(1, C, 1, ...)``)."""
 
     pos_weight: Tensor | float | None = field(default=None, compare=False)
     label_smoothing: float = 0.0
+    class_weights: Tensor | None = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "pos_weight", as_options_tensor("pos_weight", self.pos_weight))
         check_number("label_smoothing", self.label_smoothing, ge=0, lt=1)
+        object.__setattr__(self, "class_weights", as_options_tensor("class_weights", self.class_weights, ndim=1))
 
 
 @loss_function(BCEOptions)
@@ -56,9 +61,10 @@ def bce_with_logits(
     Reference form: :func:`detloss.losses.reference.bce_with_logits`.
 
     Args:
-        logits: raw scores of any shape.
+        logits: raw scores of any shape; with ``class_weights`` ``(N, C, ...)``, e.g. ``(B, C, A)`` (the detection
+            criterion's ``cls`` view).
         target: the logits' shape, values in [0, 1].
-        pos_weight, label_smoothing: see :class:`BCEOptions`.
+        pos_weight, label_smoothing, class_weights: see :class:`BCEOptions`.
         weight: optional elementwise weight broadcastable to the logits.
         reduction: ``"none"`` returns the logits' shape; ``"mean"`` / ``"sum"`` a scalar.
         validate: check that the target lies in [0, 1] and the weight is >= 0 (one host sync).
@@ -72,6 +78,8 @@ def bce_with_logits(
             f"pos_weight of shape {tuple(pos_weight.shape)} must broadcast to the logits of shape {tuple(logits.shape)}"
             " (typically one value per class, the last dimension)"
         )
+    class_weights = options.on("class_weights", logits)
+    check_class_weights(class_weights, logits)
     if validate:
         checks = Checks()
         checks.unit_interval("target", target)
@@ -81,9 +89,11 @@ def bce_with_logits(
     if smoothing:
         target = target * (1 - smoothing) + smoothing / 2
     if pos_weight is None:
-        return modulated_bce(logits, target, BCE, 0.0, 0.0, weight, reduction)
+        return modulated_bce(logits, target, BCE, 0.0, 0.0, weight, reduction, class_weights)
     with autocast_off(logits.device):
         loss = pos_weight * target * F.softplus(-logits) + (1 - target) * F.softplus(logits)
+        if class_weights is not None:
+            loss = loss * class_weights.view(1, -1, *([1] * (logits.ndim - 2)))
         return reduce(apply_weight(loss, weight), reduction)
 
 

@@ -60,42 +60,54 @@ def _reduce(loss: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
 # sigmoid losses: BCE(x, t) · m(σ(x), t)
 
 
+def _class_weighted(loss: Tensor, class_weights: Tensor | None) -> Tensor:
+    """``loss`` ``(N, C, ...)`` times the weight of each element's class (dim 1); unchanged without weights."""
+    if class_weights is None:
+        return loss
+    return loss * class_weights.view(1, -1, *([1] * (loss.ndim - 2)))
+
+
 def _bce(x: Tensor, t: Tensor, pos_weight: Tensor | float = 1.0) -> Tensor:
     """``−[w_pos · t · log σ(x) + (1 − t) · log(1 − σ(x))]`` (``log σ`` as ``logsigmoid``, defined for every x)."""
     return -(pos_weight * t * F.logsigmoid(x) + (1 - t) * F.logsigmoid(-x))
 
 
-def bce_with_logits(logits, target, *, pos_weight=None, label_smoothing=0.0, weight=None, reduction="mean"):
-    """``−[w_pos · t' · log σ(x) + (1 − t') · log(1 − σ(x))]``, ``t' = t(1 − ε) + ε/2`` (label smoothing:
-    Szegedy et al., CVPR 2016)."""
+def bce_with_logits(
+    logits, target, *, pos_weight=None, label_smoothing=0.0, class_weights=None, weight=None, reduction="mean"
+):
+    """``−w_c · [w_pos · t' · log σ(x) + (1 − t') · log(1 − σ(x))]``, ``t' = t(1 − ε) + ε/2`` (label smoothing:
+    Szegedy et al., CVPR 2016), ``w_c`` the class weight of the element's class (dim 1; 1 without weights)."""
     t = target * (1 - label_smoothing) + label_smoothing / 2
-    return _reduce(_bce(logits, t, 1.0 if pos_weight is None else pos_weight), weight, reduction)
+    loss = _bce(logits, t, 1.0 if pos_weight is None else pos_weight)
+    return _reduce(_class_weighted(loss, class_weights), weight, reduction)
 
 
-def focal_loss(logits, target, *, alpha=0.25, gamma=2.0, weight=None, reduction="mean"):
+def focal_loss(logits, target, *, alpha=0.25, gamma=2.0, class_weights=None, weight=None, reduction="mean"):
     """Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017: ``α_t · (1 − p_t)^γ · BCE(x, t)`` with
     ``p = σ(x)``, ``p_t = p·t + (1 − p)(1 − t)``, ``α_t = α·t + (1 − α)(1 − t)`` (no ``α_t`` for ``α < 0``), as
-    ``torchvision.ops.sigmoid_focal_loss``."""
+    ``torchvision.ops.sigmoid_focal_loss``; times the class weight ``w_c`` (dim 1)."""
     p = torch.sigmoid(logits)
     p_t = p * target + (1 - p) * (1 - target)
     loss = (1 - p_t) ** gamma * _bce(logits, target)
     if alpha >= 0:
         loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
-    return _reduce(loss, weight, reduction)
+    return _reduce(_class_weighted(loss, class_weights), weight, reduction)
 
 
-def varifocal_loss(logits, target_scores, *, alpha=0.75, gamma=2.0, weight=None, reduction="mean"):
+def varifocal_loss(logits, target_scores, *, alpha=0.75, gamma=2.0, class_weights=None, weight=None, reduction="mean"):
     """Zhang et al., "VarifocalNet", CVPR 2021: ``BCE(x, q) · (q if q > 0 else α · σ(x)^γ)``, the weight not
-    detached (as the authors' code)."""
+    detached (as the authors' code); times the class weight ``w_c`` (dim 1)."""
     q = target_scores
     w = torch.where(q > 0, q, alpha * torch.sigmoid(logits) ** gamma)
-    return _reduce(_bce(logits, q) * w, weight, reduction)
+    return _reduce(_class_weighted(_bce(logits, q) * w, class_weights), weight, reduction)
 
 
-def quality_focal_loss(logits, target_scores, *, beta=2.0, weight=None, reduction="mean"):
-    """Li et al., "Generalized Focal Loss", NeurIPS 2020: ``|q − σ(x)|^β · BCE(x, q)``."""
+def quality_focal_loss(logits, target_scores, *, beta=2.0, class_weights=None, weight=None, reduction="mean"):
+    """Li et al., "Generalized Focal Loss", NeurIPS 2020: ``|q − σ(x)|^β · BCE(x, q)``; times the class weight
+    ``w_c`` (dim 1)."""
     q = target_scores
-    return _reduce((q - torch.sigmoid(logits)).abs() ** beta * _bce(logits, q), weight, reduction)
+    loss = (q - torch.sigmoid(logits)).abs() ** beta * _bce(logits, q)
+    return _reduce(_class_weighted(loss, class_weights), weight, reduction)
 
 
 # --------------------------------------------------------------------------------------------------------------
