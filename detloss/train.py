@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .config import CONFIG_DIR, CONFIG_SOURCE
+from .data.class_weights import resolve_class_weights
 from .launch import fresh_distributed_state, in_multirun, relaunch_this_job_only
 from .planning import plan_run
 from .runs import (
@@ -70,6 +71,9 @@ def build(cfg: DictConfig, pretrained: bool = True) -> tuple[L.LightningDataModu
             :func:`check_image_size`), besides what the parts themselves raise.
     """
     datamodule = instantiate(cfg.data)
+    # `class_weights: inverse_frequency` and the like become lists before anything is built from cfg.loss, so the
+    # resolved config (run directory, checkpoints) keeps the weights (detloss.data.class_weights)
+    resolve_class_weights(cfg.loss, datamodule.class_names, datamodule.class_counts)
     plan_run(cfg, datamodule)
     task = build_task(cfg, datamodule.describe(), pretrained)
     if cfg.get("compile"):
