@@ -7,7 +7,7 @@ The CPU allocator of torch has no cache: it asks glibc, which serves every block
 32 MiB) with a fresh ``mmap`` and gives it back with ``munmap`` when the tensor dies. Every page of such a block
 then faults on its first touch, and the kernel zeroes it: for the criterion's dense ``(B, C, A)`` tensors at batch
 16, 640 px and 80 classes (43 MB each) that is about 10 500 faults per tensor per step, a large part of the
-criterion's time (README, "The detection criterion"). :func:`empty` instead hands out the memory of a block that an
+criterion's time (docs/benchmarks/detection_criterion.md). :func:`empty` instead hands out the memory of a block that an
 earlier call allocated, once nothing holds it any more.
 
 "Nothing holds it" is decided by the storage's reference count, which counts every tensor on that memory (views,

@@ -90,7 +90,7 @@ def compile_model(task: L.LightningModule, options: dict | None = None) -> None:
     (made when the task was built, before this) stays an ordinary module that follows the same parameters. The
     first steps pay for the compilation (tens of seconds on a CPU); a validation in eval mode and a last batch of
     another size compile once more each. The criterion is not compiled: it did not run faster compiled on the CPU
-    (README, "Where the time goes").
+    (docs/benchmarks/training_step.md).
     """
     task.model.compile(**(options or {}))
 

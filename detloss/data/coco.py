@@ -115,7 +115,7 @@ class CocoDetection(DetectionDataset):
     are forked from the main process and share its pages until they write to them; Python writes to an object
     whenever it touches it (reference counts, the garbage collector's pass over every container), so per-image
     lists and dicts end up copied into every worker, while a numpy array is one object whatever its length
-    (README, "Where the time goes": memory).
+    (docs/benchmarks/training_step.md: memory).
     """
 
     def __init__(self, image_dir: str | Path, annotation_file: str | Path, transforms: Callable | None = None):

@@ -29,7 +29,7 @@ differentiate their own backward; :func:`softmax_counts` differentiates :func:`s
 :func:`neg_log_softmax` and :func:`index_nll` the plain ``F.log_softmax`` form (the same derivatives, without this
 care for precision).
 
-Speed (README, "Speed of the losses"): :func:`log1p` replaces ATen's CPU ``log1p``, which is not vectorised; the
+Speed (docs/benchmarks/losses.md): :func:`log1p` replaces ATen's CPU ``log1p``, which is not vectorised; the
 largest logits of a softmax are found as ``floor(exp(x − max))``; :func:`index_nll` computes its softmax in blocks of
 :data:`BLOCK` elements into the buffer that becomes its gradient; :func:`softmax_counts` fuses the soft counts of the
 region losses with the softmax so that their backward is two full-size passes.
@@ -238,7 +238,7 @@ def softmax_counts(
     ``x``: ``(B, C, *spatial)``; ``onehot``: exactly 0 or 1, ``(B, C − first, *spatial)``, 0 where ignored;
     ``valid``: ``None`` or a 0/1 mask broadcasting to ``onehot``. The same values as :func:`softmax_pair` and the
     products, and the same precision, from one function whose backward takes 2 full-size passes where autograd
-    through the products takes 8 (README, "Speed of the losses").
+    through the products takes 8 (docs/benchmarks/losses.md).
     """
     return _SoftmaxCounts.apply(x, onehot, valid, first, dims)
 

@@ -78,7 +78,7 @@ class UNet(nn.Module):
             evenly by the other classes, set through the bias of the 1×1 head (the prior of RetinaNet's and
             YOLO's class heads); ``None`` leaves PyTorch's default initialisation (logits near 0, each class
             ``1/C``). Most pixels are background; starting at ``1/C`` the optimiser spends its first hundreds of
-            steps learning only that (README, "The 2D segmentation recipe on a user's data").
+            steps learning only that (docs/benchmarks/segmentation_2d.md).
 
     ``forward(images [B, in_channels, H, W]) → logits [B, C, H, W]``, H and W multiples of ``size_multiple``
     (``2**depth``).

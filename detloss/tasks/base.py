@@ -56,7 +56,7 @@ class LossTask(L.LightningModule):
         class_names: names of the classes, background included for segmentation (for per-class metrics and
             previews); ``None``: the class indices.
         channels_last: keep the weights (and so the activations) of the model's convolutions in NHWC order, which
-            oneDNN and cuDNN run faster (README, "Results of the default runs").
+            oneDNN and cuDNN run faster (docs/benchmarks/default_runs.md).
 
     Both tasks take these arguments (and options of their own, with defaults), so a run is built the same way for
     either.

@@ -91,7 +91,7 @@ class DetectionTask(LossTask):
         conf_threshold, iou_threshold, max_det: post-processing for the metric (low threshold: mAP needs the
             whole precision–recall curve).
         map_backend: the COCO evaluation behind the mAP (:data:`MAP_BACKENDS`): ``faster_coco_eval`` (C++) gives
-            pycocotools' values, faster (README, "Where the time goes").
+            pycocotools' values, faster (docs/benchmarks/training_step.md).
 
     Under DDP the validation sampler gives every image to exactly one rank (see the DataModules), and the metric
     state, lists of per-image tensors, is gathered at ``compute``. torchmetrics gathers such a list one tensor at
