@@ -1,5 +1,5 @@
 """Adding a loss: one options type, one function and one line of module, usable from a Hydra config by
-``_target_`` and from the registry by name (README, "Adding a loss")."""
+``_target_`` and from the registry by name (docs/guide/extending.md, "Your own loss")."""
 
 from __future__ import annotations
 
@@ -98,10 +98,10 @@ def test_a_term_must_take_reduction_per_call():
         CompositeLoss({"a": {"loss": MeanOnly(), "weight": 1.0, "view": "box"}})
 
 
-def test_the_readme_and_the_example_plugin_use_public_names_only():
+def test_the_docs_and_the_example_plugin_use_public_names_only():
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    section = readme.split("### Adding a loss", 1)[1].split("\n### ", 1)[0]
+    page = (root / "docs" / "guide" / "extending.md").read_text()
+    section = page.split("## Your own loss", 1)[1].split("\n## ", 1)[0]
     sources = [section, *(p.read_text() for p in (root / "examples").rglob("*.py"))]
     for text in sources:
         assert "detloss.losses._" not in text and "from detloss.detection._" not in text

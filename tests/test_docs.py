@@ -4,11 +4,13 @@ the network for anything."""
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -58,3 +60,47 @@ def test_no_page_loads_anything_from_the_network(site):
         assert "fonts.googleapis" not in text and "fonts.gstatic" not in text, page.relative_to(site)
     for sheet in site.rglob("*.css"):
         assert not re.search(r"@import\s+url\((?:https?:)?//", sheet.read_text()), sheet.relative_to(site)
+
+
+def readme_commands() -> list[list[str]]:
+    """The arguments of every ``detloss.train`` command in the README's shell blocks (``torchrun ... -m
+    detloss.train`` too), continuation lines joined, comments dropped; commands with a placeholder left out."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = []
+    for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
+        words = shlex.split(line.split(" #")[0])
+        if "detloss.train" not in words or any(mark in line for mark in ("DIR", "...", "<")):
+            continue
+        commands.append(words[words.index("detloss.train") + 1 :])
+    return commands
+
+
+def sweep_points(args: list[str]) -> list[list[str]]:
+    """A multirun's command line as the single runs it launches (each comma-separated value in turn)."""
+    runs = [[]]
+    for arg in args:
+        if arg == "-m":
+            continue
+        key, _, values = arg.partition("=")
+        choices = values.split(",") if "," in values and not values.startswith(("[", "{")) else [values]
+        runs = [run + [f"{key}={value}" if _ else key] for run in runs for value in choices]
+    return runs
+
+
+def test_the_readme_is_a_short_front_door_whose_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", text)
+    assert len(links) > 10
+    for link in links:
+        assert (ROOT / link).is_file(), link
+
+
+def test_every_training_command_of_the_readme_composes(tmp_path):
+    commands = readme_commands()
+    assert len(commands) >= 10  # the headline commands are all there
+    for args in commands:
+        for run in sweep_points(args):
+            cfg = compose_config(f"paths.output_dir={tmp_path}", *run, return_hydra_config=True)
+            assert cfg.task_name in ("detection", "segmentation", "volumetric"), run

@@ -280,7 +280,7 @@ def test_the_sparse_and_the_dense_assignment_agree(topk2, num_gt):
 
 
 def test_the_criteria_compute_on_one_thread_on_cpu_and_restore_the_count(monkeypatch):
-    """Their many small ops run on one intra-op thread on the CPU (README, "The detection criterion": a 2-thread
+    """Their many small ops run on one intra-op thread on the CPU (docs/benchmarks/detection_criterion.md: a 2-thread
     fork/join per op costs many times the work on a busy machine), and the caller's thread count comes back."""
     import detloss.detection.criterion as module
 

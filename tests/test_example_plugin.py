@@ -1,5 +1,5 @@
-"""The README's "Use your own model and loss", run: ``examples/my_detloss_plugin`` (a package with a loss and a
-detector, and a config folder beside it) plugs into the installed detloss through ``--config-dir`` or
+"""The docs' "Extending" page (docs/guide/extending.md), run: ``examples/my_detloss_plugin`` (a package with a loss
+and a detector, and a config folder beside it) plugs into the installed detloss through ``--config-dir`` or
 ``hydra.searchpath`` and ``_target_``, without touching detloss."""
 
 import json
@@ -18,21 +18,21 @@ from detloss.train import build, train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "my_detloss_plugin"
-#: what turns the README's training command into a quick one
+#: what turns the docs' training command into a quick one
 QUICK = ["++trainer.fast_dev_run=true", "data.num_train=16", "data.num_val=8", "data.image_size=64", "callbacks=none",
          "logger=none"]  # fmt: skip
 
 
-def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
+def docs_section(title: str) -> str:
+    text = (ROOT / "docs" / "guide" / "extending.md").read_text()
     start = text.index(f"## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end > 0 else None]
 
 
-def readme_train_command() -> list[str]:
-    """The training command of the README's section, as its arguments."""
-    section = readme_section("Use your own model and loss")
+def docs_train_command() -> list[str]:
+    """The training command of the docs' section, as its arguments."""
+    section = docs_section("Your own configs")
     [line] = [line for line in section.splitlines() if line.startswith("python -m detloss.train --config-dir")]
     return shlex.split(line.split("#")[0])[3:]
 
@@ -42,10 +42,10 @@ def plugin_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
 
 
-def test_the_readmes_command_trains_with_the_users_model_and_loss(tmp_path):
-    args = readme_train_command()
+def test_the_docs_command_trains_with_the_users_model_and_loss(tmp_path):
+    args = docs_train_command()
     assert args[:2] == ["--config-dir", "examples/my_detloss_plugin/configs"]
-    args[1] = str(ROOT / args[1])  # the README runs from the repository root; this test from a temporary folder
+    args[1] = str(ROOT / args[1])  # the docs run it from the repository root; this test from a temporary folder
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "detloss.train", *args, *QUICK, "hydra.run.dir=run"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -74,8 +74,8 @@ def test_the_users_loss_is_a_composite_term_by_target_alone(tmp_path, plugin_on_
     assert torch.isfinite(torch.tensor(metrics["val/loss/center"]))
 
 
-def test_the_readme_states_the_contract_the_example_keeps():
-    section = readme_section("Use your own model and loss")
+def test_the_docs_state_the_contract_the_example_keeps():
+    section = docs_section("Your own model") + docs_section("Your own configs")
     for phrase in ("[B, 4·reg_max + C, H/s, W/s]", "postprocess", "[B, C, H, W]", "size_multiple"):
         assert phrase in section, phrase
     assert re.search(r"pip install -e examples/my_detloss_plugin", section)

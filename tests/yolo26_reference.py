@@ -1,5 +1,5 @@
 """A plain, dense rendering of the YOLO26 end-to-end loss from its description, the yardstick of
-EndToEndCriterion (the description: the README's "YOLO26" section, facts of Ultralytics 8.4's ``E2ELoss``).
+EndToEndCriterion (the description: docs/guide/detection.md, "YOLO26", facts of Ultralytics 8.4's ``E2ELoss``).
 
 Per head, on the head's own assignment (dense, :func:`yolov8_reference.assign_dense`): CIoU × 7.5 and BCE × 0.5 as
 YOLOv8's, and instead of DFL an L1 term × 1.5 on the four side distances, predicted (raw, one channel per side) and
