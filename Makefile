@@ -1,9 +1,9 @@
 # The whole set-up of a fresh machine is `make train` (the main job) or `make test` (the tests).
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install -e ".[dev]"
-# torchvision's C++ ops must load against the installed torch (see README, "Install")
+# torchvision's C++ ops must load against the installed torch (see docs/getting_started.md)
 CHECK_TORCHVISION = $(PYTHON) -c "import torch, torchvision.ops as o; o.nms(torch.rand(1, 4), torch.rand(1), 0.5)" \
-	|| { echo "torchvision's ops do not load against this torch; reinstall the pair: see README, Install"; exit 1; }
+	|| { echo "torchvision's ops do not load against this torch; reinstall the pair: see docs/getting_started.md"; exit 1; }
 
 .PHONY: install lint train test test-slow fuzz-long bench docs
 
