@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -21,10 +22,11 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from .config import CONFIG_DIR, CONFIG_SOURCE
@@ -71,6 +73,7 @@ def build(cfg: DictConfig, pretrained: bool = True) -> tuple[L.LightningDataModu
             :func:`check_image_size`), besides what the parts themselves raise.
     """
     datamodule = instantiate(cfg.data)
+    choose_region_loss(cfg, datamodule.describe())
     # `class_weights: inverse_frequency` and the like become lists before anything is built from cfg.loss, so the
     # resolved config (run directory, checkpoints) keeps the weights (detloss.data.class_weights)
     resolve_class_weights(cfg.loss, datamodule.class_names, datamodule.class_counts)
@@ -79,6 +82,30 @@ def build(cfg: DictConfig, pretrained: bool = True) -> tuple[L.LightningDataModu
     if cfg.get("compile"):
         compile_model(task, {} if cfg.compile is True else OmegaConf.to_container(cfg.compile))
     return datamodule, task
+
+
+def choose_region_loss(cfg: DictConfig, data: Mapping[str, Any]) -> None:
+    """With regions (``data``: the DataModule's facts; :mod:`detloss.data.regions`), the one place a run adapts to
+    them: ``cfg.data.regions`` and ``cfg.data.regions_class_order`` record them (a ``dataset.json`` of region labels
+    gives them without being asked), and a loss with softmax terms that the command line did not choose
+    (``loss=...``) becomes the region recipe, ``configs/loss/dice_bce_regions.yaml``; a chosen one stays, and the
+    criterion refuses its softmax terms by name."""
+    from .segmentation.criterion import exclusive_terms
+
+    if not data.get("regions"):
+        return
+    with open_dict(cfg):
+        cfg.data.regions, cfg.data.regions_class_order = data["regions"], data["regions_class_order"]
+        overrides = OmegaConf.select(cfg, "hydra.overrides.task")
+        if overrides is None:
+            overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        if any(re.fullmatch(r"[+~]*loss(@\S*)?=.*", str(o)) for o in overrides):
+            return
+        if exclusive_terms(instantiate(cfg.loss)):
+            loss = OmegaConf.load(Path(CONFIG_DIR) / "loss" / "dice_bce_regions.yaml")
+            loss.pop("defaults", None)
+            cfg.loss = loss
+            log.info("detloss: the data has regions %s, so the loss is loss=dice_bce_regions", list(data["regions"]))
 
 
 def compile_model(task: L.LightningModule, options: dict | None = None) -> None:
@@ -108,7 +135,8 @@ def build_task(cfg: DictConfig, data: Mapping[str, Any], pretrained: bool = True
         cfg.model, num_classes=num_classes, in_channels=data["in_channels"], **weights, **geometry(cfg, data)
     )
     check_image_size(data.get("image_size"), model)
-    criterion = instantiate(cfg.criterion, num_classes=num_classes, loss=instantiate(cfg.loss))
+    regions = {"regions": list(data["regions"].values())} if data.get("regions") else {}  # one sigmoid each
+    criterion = instantiate(cfg.criterion, num_classes=num_classes, loss=instantiate(cfg.loss), **regions)
     return instantiate(
         cfg.task,
         model=model,

@@ -9,13 +9,17 @@ and ``task`` right after ``__init__``, and ``describe()``, what a checkpoint kee
 """
 
 from .base import DetectionDataModule, DetectionDataset, SegmentationDataModule, SegmentationDataset, read_image
+from .brats import BRATS_REGIONS, BraTSDataModule, generate_brats
 from .coco import CocoDataModule, CocoDetection, load_coco
 from .collate import detection_collate, segmentation_collate
 from .lesions import LESION_CLASSES, LesionsDataModule, LesionsDataset
 from .lesions3d import LESION3D_LABELS, Lesions3DDataModule, generate_lesions3d
 from .masks import MaskDataModule, MaskFolderDataset
+from .msd import MSDDataModule, MSDDataset
+from .nifti import read_channels
 from .nnunet import NnUNetDataModule, NnUNetDataset, cross_validation_split, read_volume
 from .patches import PatchDataset, VolumeDataset, volume_collate
+from .regions import labels_to_regions, parse_regions, region_names, region_targets, regions_to_labels
 from .shapes import SHAPE_CLASSES, ShapesDataModule, ShapesDataset
 from .transforms import (
     PAD_VALUE,
@@ -31,6 +35,8 @@ from .transforms import (
 from .yolo import YoloDataModule, YoloDetection, read_yolo_labels, read_yolo_names
 
 __all__ = [
+    "BRATS_REGIONS",
+    "BraTSDataModule",
     "PAD_VALUE",
     "LESION_CLASSES",
     "LESION3D_LABELS",
@@ -45,6 +51,8 @@ __all__ = [
     "Letterbox",
     "MaskDataModule",
     "MaskFolderDataset",
+    "MSDDataModule",
+    "MSDDataset",
     "NnUNetDataModule",
     "NnUNetDataset",
     "PatchDataset",
@@ -60,14 +68,21 @@ __all__ = [
     "cross_validation_split",
     "detection_collate",
     "detection_transforms",
+    "generate_brats",
     "generate_lesions3d",
+    "labels_to_regions",
     "letterbox",
     "letterbox_params",
     "load_coco",
+    "parse_regions",
+    "read_channels",
     "read_image",
     "read_volume",
     "read_yolo_labels",
     "read_yolo_names",
+    "region_names",
+    "region_targets",
+    "regions_to_labels",
     "segmentation_collate",
     "segmentation_transforms",
     "unletterbox_boxes",

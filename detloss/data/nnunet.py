@@ -5,6 +5,11 @@
     DIR/imagesTr/<case>_0000.nii.gz  one file per channel (<case>_<XXXX>, XXXX the channel's key)
     DIR/labelsTr/<case>.nii.gz       class indices 0 … K−1 (and the value of an optional "ignore" label)
 
+Region labels (nnU-Net's region-based training, as for BraTS): ``"labels": {"background": 0, "whole tumor": [1, 2,
+3], "tumor core": [2, 3], "enhancing tumor": 3}`` with ``"regions_class_order": [1, 2, 3]`` are read as regions
+(:mod:`detloss.data.regions`); the label volumes then hold the values 0 … K−1 that the regions list, named
+``label_<value>``. ``data.regions`` gives regions for any dataset.
+
 Arrays are read as nnU-Net's ``NibabelIO`` reads them: transposed to ``(z, y, x)`` = ``(D, H, W)``, the spacing
 (mm, from the header's zooms) reversed to match; the affine's orientation is not applied. Cases are resampled to
 the target spacing of the plan (:mod:`detloss.data.resample`) when theirs differs. An ``"ignore"`` label becomes
@@ -31,16 +36,16 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from .base import _DataModule
+from .nifti import Case, _header, read_volume
 from .patches import PatchDataset, VolumeDataset, volume_collate
 from .preprocess import check_normalization, check_spacing, preprocess
+from .regions import RegionTargets, nnunet_region_labels, resolve_regions
 from .resample import needs_resampling, resample_labels
 
 __all__ = [
@@ -55,42 +60,6 @@ FILE_ENDINGS = (".nii.gz", ".nii")
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 MAX_LOCATIONS = 10_000
 """Foreground voxels kept per case and class for patch sampling (nnU-Net keeps 10,000)."""
-
-
-@dataclass
-class Case:
-    """One training case: its channel files, label file, spacing ``(D, H, W)`` mm and shape ``(D, H, W)``."""
-
-    name: str
-    images: list[Path]
-    label: Path
-    spacing: tuple[float, float, float]
-    shape: tuple[int, int, int]
-
-
-def _header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """``(shape, spacing)`` of a NIfTI file, ``(D, H, W)`` order, from its header only."""
-    try:
-        header = nib.load(str(path)).header
-    except Exception as err:  # nibabel raises several kinds for a broken file
-        raise ValueError(f"{path}: cannot read as NIfTI: {err}") from None
-    shape, zooms = header.get_data_shape(), header.get_zooms()
-    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
-        raise ValueError(f"{path}: a volume must be 3D, got shape {tuple(shape)}")
-    return tuple(int(s) for s in shape[:3][::-1]), tuple(float(z) for z in zooms[:3][::-1])
-
-
-def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A NIfTI volume as ``(D, H, W)`` (the file's ``(x, y, z)`` transposed) and its spacing ``(D, H, W)`` in mm."""
-    path = Path(path)
-    try:
-        image = nib.load(str(path))
-        array = np.asanyarray(image.dataobj)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read as NIfTI: {err}") from None
-    if array.ndim > 3:
-        array = array.reshape(array.shape[:3])
-    return np.ascontiguousarray(array.transpose(2, 1, 0)), tuple(float(z) for z in image.header.get_zooms()[:3][::-1])
 
 
 def cross_validation_split(names: Sequence[str], fold: int, num_folds: int = 5, seed: int = 12345):
@@ -123,14 +92,9 @@ class NnUNetDataset:
     def __init__(self, root: str | Path, ignore_index: int = 255, cache: bool = True) -> None:
         self.root, self.ignore_index, self.cache = Path(root), int(ignore_index), bool(cache)
         self._images: dict[int, np.ndarray] = {}
+        self.regions, self.regions_class_order = None, None  # set by a dataset.json of region labels
         spec = self._read_spec()
-        ending = spec["file_ending"]
-        self.cases = self._find_cases(ending)
-        if spec["numTraining"] != len(self.cases):
-            raise ValueError(
-                f"{self.root / 'dataset.json'}: numTraining is {spec['numTraining']} but imagesTr holds "
-                f"{len(self.cases)} cases"
-            )
+        self.cases = self._find_cases(spec)
         self._raw_labels = [self._read_labels(case) for case in self.cases]
         self.prepare()
 
@@ -198,12 +162,14 @@ class NnUNetDataset:
             raise ValueError(f"{path}: channel_names must map '0', '1', … to names, got {channels!r}")
         self.channel_names = [str(channels[str(i)]) for i in range(len(channels))]
         labels = spec["labels"]
+        if isinstance(labels, dict) and any(isinstance(v, list) for v in labels.values()):  # regions
+            labels, self.regions, self.regions_class_order = nnunet_region_labels(spec, path)
         if not isinstance(labels, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in labels.values()
         ):
             raise ValueError(
-                f"{path}: labels must map names to integer values (region-based labels, lists of values, are not "
-                f"supported), got {labels!r}"
+                f"{path}: labels must map names to integer values, or to lists of them (regions, with "
+                f"regions_class_order), got {labels!r}"
             )
         self.ignore_value = labels.get("ignore")
         named = {v: k for k, v in labels.items() if k != "ignore"}
@@ -223,7 +189,13 @@ class NnUNetDataset:
             raise ValueError(f"{path}: numTraining must be an integer, got {spec['numTraining']!r}")
         return spec
 
-    def _find_cases(self, ending: str) -> list[Case]:
+    def read_channels(self, index: int) -> list[np.ndarray]:
+        """The raw channels ``[(D, H, W), ...]`` of case ``index``, as its files hold them (the fingerprint and
+        :meth:`image` read cases through this)."""
+        return [read_volume(path)[0] for path in self.cases[index].images]
+
+    def _find_cases(self, spec: dict) -> list[Case]:
+        ending = spec["file_ending"]
         images_dir, labels_dir = self.root / "imagesTr", self.root / "labelsTr"
         for folder in (images_dir, labels_dir):
             if not folder.is_dir():
@@ -256,6 +228,11 @@ class NnUNetDataset:
             if not np.allclose(label_spacing, spacing, rtol=1e-3):
                 raise ValueError(f"{label}: label spacing {label_spacing} differs from its image's {spacing}")
             cases.append(Case(name, images, label, spacing, shape))
+        if spec["numTraining"] != len(cases):
+            raise ValueError(
+                f"{self.root / 'dataset.json'}: numTraining is {spec['numTraining']} but imagesTr holds "
+                f"{len(cases)} cases"
+            )
         return cases
 
     def _read_labels(self, case: Case) -> np.ndarray:
@@ -267,8 +244,8 @@ class NnUNetDataset:
         unknown = sorted(set(values.astype(np.int64).tolist()) - allowed)
         if unknown:
             raise ValueError(
-                f"{case.label}: label values {unknown} are absent from {self.root / 'dataset.json'} (labels "
-                f"{sorted(allowed)})"
+                f"case {case.name!r}: {case.label}: label values {unknown} are absent from "
+                f"{self.root / 'dataset.json'} (labels {sorted(allowed)})"
             )
         labels = array.astype(np.uint8 if self.ignore_index < 256 else np.int16)
         if self.ignore_value is not None:
@@ -289,9 +266,7 @@ class NnUNetDataset:
         if index in self._images:
             return self._images[index]
         case = self.cases[index]
-        image = preprocess(
-            [read_volume(path)[0] for path in case.images], case.spacing, self.target_spacing, self.normalization
-        )
+        image = preprocess(self.read_channels(index), case.spacing, self.target_spacing, self.normalization)
         if self.cache:
             self._images[index] = image
         return image
@@ -323,16 +298,21 @@ class NnUNetDataModule(_DataModule):
         target_spacing: the spacing ``(D, H, W)`` mm every case is resampled to (``None``: planned).
         normalization: one scheme per channel (:func:`detloss.data.preprocess.normalise`; ``None``: planned).
         plan: the planner's options (``budget_minutes``, ``memory_gib``, ``min_steps``), read by the run.
+        regions: ``{name: label values}`` trained as overlapping sigmoid channels (:mod:`detloss.data.regions`;
+            ``None``: those of a ``dataset.json`` of region labels, or none).
+        regions_class_order: the label each region paints back (``None``: the dataset's, or derived).
 
     Attributes (known after ``__init__``): ``class_names``, ``num_classes``, ``in_channels``, ``spacing`` (the target
     spacing, which the 3D U-Net plans its pooling for), ``normalization``, ``fingerprint``; ``patch_size`` once
-    configured.
+    configured. With regions, ``class_names`` are the region names (one output channel each), ``label_names`` the
+    labels', and the targets region masks ``(R, D, H, W)`` (:func:`~detloss.data.regions.region_targets`).
     """
 
     task = "volumetric"
     collate_fn = staticmethod(volume_collate)
     val_batch_size = 1  # whole volumes, of any size
     resize, fill = "none", 0.0  # volumes keep their size: validation and prediction slide windows over them
+    dataset_class = NnUNetDataset  # the reader of the layout (the Decathlon's: detloss.data.msd)
 
     def __init__(
         self,
@@ -352,6 +332,8 @@ class NnUNetDataModule(_DataModule):
         target_spacing: Sequence[float] | None = None,
         normalization: Sequence[dict] | None = None,
         plan: dict | None = None,
+        regions: dict | None = None,
+        regions_class_order: Sequence[int] | None = None,
     ) -> None:
         from ..plan import normalisation, volume_fingerprint
         from ..plan import target_spacing as planned_spacing
@@ -371,7 +353,15 @@ class NnUNetDataModule(_DataModule):
             "normalization": None if normalization is None else [dict(n) for n in normalization],
             "foreground_fraction": foreground_fraction,
         }
-        self.source = NnUNetDataset(root, ignore_index=ignore_index, cache=cache)
+        self.source = self.dataset_class(root, ignore_index=ignore_index, cache=cache)
+        self.regions, self.regions_class_order = resolve_regions(
+            None if regions is None else dict(regions),
+            None if regions_class_order is None else list(regions_class_order),
+            self.source.regions,
+            self.source.regions_class_order,
+            self.source.num_classes,
+            str(self.source.root / "dataset.json"),
+        )
         self.fingerprint = volume_fingerprint(self.source)
         self.spacing = tuple(float(s) for s in (target_spacing or planned_spacing(self.fingerprint)))
         self.normalization = [dict(n) for n in (normalization or normalisation(self.fingerprint))]
@@ -380,12 +370,13 @@ class NnUNetDataModule(_DataModule):
         train, val = cross_validation_split(names, fold, num_folds, split_seed)
         index = {name: i for i, name in enumerate(names)}
         self.train_cases, self.val_cases = [index[n] for n in train], [index[n] for n in val]
-        self.class_names = list(self.source.class_names)
+        self.label_names = list(self.source.class_names)
+        self.class_names = list(self.label_names if self.regions is None else self.regions)
         self.in_channels = self.source.in_channels
         self.ignore_index = int(ignore_index)
         self.patch_size: tuple[int, int, int] | None = None
         self.plan = None
-        self.val_dataset = VolumeDataset(self.source, self.val_cases)
+        self.val_dataset = self._targets(VolumeDataset(self.source, self.val_cases))
         if patch_size is not None:  # usable as it is; a run plans what is None (nnU-Net's batch 2 and 250 steps here)
             self.configure(patch_size, batch_size or 2, patches_per_epoch or 250 * (batch_size or 2))
 
@@ -398,15 +389,21 @@ class NnUNetDataModule(_DataModule):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.patch_size, self.batch_size, self.plan = patch_size, int(batch_size), plan
-        self.train_dataset = PatchDataset(
-            self.source,
-            self.train_cases,
-            patch_size,
-            patches_per_epoch,
-            self.foreground_fraction,
-            self.augment,
-            self.ignore_index,
+        self.train_dataset = self._targets(
+            PatchDataset(
+                self.source,
+                self.train_cases,
+                patch_size,
+                patches_per_epoch,
+                self.foreground_fraction,
+                self.augment,
+                self.ignore_index,
+            )
         )
+
+    def _targets(self, dataset):
+        """``dataset`` itself, or with regions its labels as region masks."""
+        return dataset if self.regions is None else RegionTargets(dataset, self.regions, self.ignore_index)
 
     def train_dataloader(self):
         if self.train_dataset is None:
@@ -418,9 +415,13 @@ class NnUNetDataModule(_DataModule):
 
     def describe(self) -> dict[str, Any]:
         """The base's description and what a 3D model and its predictions are planned for: ``spacing`` (the target
-        spacing, mm, ``(D, H, W)``), ``normalization``, ``patch_size`` (the sliding window), ``ignore_index`` and,
-        where planned, ``plan`` (:meth:`detloss.plan.VolumePlan.to_dict`)."""
+        spacing, mm, ``(D, H, W)``), ``normalization``, ``patch_size`` (the sliding window), ``ignore_index``,
+        ``regions`` (``{name: label values}``, or ``None``), ``regions_class_order`` and ``label_names`` (the label
+        values' names) and, where planned, ``plan`` (:meth:`detloss.plan.VolumePlan.to_dict`)."""
         return super().describe() | {
+            "regions": None if self.regions is None else {k: list(v) for k, v in self.regions.items()},
+            "regions_class_order": None if self.regions_class_order is None else list(self.regions_class_order),
+            "label_names": list(self.label_names),
             "spacing": [float(v) for v in self.spacing],
             "normalization": [dict(n) for n in self.normalization],
             "patch_size": None if self.patch_size is None else list(self.patch_size),

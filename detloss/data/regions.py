@@ -21,8 +21,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 __all__ = [
+    "RegionTargets",
+    "resolve_regions",
+    "nnunet_region_labels",
     "parse_regions",
     "region_names",
     "default_class_order",
@@ -167,3 +171,73 @@ def region_targets(
     if bool(ignored.any()):
         out[:, ignored] = ignore_index
     return out.movedim(0, dim)
+
+
+def resolve_regions(
+    given: Mapping | None,
+    given_order: Sequence[int] | None,
+    found: Mapping[str, Sequence[int]] | None,
+    found_order: Sequence[int] | None,
+    num_labels: int,
+    source: str,
+) -> tuple[dict[str, tuple[int, ...]] | None, list[int] | None]:
+    """The regions of a dataset and their ``regions_class_order``: ``given`` (``data.regions``) or ``found`` (read
+    from ``source``, e.g. an nnU-Net ``dataset.json`` whose labels are lists), which must agree where both exist;
+    each region's values among the labels ``1 … num_labels − 1``; the order given, found, or derived
+    (:func:`default_class_order`). ``(None, None)`` without regions."""
+    regions = None if given is None else parse_regions(given)
+    if found is not None:
+        found = parse_regions(found, source)
+        if regions is not None and regions != found:
+            raise ValueError(f"data.regions {regions} differ from the regions of {source} {found}")
+        regions = found
+    if regions is None:
+        if given_order is not None:
+            raise ValueError("data.regions_class_order is set but data.regions is not: it orders regions")
+        return None, None
+    for name, values in regions.items():
+        unknown = sorted(v for v in values if v >= num_labels)
+        if unknown:
+            raise ValueError(
+                f"data.regions: region {name!r} holds label values {unknown} that the data does not have (its labels "
+                f"are 0 … {num_labels - 1}, {source})"
+            )
+    order = given_order if given_order is not None else found_order
+    name = "data.regions_class_order" if given_order is not None else f"regions_class_order of {source}"
+    order = default_class_order(regions) if order is None else check_class_order(list(order), regions, name)
+    return regions, order
+
+
+def nnunet_region_labels(spec: Mapping, source) -> tuple[dict[str, int], dict, list]:
+    """An nnU-Net v2 ``dataset.json`` (``spec``, read from ``source``) whose labels are lists: ``(labels, regions,
+    regions_class_order)``, ``labels`` the plain ones the regions imply (``background`` 0, ``label_<v>`` for each
+    value a region holds, ``ignore`` kept). The regions are checked by :func:`resolve_regions` later."""
+    labels = dict(spec["labels"])
+    if "regions_class_order" not in spec:
+        raise ValueError(f"{source}: labels given as lists (regions) need regions_class_order, one label per region")
+    ignore = labels.pop("ignore", None)
+    if labels.pop("background", None) != 0:
+        raise ValueError(f"{source}: region labels need 'background': 0, got {spec['labels']!r}")
+    values = sorted({v for r in labels.values() for v in ([r] if _is_int(r) else r) if _is_int(v)})
+    plain = {"background": 0, **{f"label_{v}": v for v in values}}
+    return (plain if ignore is None else plain | {"ignore": ignore}), labels, spec["regions_class_order"]
+
+
+class RegionTargets(Dataset):
+    """A dataset of volumes ``(image, {"labels": (*spatial), ...})`` whose labels become region masks ``(R,
+    *spatial)`` (:func:`region_targets`); everything else of a sample is passed on as it is."""
+
+    def __init__(self, dataset: Dataset, regions: Mapping[str, Sequence[int]], ignore_index: int = 255) -> None:
+        self.dataset, self.regions, self.ignore_index = dataset, [tuple(v) for v in regions.values()], int(ignore_index)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):  # the wrapped dataset's attributes (cases, class_names, ...)
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, {**target, "labels": region_targets(target["labels"], self.regions, self.ignore_index)}

@@ -109,11 +109,9 @@ def _cache_paths(root: Path) -> list[Path]:
 
 
 def volume_fingerprint(source, cache: bool = True) -> VolumeFingerprint:
-    """The fingerprint of ``source`` (a :class:`~detloss.data.NnUNetDataset`: its cases, raw channel files and label
-    volumes), read from its cache when the dataset's files are unchanged (``cache=False``: computed anew, and not
-    written)."""
-    from ..data.nnunet import read_volume  # the reader owns the axis order
-
+    """The fingerprint of ``source`` (a :class:`~detloss.data.NnUNetDataset` or another reader of volumes: its
+    cases and their files, ``read_channels(index)`` and ``raw_labels(index)``), read from its cache when the
+    dataset's files are unchanged (``cache=False``: computed anew, and not written)."""
     files = [source.root / "dataset.json", *(p for case in source.cases for p in (*case.images, case.label))]
     signature = files_signature(files, VERSION)
     if cache and (found := read_json(_cache_paths(source.root), lambda d: d.get("signature") == signature)):
@@ -128,7 +126,7 @@ def volume_fingerprint(source, cache: bool = True) -> VolumeFingerprint:
     rng = np.random.default_rng(1234)
     structure = np.ones((3, 3, 3), dtype=bool)
     for index, case in enumerate(source.cases):
-        image = np.stack([read_volume(path)[0] for path in case.images])
+        image = np.stack(source.read_channels(index))  # the reader owns the files' layout and axis order
         labels = source.raw_labels(index)
         box = crop_to_nonzero_box(image)
         cases.append(

@@ -8,6 +8,20 @@ Views (each built only when a term of non-zero weight asks for it):
 * ``distance_pair``: ``(logits, labels, target distance, prediction distance)``, each voxel's distance to the boundary
   of the target and of the thresholded prediction (softmax > 0.5, without gradient), for the Hausdorff DT loss.
 
+Regions (``regions``: the label values of each region, e.g. BraTS' whole tumour, tumour core, enhancing tumour;
+:mod:`detloss.data.regions`): one sigmoid output channel per region, the regions overlapping. The targets are then
+region masks ``(B, R, *spatial)`` (1 inside, 0 outside, ``ignore_index`` where a voxel counts nowhere), or class
+indices ``(B, *spatial)``, which the criterion turns into them; the views are
+
+* ``pixels``: ``(logits (B, R, *spatial), masks (B, R, *spatial) float)``, ignored elements equal to
+  ``ignore_index``, for the region terms in ``mode="multilabel"`` (e.g. ``DiceLoss``, which leaves them out);
+* ``masked``: ``(logits, masks with 0 at ignored elements)``, weighted by the valid elements and normalised by their
+  count, so that an elementwise term (``BCEWithLogitsLoss``) takes its mean over the valid elements only.
+
+A term that is a softmax over exclusive classes (``CrossEntropyLoss``, a region loss in ``mode="multiclass"``) or that
+asks for a distance view is refused at construction, naming the term (``configs/loss/dice_bce_regions.yaml`` is the
+region recipe: Dice per region and BCE, as nnU-Net trains regions).
+
 Distances are in the units of the voxel spacing (mm; 1 per pixel when the batch carries none), computed once per
 sample and step (:mod:`.distance`). Each term reduces by its own mean, so no view carries a ``norm``.
 
@@ -32,13 +46,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..composite import CompositeLoss, Criterion, LossOutput, View
+from ..data.regions import region_targets
 from ..losses import Checks, CrossEntropyLoss, DiceLoss, check_number
 from .distance import class_masks, mask_distance
 
-__all__ = ["SegmentationCriterion", "default_segmentation_loss", "deep_supervision_weights", "VIEWS"]
+__all__ = [
+    "SegmentationCriterion",
+    "default_segmentation_loss",
+    "deep_supervision_weights",
+    "exclusive_terms",
+    "VIEWS",
+    "REGION_VIEWS",
+]
 
 VIEWS = ("pixels", "distance", "distance_pair")
 """The views of one scale."""
+REGION_VIEWS = ("pixels", "masked")
+"""The views of one scale with regions (sigmoid channels)."""
 
 
 def default_segmentation_loss(ignore_index: int = 255) -> CompositeLoss:
@@ -79,10 +103,24 @@ def deep_supervision_weights(spec: int | Sequence[float]) -> list[float]:
 
 
 def _resample(labels: Tensor, size: Sequence[int]) -> Tensor:
-    """Class indices resampled to ``size`` by nearest neighbour (``nearest-exact``)."""
-    if tuple(labels.shape[1:]) == tuple(size):
+    """Class indices ``(B, *spatial)`` or region masks ``(B, R, *spatial)`` resampled to ``size`` by nearest
+    neighbour (``nearest-exact``)."""
+    channels = labels.ndim == len(size) + 2
+    if tuple(labels.shape[2 if channels else 1 :]) == tuple(size):
         return labels
+    if channels:
+        return F.interpolate(labels.float(), size=tuple(size), mode="nearest-exact").to(labels.dtype)
     return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].long()
+
+
+def _exclusive(loss) -> bool:
+    """Whether a term's loss is a softmax over exclusive classes."""
+    return isinstance(loss, CrossEntropyLoss) or getattr(getattr(loss, "options", None), "mode", None) == "multiclass"
+
+
+def exclusive_terms(loss: CompositeLoss) -> list[str]:
+    """The terms of ``loss`` that are a softmax over exclusive classes (refused with regions)."""
+    return [name for name, term in loss.losses.items() if _exclusive(term)]
 
 
 class SegmentationCriterion(Criterion):
@@ -97,11 +135,13 @@ class SegmentationCriterion(Criterion):
             the terms never check again (the views are marked ``checked``).
         deep_supervision: ``None`` (one output), the number of output scales (nnU-Net's weights, see
             :func:`deep_supervision_weights`) or a list of scale weights, full resolution first.
+        regions: the label values of each region (one output channel each, ``num_classes`` of them), or ``None``
+            for exclusive classes (see the module docstring).
 
     Called as ``criterion(outputs, targets)``: ``outputs`` the logits ``(B, C, *spatial)`` (or, with deep supervision,
     a list of them from the full resolution down); ``targets`` the labels ``(B, *spatial)`` int64, or a mapping
-    ``{"labels": (B, *spatial), "spacing": (B, dims)}`` (volumes: the spacing of each sample, for the distances).
-    Returns :class:`~detloss.composite.LossOutput`.
+    ``{"labels": (B, *spatial), "spacing": (B, dims)}`` (volumes: the spacing of each sample, for the distances);
+    with regions, the labels may be region masks ``(B, R, *spatial)``. Returns :class:`~detloss.composite.LossOutput`.
     """
 
     min_classes = 2  # background included
@@ -113,20 +153,56 @@ class SegmentationCriterion(Criterion):
         ignore_index: int = 255,
         validate: bool = True,
         deep_supervision: int | Sequence[float] | None = None,
+        regions: Sequence[Sequence[int]] | Mapping[str, Sequence[int]] | None = None,
     ):
         check_number("ignore_index", ignore_index, integer=True)
+        self.regions = None if regions is None else self._check_regions(regions, num_classes, ignore_index)
+        if loss is None and self.regions is not None:
+            raise ValueError("with regions the criterion needs a loss of sigmoid terms, e.g. loss=dice_bce_regions")
         loss = default_segmentation_loss(ignore_index) if loss is None else loss
+        own = REGION_VIEWS if self.regions is not None else VIEWS
+        if self.regions is not None and isinstance(loss, CompositeLoss):
+            loss.check_views(frozenset(own), f"{type(self).__name__} with regions")
+            if exclusive := exclusive_terms(loss):
+                named = ", ".join(f"{n!r} ({type(loss.losses[n]).__name__})" for n in exclusive)
+                raise ValueError(
+                    f"term(s) {named}: a softmax over exclusive classes, but with regions each output channel is a "
+                    "sigmoid of its own region (the regions overlap); use loss=dice_bce_regions, or sigmoid terms "
+                    "(BCEWithLogitsLoss, DiceLoss with mode=multilabel)"
+                )
         self.scale_weights = None if deep_supervision is None else deep_supervision_weights(deep_supervision)
         if self.scale_weights is None:
-            views = VIEWS
+            views = own
         else:
             if not isinstance(loss, CompositeLoss):
                 raise ValueError(f"loss must be a detloss.composite.CompositeLoss, got {type(loss).__name__}")
-            loss.check_views(frozenset(VIEWS), type(self).__name__)
+            loss.check_views(frozenset(own), type(self).__name__)
             loss = loss.replicate({f"scale{i}": w for i, w in enumerate(self.scale_weights)})
-            views = [f"scale{i}/{v}" for i in range(len(self.scale_weights)) for v in VIEWS]
+            views = [f"scale{i}/{v}" for i in range(len(self.scale_weights)) for v in own]
         super().__init__(num_classes, loss, views=views)
         self.ignore_index, self.validate = ignore_index, validate
+
+    @staticmethod
+    def _check_regions(regions, num_classes: int, ignore_index: int) -> list[tuple[int, ...]]:
+        values = list(regions.values()) if isinstance(regions, Mapping) else list(regions)
+        if len(values) != num_classes:
+            raise ValueError(
+                f"regions: the head has {num_classes} output channels but {len(values)} regions are given (one "
+                "channel per region)"
+            )
+        if ignore_index in (0, 1):
+            raise ValueError(
+                f"ignore_index must not be 0 or 1 with regions (the values of a region mask), got {ignore_index}"
+            )
+        for v in values:
+            if (
+                isinstance(v, (str, bytes))
+                or not isinstance(v, Sequence)
+                or not v
+                or not all(isinstance(x, int) for x in v)
+            ):
+                raise ValueError(f"regions must give each region's label values as a non-empty list, got {regions!r}")
+        return [tuple(int(x) for x in v) for v in values]
 
     def forward(self, outputs: Tensor | Sequence[Tensor], targets: Tensor | Mapping[str, Tensor]) -> LossOutput:
         partial = self.scale_weights is not None and isinstance(outputs, Tensor)  # evaluation: scale 0 only
@@ -145,28 +221,34 @@ class SegmentationCriterion(Criterion):
     def build_views(self, outputs: Tensor | Sequence[Tensor], targets: Tensor | Mapping[str, Tensor]) -> dict:
         labels, spacing = self._targets(targets)
         scales = self._scales(outputs)
-        full = tuple(labels.shape[1:])
+        if self.regions is not None and labels.ndim == scales[0].ndim - 1:  # class indices: to region masks
+            labels = region_targets(labels, self.regions, self.ignore_index, dim=1)
+        lead = 2 if self.regions is not None else 1  # (B, R, *spatial) or (B, *spatial)
+        full = tuple(labels.shape[lead:])
         for i, logits in enumerate(scales):
-            if logits.ndim != labels.ndim + 1 or logits.shape[:2] != (labels.shape[0], self.num_classes):
+            if logits.ndim != labels.ndim + 2 - lead or logits.shape[:2] != (labels.shape[0], self.num_classes):
                 raise ValueError(
                     f"logits{'' if len(scales) == 1 else f'[{i}]'} must have shape (B, {self.num_classes}, *spatial) "
-                    f"with B = {labels.shape[0]} and {labels.ndim - 1} spatial dims as the labels {tuple(labels.shape)}"
-                    f", got {tuple(logits.shape)}"
+                    f"with B = {labels.shape[0]} and {labels.ndim - lead} spatial dims as the labels "
+                    f"{tuple(labels.shape)}, got {tuple(logits.shape)}"
                 )
-        if scales[0].shape[2:] != labels.shape[1:]:
+        if tuple(scales[0].shape[1:lead]) + tuple(scales[0].shape[2:]) != tuple(labels.shape[1:]):
+            what = "region masks (B, R, *spatial)" if lead == 2 else "labels"
             raise ValueError(
-                f"labels must have the spatial shape of the logits {tuple(scales[0].shape[2:])}, got {tuple(full)}"
+                f"{what} must have the shape of the logits {tuple(scales[0].shape[lead - 1 :])} after the batch, got "
+                f"{tuple(labels.shape[1:])}"
             )
         if self.validate:
             checks = Checks()
             for i, logits in enumerate(scales):
                 checks.finite("logits" if len(scales) == 1 else f"logits[{i}]", logits)
-            checks.labels("labels", labels, self.num_classes, self.ignore_index)
+            # region masks hold 0, 1 or ignore_index
+            checks.labels("labels", labels, self.num_classes if lead == 1 else 2, self.ignore_index)
             checks.run()
         needed, views = self.needed(), {}
         for i, logits in enumerate(scales):
             prefix = "" if self.scale_weights is None else f"scale{i}/"
-            wanted = {v for v in VIEWS if prefix + v in needed}
+            wanted = {v for v in (VIEWS if lead == 1 else REGION_VIEWS) if prefix + v in needed}
             if not wanted:
                 continue
             size = logits.shape[2:]
@@ -176,6 +258,16 @@ class SegmentationCriterion(Criterion):
 
     def _views(self, logits: Tensor, labels: Tensor, spacing: Tensor | None, full, wanted: set[str]) -> dict:
         views = {}
+        if self.regions is not None:
+            if "pixels" in wanted:
+                views["pixels"] = View((logits, labels.float()), checked=True)
+            if "masked" in wanted:
+                valid = labels != self.ignore_index
+                masks = (labels == 1).float()
+                views["masked"] = View(
+                    (logits, masks), weight=valid.float(), norm=valid.sum().clamp_min(1), checked=True
+                )
+            return views
         if "pixels" in wanted:
             views["pixels"] = View((logits, labels), checked=True)
         if wanted & {"distance", "distance_pair"}:
