@@ -56,7 +56,17 @@ from .weight_schedules import Position
 if TYPE_CHECKING:
     from .loss import CompositeLoss, View
 
-__all__ = ["Finding", "LossConfigWarning", "check_loss", "check_views", "report", "expects", "activation"]
+__all__ = [
+    "Finding",
+    "LossConfigError",
+    "LossConfigWarning",
+    "check_loss",
+    "check_views",
+    "report",
+    "expects",
+    "activation",
+    "made_by",
+]
 
 ERROR, WARNING = "error", "warning"
 KINDS = ("logits", "probabilities", "values")
@@ -104,6 +114,15 @@ MAX_POSITIONS = 20_000
 
 class LossConfigWarning(UserWarning):
     """A warning of the loss-config check."""
+
+
+class LossConfigError(ValueError):
+    """The errors of the loss-config check (:attr:`findings`: all its findings, warnings included)."""
+
+    def __init__(self, findings: Sequence[Finding]):
+        self.findings = list(findings)
+        lines = "\n  ".join(str(f) for f in self.findings)
+        super().__init__(f"the loss config cannot train:\n  {lines}")
 
 
 @dataclass(frozen=True)
@@ -358,11 +377,9 @@ def _made_by(node, depth: int) -> str | None:
 
 
 def report(findings: Sequence[Finding]) -> None:
-    """Raise ``ValueError`` listing the errors among ``findings``; otherwise warn each warning
-    (:class:`LossConfigWarning`)."""
-    errors = [f for f in findings if f.level == ERROR]
-    if errors:
-        lines = "\n  ".join(str(f) for f in findings)
-        raise ValueError(f"the loss config cannot train:\n  {lines}")
+    """Raise :class:`LossConfigError` (a ``ValueError``) listing ``findings`` if any is an error; otherwise warn
+    each (:class:`LossConfigWarning`)."""
+    if any(f.level == ERROR for f in findings):
+        raise LossConfigError(findings)
     for finding in findings:
         warnings.warn(str(finding), LossConfigWarning, stacklevel=3)

@@ -2,6 +2,7 @@
 
 from .assigner import Assignment, TaskAlignedAssigner
 from .criterion import HEADS, DetectionCriterion, EndToEndCriterion, default_detection_loss, default_end_to_end_loss
+from .gains import from_ultralytics_gains, ultralytics_gains, ultralytics_step_factor
 from .geometry import bbox2dist, decode_boxes, dist2bbox, expected_distance, make_anchors
 from .postprocess import decode, postprocess
 
@@ -20,4 +21,7 @@ __all__ = [
     "default_end_to_end_loss",
     "decode",
     "postprocess",
+    "from_ultralytics_gains",
+    "ultralytics_gains",
+    "ultralytics_step_factor",
 ]
