@@ -19,6 +19,7 @@ from detloss.data.patches import PatchDataset, crop_or_pad, is_forced
 from detloss.models import UNet3D
 from detloss.models.unet3d import plan_stages
 from detloss.tasks import GradientDiagnostics, VolumeMetrics
+from detloss.tasks.volume_metrics import label_masks
 from detloss.train import train
 
 #: a small run of task=volumetric: 10 cases of 16 × 32 × 32 voxels, patches of the whole volume
@@ -236,29 +237,33 @@ def test_anisotropy_aware_pooling_and_output_contract():
 
 
 def test_metrics_of_absent_labels():
-    metrics = VolumeMetrics(4, tolerance=1.0)
+    metrics = VolumeMetrics(3, tolerance=1.0)
     target = torch.zeros(3, 6, 8, 8, dtype=torch.long)
     target[:, 2:4, 2:5, 2:5] = 1
     pred = target.clone()
     pred[1, 0, 0, 0] = 2  # case 1: label 2 predicted where the target has none
-    target[2, 1, 1, 1] = 255  # ignored: background in both
+    pred[2, 2:4, 2:5, 2:5] = 0  # case 2: label 1 missed
+    target[0, 4, 4, 4] = 2  # case 0: label 2 missed (one voxel)
+    target[2, 1, 1, 1] = 255  # ignored: in no mask
     spacing = torch.tensor([[2.0, 1.0, 1.0]] * 3)
-    metrics.update(pred, target, spacing)
+    metrics.update(label_masks(pred, 4, 255), label_masks(target, 4, 255), spacing)
     values = metrics.compute()
-    # label 1 perfect in every case; label 2 only scored in case 1 (absent from both elsewhere): 0; label 3 never
-    assert values["dice"][0] == 1 and values["hd95"][0] == 0 and values["nsd"][0] == 1
-    assert values["dice"][1] == 0 and values["nsd"][1] == 0
-    assert values["hd95"][1] == pytest.approx(math.sqrt(12**2 + 8**2 + 8**2))  # the volume's diagonal in mm
-    assert all(math.isnan(values[m][2]) for m in ("dice", "hd95", "nsd"))
-    # MONAI's DiceMetric on the same cases: 1 for the absent label with ignore_empty=False, and for a case with a
-    # false positive and an empty target NaN with ignore_empty=True (so it would not count the false positive)
+    diagonal = math.sqrt(12**2 + 8**2 + 8**2)  # the volume's diagonal in mm: a missed label's hd95
+    # label 1: perfect in cases 0 and 1, missed in case 2
+    assert values["dice"][0] == pytest.approx(2 / 3) and values["nsd"][0] == pytest.approx(2 / 3)
+    assert values["hd95"][0] == pytest.approx(diagonal / 3)
+    # label 2: held by case 0's target only (missed there); case 1's false positive is counted, not averaged
+    assert values["dice"][1] == 0 and values["nsd"][1] == 0 and values["hd95"][1] == pytest.approx(diagonal)
+    assert values["fp_cases"].tolist() == [0, 1, 0]
+    assert all(math.isnan(values[m][2]) for m in ("dice", "hd95", "nsd"))  # label 3 in no target
+    # MONAI's DiceMetric(ignore_empty=True) gives the same per-label means
     onehot = lambda x: torch.nn.functional.one_hot(x.clamp(max=3), 4).movedim(-1, 1)  # noqa: E731
-    kept = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(onehot(pred), onehot(target))
-    assert kept[0, 1] == 1 and kept[1, 1] == 0
-    dropped = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(onehot(pred), onehot(target))
-    assert math.isnan(dropped[1, 1])
+    monai = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    monai(onehot(pred.masked_fill(target == 255, 0)), onehot(target.masked_fill(target == 255, 0)))
+    torch.testing.assert_close(values["dice"][:2], monai.aggregate()[:2].float())
     metrics.reset()
-    assert all(torch.isnan(v).all() for v in metrics.compute().values())  # nothing seen: NaN, not an error
+    empty = metrics.compute()
+    assert all(torch.isnan(empty[m]).all() for m in ("dice", "hd95", "nsd")) and not empty["fp_cases"].any()
 
 
 # --------------------------------------------------------------------------------------------------------- task
@@ -327,8 +332,10 @@ def test_two_processes_validate_as_one(tmp_path):
     datamodule, task = build(cfg)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     (single,) = trainer.validate(task, datamodule=datamodule, ckpt_path=str(run / "checkpoints" / "last.ckpt"))
-    for key in ("val/dice", "val/hd95", "val/nsd", "val/dice/edema", "val/nsd/enhancing"):
-        if math.isnan(single[key]):
+    for key in ("val/dice", "val/hd95", "val/nsd", "val/dice/edema", "val/nsd/enhancing", "val/fp_cases/edema"):
+        if key not in single:  # no validation case holds the label: logged by neither
+            assert key not in metrics, key
+        elif math.isnan(single[key]):
             assert math.isnan(metrics[key]), key
         else:
             assert metrics[key] == pytest.approx(single[key], abs=1e-5), key

@@ -1,4 +1,5 @@
-"""SegmentationTask: a segmenter trained on a segmentation criterion; Dice tracked by torchmetrics."""
+"""SegmentationTask: a 2D segmenter trained on a segmentation criterion; Dice per image (MONAI) and pooled
+(torchmetrics)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torchvision.utils import draw_segmentation_masks, make_grid
 
 from ..composite import Criterion
 from .base import LossTask, rgb_uint8
+from .volume_metrics import VolumeMetrics, label_masks
 
 __all__ = ["SegmentationTask", "palette"]
 
@@ -36,11 +38,22 @@ class SegmentationTask(LossTask):
         ignore_index: mask value excluded from the metrics: those pixels are set to background in both
             prediction and target, so they count in no foreground class.
 
-    Logged: ``val/dice`` (mean over the foreground classes of the dataset-level Dice, a class absent from targets
-    and predictions of the whole validation set left out), ``val/dice/<class>``,
-    ``val/generalized_dice`` (torchmetrics' per-image generalized Dice, averaged over the images with foreground
-    in the target or the prediction: torchmetrics would score a correctly empty image 0). Both metrics sum their
-    states across ranks.
+    Logged, for the argmax prediction ``P`` and the target ``T`` of each foreground class (ignored pixels set to
+    background in both):
+
+    * ``val/dice/<class>``: the per-image Dice ``2|P ∩ T| / (|P| + |T|)`` averaged over the validation images whose
+      target holds the class (MONAI's ``DiceMetric(ignore_empty=True)``), not logged where none does; ``val/dice``:
+      the mean of those over the classes (the optimised metric). The 3D task's ``val/dice`` is the same statistic,
+      a volume being the case (:mod:`~detloss.tasks.volumetric`);
+    * ``val/fp_cases/<class>``: the number of images predicted to hold the class whose target does not;
+    * ``val/dice_pooled/<class>``: the Dice of all validation pixels pooled (torchmetrics' ``DiceScore`` with
+      ``aggregation_level="global"``), not logged where the class is absent from targets and predictions of the
+      whole set; ``val/dice_pooled``: their mean over the classes;
+    * ``val/generalized_dice``: torchmetrics' per-image generalized Dice, averaged over the images with foreground
+      in the target or the prediction (torchmetrics would score a correctly empty image 0).
+
+    Under DDP the per-image values are gathered (not the ranks' means averaged) and the pooled counts summed, so
+    every value equals one process's.
     """
 
     def __init__(
@@ -58,6 +71,7 @@ class SegmentationTask(LossTask):
         num_classes = self.num_classes = criterion.num_classes
         self.ignore_index = getattr(criterion, "ignore_index", None)
         kw = dict(num_classes=num_classes, include_background=False, input_format="index")
+        self.per_image = VolumeMetrics(num_classes - 1, surface=False)
         self.dice = DiceScore(average="none", aggregation_level="global", **kw)
         self.generalized_dice = GeneralizedDiceScore(**kw)
 
@@ -73,6 +87,7 @@ class SegmentationTask(LossTask):
             ignored = masks == self.ignore_index
             pred, target = pred.masked_fill(ignored, 0), masks.masked_fill(ignored, 0)
         self.dice.update(pred, target)
+        self.per_image.update(label_masks(pred, self.num_classes), label_masks(target, self.num_classes))
         # torchmetrics scores an image without foreground in target and prediction (a true negative) as 0, not 1;
         # the generalized Dice averages over the images that have something to score
         scored = (pred > 0).flatten(1).any(1) | (target > 0).flatten(1).any(1)
@@ -81,16 +96,23 @@ class SegmentationTask(LossTask):
         self.keep_preview(batch_idx, images, pred, target)
 
     def on_validation_epoch_end(self):
-        per_class = self.dice.compute().view(-1)
-        self.dice.reset()
-        # a label absent from target and prediction in the whole validation set has no Dice (0/0): it is left out
-        # of val/dice/<label> and of the mean, as MONAI's ignore_empty; absent from the target only, it scores 0
-        present = ~torch.isnan(per_class)
-        if present.any():
-            self.log("val/dice", per_class[present].mean(), prog_bar=True)
-        for name, value, ok in zip(self.class_names[1:], per_class, present.tolist()):
-            if ok:
+        names = self.class_names[1:]
+        values = self.per_image.compute()
+        self.per_image.reset()
+        self.log("val/dice", values["dice"].nanmean(), prog_bar=True)
+        for name, value, fp in zip(names, values["dice"], values["fp_cases"]):
+            if not torch.isnan(value):  # no image holds the class: no value
                 self.log(f"val/dice/{name}", value)
+            self.log(f"val/fp_cases/{name}", fp)
+        pooled = self.dice.compute().view(-1)
+        self.dice.reset()
+        # a class absent from targets and predictions of the whole set has no pooled Dice (0/0): left out
+        present = ~torch.isnan(pooled)
+        if present.any():
+            self.log("val/dice_pooled", pooled[present].mean())
+        for name, value, ok in zip(names, pooled, present.tolist()):
+            if ok:
+                self.log(f"val/dice_pooled/{name}", value)
         self.log("val/generalized_dice", self.generalized_dice.compute().mean())
         self.generalized_dice.reset()
         self.save_previews(self._draw)
