@@ -290,16 +290,24 @@ def check_views(loss: CompositeLoss, views: Mapping[str, View], outputs: Sequenc
             findings.append(Finding(WARNING, name, f"its view {view_name!r} was not built for this batch"))
             continue
         view = views[view_name]
-        findings += _check_input(name, term, view_name, view)
-        value = loss.term_value(name, view)
-        if not bool(torch.isfinite(value).all()):
-            findings.append(Finding(ERROR, name, f"its value on this batch is not finite ({float(value)})"))
-        elif needs_positive and float(value) <= 0:
+        wrong = _check_input(name, term, view_name, view)
+        findings += wrong
+        if any(f.level == ERROR for f in wrong):
+            continue
+        try:
+            value = loss.term_value(name, view)
+        except Exception as error:
+            findings.append(Finding(ERROR, name, f"fails on this batch: {type(error).__name__}: {error}"))
+            continue
+        number = float(value.detach())
+        if not math.isfinite(number):
+            findings.append(Finding(ERROR, name, f"its value on this batch is not finite ({number})"))
+        elif needs_positive and number <= 0:
             findings.append(
                 Finding(
                     ERROR,
                     name,
-                    f"its value on this batch is {float(value):.4g}, and the balancing "
+                    f"its value on this batch is {number:.4g}, and the balancing "
                     f"{type(loss.balancing).__name__} needs positive terms",
                 )
             )
