@@ -7,9 +7,12 @@ average, which validation scores, when it has one), and every input is brought t
 validation transforms bring it, predicted, mapped back to the input's own pixels and written by the writer of the
 checkpoint's kind of data (:mod:`detloss.prediction`), with a progress bar.
 
-``input`` is an image file, a folder (its image files, sorted by name), or a COCO JSON file whose ``images`` give
-the files (relative to ``predict.image_dir``, by default the JSON's folder), their ``file_name`` and
-``image_id``. Results go to ``output`` (by default the run directory, ``outputs/<task>/predict/<time>/``).
+``input`` is an image file, a folder (its image files, sorted by name; hidden files left out), or a COCO JSON file
+whose ``images`` give the files (relative to ``predict.image_dir``, by default the JSON's folder), their
+``file_name`` and ``image_id``. Volumes are NIfTI files: Decathlon 4D images or nnU-Net channel files, one label
+map per case written in the input's geometry. Results go to ``output`` (by default the run directory,
+``outputs/<task>/predict/<time>/``). ``predict.tta=true`` mirrors the input as nnU-Net does (segmentation and
+volumes).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def list_inputs(source: str | Path, extensions: tuple[str, ...], image_dir: str 
     if path.is_dir():
         files = [p for p in list_images(path) if p.suffix.lower() in extensions] if extensions else []
         files = files or sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(extensions))
+        files = [p for p in files if not p.name.startswith(".")]  # hidden files (macOS "._" copies in archives)
         if not files:
             raise ValueError(f"input: no files of {', '.join(extensions)} in {path}")
         return [Item(p, p.name, p.name) for p in files]
@@ -87,6 +91,10 @@ def predict(cfg: DictConfig, checkpoint: Mapping[str, Any]) -> Path:
     if kind not in WRITERS:
         raise ValueError(f"ckpt_path: no prediction writer for data of kind {kind!r} (known: {sorted(WRITERS)})")
     options = dict(cfg.predict)
+    if not isinstance(options.get("tta", False), bool):
+        raise ValueError(f"predict.tta must be true or false, got {options['tta']!r}")
+    if options.get("tta") and kind == "detection":
+        raise ValueError("predict.tta: mirroring test-time augmentation is for segmentation and volumes, not boxes")
     writer_class = WRITERS[kind]
     items = list_inputs(cfg.input, writer_class.extensions, options.get("image_dir"))
     out_dir = Path(cfg.output if cfg.get("output") else cfg.paths.output_dir)
