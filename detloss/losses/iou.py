@@ -1,16 +1,16 @@
 """IoU-family box regression losses for pairs of ``xyxy`` boxes.
 
-=========  ===================================================================  ==============================
-kind       loss                                                                 reference
-=========  ===================================================================  ==============================
-``iou``    1 − IoU                                                              Yu et al., UnitBox, 2016
-``giou``   1 − IoU + (|C| − |A ∪ B|) / |C|                                      Rezatofighi et al., 2019
-``diou``   1 − IoU + ρ²(b, b_gt) / c²                                           Zheng et al., 2020
-``ciou``   DIoU + α·v,  v = 4/π²·(atan(w_gt/h_gt) − atan(w/h))²,                 Zheng et al., 2020
-           α = v / (1 − IoU + v), α held constant in the gradient
-``siou``   1 − IoU + (Δ + Ω)/2 (angle-aware distance cost Δ, shape cost Ω, θ=4)  Gevorgyan, 2022
-``eiou``   DIoU + (w − w_gt)²/C_w² + (h − h_gt)²/C_h²                            Zhang et al., 2022
-=========  ===================================================================  ==============================
+    =========  ===================================================================  ==============================
+    kind       loss                                                                 reference
+    =========  ===================================================================  ==============================
+    ``iou``    1 − IoU                                                              Yu et al., UnitBox, 2016
+    ``giou``   1 − IoU + (|C| − |A ∪ B|) / |C|                                      Rezatofighi et al., 2019
+    ``diou``   1 − IoU + ρ²(b, b_gt) / c²                                           Zheng et al., 2020
+    ``ciou``   DIoU + α·v,  v = 4/π²·(atan(w_gt/h_gt) − atan(w/h))²,                 Zheng et al., 2020
+               α = v / (1 − IoU + v), α held constant in the gradient
+    ``siou``   1 − IoU + (Δ + Ω)/2 (angle-aware distance cost Δ, shape cost Ω, θ=4)  Gevorgyan, 2022
+    ``eiou``   DIoU + (w − w_gt)²/C_w² + (h − h_gt)²/C_h²                            Zhang et al., 2022
+    =========  ===================================================================  ==============================
 
 C is the smallest box enclosing both, c its diagonal, ρ the distance between the centres, U = |A ∪ B| and
 I = |A ∩ B|. Each loss is a sum of non-negative terms, nothing subtracted from 1, so that a float32 value is

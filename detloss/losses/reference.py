@@ -5,17 +5,17 @@ and ``weight`` and ``reduction``), no value checks and no custom autograd: autog
 written. ``tests/test_reference_forms.py`` holds each fused loss equal to its form here, in values and gradients
 (float64), and each form here to a hand-computed case or to torch / torchvision / MONAI where they have the loss.
 
-===============================  ==========================================  ===============================
-reference form                   the fused loss                              its kernel
-===============================  ==========================================  ===============================
-:func:`bce_with_logits`          :func:`detloss.losses.bce_with_logits`      ``_modulated_bce.py``
-:func:`focal_loss`               :func:`detloss.losses.focal_loss`           ``_modulated_bce.py``
-:func:`varifocal_loss`           :func:`detloss.losses.varifocal_loss`       ``_modulated_bce.py``
-:func:`quality_focal_loss`       :func:`detloss.losses.quality_focal_loss`   ``_modulated_bce.py``
-:func:`cross_entropy`            :func:`detloss.losses.cross_entropy`        ``_stable.py`` (``index_nll``)
-:func:`dfl_loss`                 :func:`detloss.losses.dfl_loss`             ``_stable.py`` (blocked softmax)
-:func:`dice_loss` and the rest   :func:`detloss.losses.dice_loss`, ...       ``_region.py`` (fused counts)
-===============================  ==========================================  ===============================
+    ===============================  ==========================================  ===============================
+    reference form                   the fused loss                              its kernel
+    ===============================  ==========================================  ===============================
+    :func:`bce_with_logits`          :func:`detloss.losses.bce_with_logits`      ``_modulated_bce.py``
+    :func:`focal_loss`               :func:`detloss.losses.focal_loss`           ``_modulated_bce.py``
+    :func:`varifocal_loss`           :func:`detloss.losses.varifocal_loss`       ``_modulated_bce.py``
+    :func:`quality_focal_loss`       :func:`detloss.losses.quality_focal_loss`   ``_modulated_bce.py``
+    :func:`cross_entropy`            :func:`detloss.losses.cross_entropy`        ``_stable.py`` (``index_nll``)
+    :func:`dfl_loss`                 :func:`detloss.losses.dfl_loss`             ``_stable.py`` (blocked softmax)
+    :func:`dice_loss` and the rest   :func:`detloss.losses.dice_loss`, ...       ``_region.py`` (fused counts)
+    ===============================  ==========================================  ===============================
 
 The IoU family needs no second form: :mod:`.iou` is written plainly, and :func:`detloss.losses.box_loss_corners`
 is the one owner of its arithmetic, which the task-aligned assigner's dense blocks call too.
