@@ -359,3 +359,63 @@ def test_volumes_count_the_training_cases_and_regions_sum_their_labels():
     assert count_classes(data) == [2, 3, 2]  # case 2 is validation's; 255 is ignored
     data.regions = {"whole": (1, 2), "core": (2,)}
     assert count_classes(data) == [5, 2]
+
+
+def test_a_list_in_a_config_reaches_every_class_term():
+    from hydra.utils import instantiate
+
+    for name in ("BCEWithLogitsLoss", "FocalLoss", "VarifocalLoss", "QualityFocalLoss", "CrossEntropyLoss", "DiceLoss"):
+        config = OmegaConf.create({"_target_": f"detloss.losses.{name}", "class_weights": [1.0, 2.0, 0.5]})
+        assert instantiate(config).options.class_weights.tolist() == [1.0, 2.0, 0.5]  # a ListConfig, not a list
+    nested = OmegaConf.create({"_target_": "detloss.losses.BCEWithLogitsLoss", "pos_weight": [[1.0], [2.0]]})
+    assert instantiate(nested).options.pos_weight.shape == (2, 1)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+SMALL = ["data.num_train=16", "data.num_val=8", "data.batch_size=8", "data.num_workers=0", "trainer.max_epochs=1"]
+
+
+def _composite_term(task, name: str):
+    return task.criterion.loss.losses[name]
+
+
+@pytest.mark.parametrize(
+    ("task", "term", "method"),
+    [
+        ("detection", "cls", "inverse_frequency"),
+        ("segmentation", "ce", "{method: effective_number, beta: 0.999}"),
+        ("segmentation", "dice", "inverse_frequency"),
+    ],
+)
+def test_a_run_resolves_the_method_once_into_the_config_its_checkpoints_keep(
+    compose, tmp_path, task, term, method, caplog
+):
+    from detloss.runs import resolved_config
+    from detloss.train import build, train
+
+    runs = ["logger=none", "callbacks=none", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1"]
+    cfg = compose(f"task={task}", *SMALL, *runs, f"+loss.terms.{term}.loss.class_weights={method}")
+    with caplog.at_level(logging.INFO, logger="detloss.data.class_weights"):
+        datamodule, built = build(cfg)
+    counts = datamodule.class_counts()
+    background = term != "dice"  # the Dice term of the segmentation recipes leaves the background out
+    seen = counts if background else counts[1:]
+    beta = 0.999 if "beta" in method else 0.9999
+    expected = weights_from_counts(seen, "effective_number" if "effective" in method else "inverse_frequency", beta)
+    kept = resolved_config(cfg)["loss"]["terms"][term]["loss"]["class_weights"]  # what checkpoints and config.yaml keep
+    assert kept == pytest.approx(expected, rel=1e-12)
+    weights = _composite_term(built, term).options.class_weights
+    torch.testing.assert_close(weights, torch.tensor(expected, dtype=torch.float32))
+    assert sum("class weights of term" in r.getMessage() for r in caplog.records) == 1
+    if term == "dice":  # built is enough: training with a region term's weights is the cross-entropy case's run
+        return
+    # a run trains with them, and the config it keeps builds the same loss without the data's counts
+    assert train(cfg) is not None
+    checkpoints = list(tmp_path.rglob("*.ckpt"))
+    assert checkpoints
+    for path in checkpoints:
+        stored = torch.load(path, map_location="cpu", weights_only=False)["detloss_config"]
+        assert stored["loss"]["terms"][term]["loss"]["class_weights"] == pytest.approx(expected, rel=1e-12)
+    rebuilt = resolve_class_weights(OmegaConf.create(resolved_config(cfg)["loss"]), datamodule.class_names, None)
+    assert rebuilt == {}  # lists only: nothing left to count

@@ -35,7 +35,7 @@ import dataclasses
 import functools
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -253,10 +253,16 @@ def build(name: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
+def _as_lists(value: Sequence) -> list:
+    return [_as_lists(v) if isinstance(v, Sequence) and not isinstance(v, (str, bytes)) else v for v in value]
+
+
 def as_options_tensor(name: str, value, *, ndim: int | None = None) -> Tensor | None:
     """A tensor-valued option (class weights, ``pos_weight``) as a CPU float32 tensor; checked by the caller."""
     if value is None:
         return None
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes, list, tuple)):
+        value = _as_lists(value)  # a config's list (OmegaConf's ListConfig is a Sequence, not a list)
     if isinstance(value, bool) or not isinstance(value, (Tensor, int, float, list, tuple)):
         raise ValueError(f"{name} must be a number, a sequence of numbers or a tensor, got {type(value).__name__}")
     try:
