@@ -115,9 +115,9 @@ def generate_brats_case(
             paint(_soft(ellipsoid(tip, np.array([0.55, 0.35, 0.9]) * axes[[0, 1, 0]] + 1.5)), "cap")
         paint(_soft(ellipsoid(centre, axes)), "csf")
     for _ in range(int(rng.integers(2, 5))):  # vessels: thin tubes, bright on T1ce, not tumour
-        start = brain_centre + rng.uniform(-0.8, 0.8, 3) * brain_axes
+        start = brain_centre + rng.uniform(-0.5, 0.5, 3) * brain_axes
         end = start + rng.normal(0, 1, 3) * brain_axes * 0.5
-        paint(_soft(_tube(grid, start, end, rng.uniform(0.8, 1.4))), "vessel")
+        paint(_soft(_tube(grid, start, end, rng.uniform(1.2, 2.0))), "vessel")
 
     if rng.random() >= p_empty:
         r_wt = rng.uniform(*radius)
