@@ -299,3 +299,29 @@ def test_detection_task_refuses_an_unknown_map_backend():
 
     with pytest.raises(ValueError, match="map_backend must be one of"):
         DetectionTask(YOLODetector(num_classes=2), DetectionCriterion(2), torch.optim.AdamW, map_backend="coco")
+
+
+class LossyEcho(MaskEcho):
+    """:class:`MaskEcho` of the image's second channel: the prediction, while the target is the mask."""
+
+    def forward(self, images):
+        return super().forward(images[:, 1:])
+
+
+def test_2d_dice_is_the_per_image_mean_and_the_pooled_dice_has_its_own_name():
+    from detloss.segmentation import SegmentationCriterion
+    from detloss.tasks import SegmentationTask
+
+    masks = torch.zeros(3, 8, 8, dtype=torch.long)
+    masks[0, 0:2, 0:2] = 1  # 4 pixels, found exactly
+    masks[1, 0:8, 0:4] = 1  # 32 pixels, half found: Dice 2·16 / (16 + 32) = 2/3
+    pred = masks.clone()
+    pred[1, :, 2:4] = 0
+    pred[2, 5:7, 5:7] = 1  # image 2 holds no lesion: a false positive there
+    images = torch.stack([masks, pred], 1).float()
+    task = SegmentationTask(LossyEcho(2), SegmentationCriterion(2), torch.optim.SGD, class_names=["bg", "a"])
+    task.num_previews = 0
+    (result,) = quiet_trainer().validate(task, DataLoader(TensorDataset(images, masks), batch_size=2), verbose=False)
+    assert result["val/dice/a"] == pytest.approx((1 + 2 / 3) / 2) == result["val/dice"]  # image 2 holds no "a"
+    assert result["val/fp_cases/a"] == 1
+    assert result["val/dice_pooled/a"] == pytest.approx(2 * 20 / (24 + 36)) == result["val/dice_pooled"]

@@ -97,7 +97,7 @@ class SegmentationTask(LossTask):
 
     def on_validation_epoch_end(self):
         names = self.class_names[1:]
-        values = self.per_image.compute()
+        values = {k: v.view(-1) for k, v in self.per_image.compute().items()}  # torchmetrics squeezes one value
         self.per_image.reset()
         self.log("val/dice", values["dice"].nanmean(), prog_bar=True)
         for name, value, fp in zip(names, values["dice"], values["fp_cases"]):

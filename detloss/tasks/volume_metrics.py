@@ -70,7 +70,7 @@ class VolumeMetrics(Metric):
 
     ``update(pred (B, K, *spatial), target (B, K, *spatial), spacing (B, dims) or None)`` with binary masks
     (``None``: 1 mm); ``compute()`` returns ``{"dice": (K,), "hd95", "nsd", "fp_cases", "lesion_dice",
-    "lesion_hd95"}`` (those computed).
+    "lesion_hd95"}`` (those computed; torchmetrics returns a single channel's values as scalars).
     """
 
     full_state_update = False

@@ -178,7 +178,7 @@ class VolumetricTask(LossTask):
             self.keep_preview(batch_idx, *zip(*kept))
 
     def on_validation_epoch_end(self):
-        values = self.metrics.compute()
+        values = {k: v.view(-1) for k, v in self.metrics.compute().items()}  # torchmetrics squeezes one value
         self.metrics.reset()
         names = self.metric_names
         for metric in MEANS:
