@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import shlex
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
 import detloss.losses as L
-from detloss.data import LesionsDataModule, MaskDataModule, ShapesDataModule
+from detloss.data import LESION_CLASSES, SHAPE_CLASSES, LesionsDataModule, MaskDataModule, ShapesDataModule
 from detloss.data.class_weights import count_classes, resolve_class_weights, weights_from_counts
 from detloss.losses import _modulated_bce as M
 from detloss.losses import reference as R
@@ -335,6 +339,7 @@ def test_mask_counts_leave_the_ignored_pixels_out_and_agree_with_the_fingerprint
     data = MaskDataModule(_masks_folder(tmp_path / "masks"), num_classes=3, image_size=32, batch_size=2)
     counts = data.class_counts()
     assert counts == [7, 3, 1]  # the validation mask is not counted
+    assert MaskDataModule(tmp_path / "masks", num_classes=3, image_size=32, batch_size=2).class_counts() == counts
     shares = [c["pixel_share"] for c in mask_fingerprint(data.train_dataset, data.class_names, data.root).classes]
     assert np.asarray(counts) / sum(counts) == pytest.approx(shares, rel=1e-12)
 
@@ -359,6 +364,11 @@ def test_volumes_count_the_training_cases_and_regions_sum_their_labels():
     assert count_classes(data) == [2, 3, 2]  # case 2 is validation's; 255 is ignored
     data.regions = {"whole": (1, 2), "core": (2,)}
     assert count_classes(data) == [5, 2]
+
+
+def test_data_without_a_training_split_says_so():
+    with pytest.raises(ValueError, match="Unsplit: no training split to count the classes of"):
+        count_classes(type("Unsplit", (), {"task": "segmentation", "class_names": ["a", "b"]})())
 
 
 def test_a_list_in_a_config_reaches_every_class_term():
@@ -419,3 +429,14 @@ def test_a_run_resolves_the_method_once_into_the_config_its_checkpoints_keep(
         assert stored["loss"]["terms"][term]["loss"]["class_weights"] == pytest.approx(expected, rel=1e-12)
     rebuilt = resolve_class_weights(OmegaConf.create(resolved_config(cfg)["loss"]), datamodule.class_names, None)
     assert rebuilt == {}  # lists only: nothing left to count
+
+
+def test_every_command_of_the_guide_composes_and_resolves():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "class_weights.md").read_text()
+    commands = [c for c in re.sub(r"\\\n\s*", "", guide).splitlines() if c.startswith("python -m detloss.train")]
+    assert len(commands) >= 4
+    for command in commands:
+        cfg = compose_config(*shlex.split(command)[3:])
+        names = LESION_CLASSES if cfg.task_name == "segmentation" else SHAPE_CLASSES
+        resolved = resolve_class_weights(cfg.loss, names, list(range(1, len(names) + 1)))
+        assert resolved or "[1,1,2,1,1]" in command, command
