@@ -87,9 +87,9 @@ def build(cfg: DictConfig, pretrained: bool = True) -> tuple[L.LightningDataModu
 def choose_region_loss(cfg: DictConfig, data: Mapping[str, Any]) -> None:
     """With regions (``data``: the DataModule's facts; :mod:`detloss.data.regions`), the one place a run adapts to
     them: ``cfg.data.regions`` and ``cfg.data.regions_class_order`` record them (a ``dataset.json`` of region labels
-    gives them without being asked), and a loss with softmax terms that the command line did not choose
-    (``loss=...``) becomes the region recipe, ``configs/loss/dice_bce_regions.yaml``; a chosen one stays, and the
-    criterion refuses its softmax terms by name."""
+    gives them without being asked), and a loss with softmax terms that the command line did not choose or change
+    (``loss=...``, ``loss.terms...=...``) becomes the region recipe, ``configs/loss/dice_bce_regions.yaml``; a chosen
+    one stays, and the criterion refuses its softmax terms by name."""
     from .segmentation.criterion import exclusive_terms
 
     if not data.get("regions"):
@@ -99,7 +99,7 @@ def choose_region_loss(cfg: DictConfig, data: Mapping[str, Any]) -> None:
         overrides = OmegaConf.select(cfg, "hydra.overrides.task")
         if overrides is None:
             overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-        if any(re.fullmatch(r"[+~]*loss(@\S*)?=.*", str(o)) for o in overrides):
+        if any(re.fullmatch(r"[+~]*loss([@.]\S*)?=.*", str(o)) for o in overrides):  # loss=..., loss.terms...
             return
         if exclusive_terms(instantiate(cfg.loss)):
             loss = OmegaConf.load(Path(CONFIG_DIR) / "loss" / "dice_bce_regions.yaml")
