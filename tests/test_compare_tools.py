@@ -232,3 +232,105 @@ def test_smp_recipe_trains_and_scores(tmp_path):
     # free validation: the curve's times leave the validations out
     assert r["validation_seconds"] > 0
     assert seconds == pytest.approx(r["seconds"] - r["validation_seconds"], abs=0.5)
+
+
+# ------------------------------------------------------------------------------------------ compare_monai_brats
+
+
+def test_region_dice_and_region_channels():
+    import torch
+    from compare_monai_brats import RegionChannelsd, region_case_dice
+
+    from detloss.data.regions import labels_to_regions
+
+    target = torch.zeros(3, 4, 4, dtype=torch.bool)
+    target[0, :2, :2] = True  # 4 voxels
+    target[1, 0, 0] = True
+    pred = torch.zeros_like(target)
+    pred[0, :2, :1] = True  # 2 of them
+    pred[2, 3, 3] = True  # a region the target lacks: left out, not 0
+    dice = region_case_dice(pred, target)
+    assert dice[0] == pytest.approx(2 * 2 / 6) and dice[1] == 0.0 and math.isnan(dice[2])
+    labels = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])[None]  # (1, H, W), as EnsureChannelFirstd gives it
+    regions = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": [3]}
+    out = RegionChannelsd("label", regions)({"label": labels})["label"]
+    assert out.shape == (3, 2, 4) and torch.equal(out.bool(), labels_to_regions(labels[0], regions))
+
+
+def test_training_clock_leaves_validations_out_of_the_budget(tmp_path, monkeypatch):
+    import compare_monai_brats
+    from compare_monai_brats import TrainingClock
+
+    now = [0.0]
+    monkeypatch.setattr(compare_monai_brats.time, "perf_counter", lambda: now[0])
+
+    class Trainer:
+        sanity_checking, is_global_zero, should_stop = False, True, False
+
+    trainer, clock = Trainer(), TrainingClock(str(tmp_path / "clock.jsonl"), budget_seconds=3)
+    trainer.sanity_checking = True  # a sanity check before training: counted as validation, no point
+    clock.on_validation_start(trainer, None)
+    now[0] = 0.5
+    clock.on_validation_end(trainer, None)
+    trainer.sanity_checking = False
+    now[0] = 1.0
+    clock.on_train_start(trainer, None)
+    now[0] = 2.0
+    clock.on_validation_start(trainer, None)
+    now[0] = 6.0  # 4 s of validation
+    clock.on_validation_end(trainer, None)
+    now[0] = 7.0  # 6 s since the training began, 2 of them training
+    clock.on_train_batch_end(trainer, None, None, None, 0)
+    assert not trainer.should_stop
+    now[0] = 8.0  # 3 s of training: the budget
+    clock.on_train_batch_end(trainer, None, None, None, 1)
+    assert trainer.should_stop
+    [tick] = [json.loads(line) for line in (tmp_path / "clock.jsonl").read_text().splitlines()]
+    assert tick["validation_seconds"] == pytest.approx(4.5)
+
+
+def test_brats_summary_csv_and_ratio(tmp_path):
+    from compare_monai_brats import reach_ratio, write_csv
+
+    results = {
+        "detloss": {"0": {"curve": [[10, 0.3, {"wt": 0.5, "tc": 0.1}], [20, 0.7, {"wt": 0.9, "tc": 0.5}]]}},
+        "monai": {"0": {"curve": [[25, 0.4, {"wt": 0.6, "tc": 0.2}], [50, 0.6, {"wt": 0.8, "tc": 0.4}]]}},
+    }
+    write_csv(results, tmp_path / "points.csv")
+    rows = list(csv.DictReader((tmp_path / "points.csv").open()))
+    assert [r["recipe"] for r in rows] == ["detloss", "detloss", "monai", "monai"]
+    assert rows[1]["wt"] == "0.9" and rows[3]["seconds"] == "50.0" and rows[0]["dice"] == "0.3000"
+    # detloss reaches MONAI's final 0.6 at 20 s, MONAI's final point is at 50 s
+    assert reach_ratio(results).endswith("per seed: 0.40")
+    assert reach_ratio(results, "monai", "detloss").endswith("per seed: not reached")
+
+
+def test_brats_comparison_runs_both_recipes(tmp_path):
+    pytest.importorskip("monai.networks.nets")
+    import compare_monai_brats
+
+    from detloss.data.brats import generate_brats
+
+    root = generate_brats(5, (16, 24, 24), (1.5, 1.5, 1.5), 0, tmp_path / "cache", p_empty=0.0, radius=[4.0, 6.0])
+    out = tmp_path / "out" / "tiny.json"
+    detloss = ["data.patch_size=[16,16,16]", "data.batch_size=2", "data.patches_per_epoch=4", "model.base_channels=4",
+               "model.depth=2"]  # fmt: skip
+    args = [str(root), "--minutes", "0.1", "--filters", "8", "--val-every", "2", "--out", str(out), "--runs",
+            str(tmp_path / "runs"), "--", *detloss]  # fmt: skip
+    assert compare_monai_brats.main(args) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"detloss", "monai"}
+    regions = {"whole_tumor", "tumor_core", "enhancing_tumor"}
+    for recipe, runs in results.items():
+        curve = runs["0"]["curve"]
+        times = [p[0] for p in curve]
+        assert times == sorted(times) and times[0] > 0, (recipe, times)
+        assert all(0 <= p[1] <= 1 and set(p[2]) <= regions for p in curve), curve
+    clocked = results["detloss"]["0"]
+    ticks = Path(clocked["clock"]).read_text().splitlines()
+    assert len(ticks) == len(clocked["curve"]) >= 1
+    # the times leave the validations out: the last point is before the end of the process by at least them
+    assert clocked["curve"][-1][0] <= clocked["seconds"] - clocked["validation_seconds"]
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert len(rows) == sum(len(r["0"]["curve"]) for r in results.values())
+    assert out.with_suffix(".png").stat().st_size > 0

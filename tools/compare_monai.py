@@ -71,6 +71,8 @@ __all__ = [
     "choose_patch",
     "case_dice",
     "mean_dice",
+    "dynunet",
+    "fit",
     "train_monai",
     "run_detloss",
     "read_curve",
@@ -176,6 +178,85 @@ def _filters(levels: int, base: int) -> list[int]:
     return [min(base * 2**i, 320) for i in range(levels)]
 
 
+def dynunet(in_channels: int, out_channels: int, kernels, strides, filters: int = 16):
+    """``(model, deep, widths)``: the tutorials' ``DynUNet`` (residual blocks, instance norm) for ``kernels`` and
+    ``strides`` of :func:`kernels_strides`, ``filters`` wide at the first level (doubled per level, at most 320), with
+    ``deep`` = min(2, levels − 2) extra deep-supervision heads."""
+    from monai.networks.nets import DynUNet
+
+    widths = _filters(len(strides), int(filters))
+    deep = min(2, len(strides) - 2)
+    model = DynUNet(
+        3, in_channels, out_channels, kernels, strides, strides[1:], filters=widths,
+        norm_name="instance", deep_supervision=deep > 0, deep_supr_num=max(deep, 1), res_block=True,
+    )  # fmt: skip
+    return model, deep, widths
+
+
+def fit(
+    model: torch.nn.Module,
+    deep: int,
+    loader,
+    loss_fn: Callable,
+    clock: Clock,
+    seconds: float,
+    val_every: float,
+    optimizer: str = "sgd",
+    lr: float | None = None,
+    max_steps: int | None = None,
+    say: Callable[[str], None] = print,
+    name: str = "monai",
+) -> int:
+    """Train ``model`` on ``loader``'s ``{"image", "label"}`` batches for ``seconds`` of ``clock`` (or ``max_steps``
+    steps), the loss ``loss_fn(logits, label)`` summed over the output and its ``deep`` deep-supervision heads with
+    weights ``0.5 ** i`` normalised to sum 1; SGD (momentum 0.99, Nesterov, weight decay 3e-5, ``lr`` default 0.01,
+    polynomial decay of power 0.9 over the budget) or ``"adam"`` (1e-3, cosine over the budget); a validation
+    (:meth:`Clock.checkpoint`) every ``val_every`` seconds of training and one at the end. Returns the steps taken."""
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    weights = [0.5**i for i in range(deep + 1)]
+    weights = [w / sum(weights) for w in weights]
+    if optimizer == "sgd":
+        base_lr = 0.01 if lr is None else float(lr)
+        opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.99, weight_decay=3e-5, nesterov=True)
+    else:
+        base_lr = 1e-3 if lr is None else float(lr)
+        opt = torch.optim.Adam(model.parameters(), lr=base_lr, weight_decay=1e-5)
+    step, next_val = 0, val_every
+    clock.begin()
+    model.train()
+    done = False
+    while not done:
+        for batch in loader:
+            elapsed = clock.elapsed()
+            fraction = min(elapsed / seconds, 1.0)
+            factor = (1 - fraction) ** 0.9 if optimizer == "sgd" else 0.5 * (1 + math.cos(math.pi * fraction))
+            for group in opt.param_groups:
+                group["lr"] = base_lr * factor
+            image, label = batch["image"], batch["label"]
+            opt.zero_grad(set_to_none=True)
+            out = model(image)
+            heads = torch.unbind(out, dim=1) if deep > 0 else (out,)
+            loss = sum(w * loss_fn(h, label) for w, h in zip(weights, heads))
+            loss.backward()
+            opt.step()
+            loss = loss.detach()
+            step += 1
+            elapsed = clock.elapsed()
+            if elapsed >= seconds or (max_steps is not None and step >= max_steps):
+                done = True
+                break
+            if elapsed >= next_val:
+                clock.checkpoint()
+                seconds_now, dice_now = clock.curve[-1][:2]
+                say(f"{name}: {seconds_now:.0f} s, step {step}, loss {float(loss):.3f}, val dice {dice_now:.3f}")
+                next_val = clock.elapsed() + val_every
+    clock.checkpoint()
+    end, dice, scores = clock.curve[-1]
+    say(f"{name}: {end:.0f} s, step {step} (end), val dice {dice:.3f} {scores}")
+    return step
+
+
 def train_monai(
     root: str | Path,
     seconds: float,
@@ -215,7 +296,6 @@ def train_monai(
     from monai.data import CacheDataset, DataLoader
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
-    from monai.networks.nets import DynUNet
     from monai.transforms import (
         Compose,
         EnsureChannelFirstd,
@@ -260,21 +340,8 @@ def train_monai(
     val_ds = CacheDataset([files[n] for n in val_names], val_tf, cache_rate=1.0, num_workers=0, progress=False)
     generator = torch.Generator().manual_seed(int(seed))
     loader = DataLoader(train_ds, batch_size=int(batch_size), shuffle=True, num_workers=0, generator=generator)
-    widths = _filters(len(strides), int(filters))
-    deep = min(2, len(strides) - 2)
-    model = DynUNet(
-        3, data.in_channels, num_classes, kernels, strides, strides[1:], filters=widths,
-        norm_name="instance", deep_supervision=deep > 0, deep_supr_num=max(deep, 1), res_block=True,
-    )  # fmt: skip
+    model, deep, widths = dynunet(data.in_channels, num_classes, kernels, strides, int(filters))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    weights = [0.5**i for i in range(deep + 1)]
-    weights = [w / sum(weights) for w in weights]
-    if optimizer == "sgd":
-        base_lr = 0.01 if lr is None else float(lr)
-        opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.99, weight_decay=3e-5, nesterov=True)
-    else:
-        base_lr = 1e-3 if lr is None else float(lr)
-        opt = torch.optim.Adam(model.parameters(), lr=base_lr, weight_decay=1e-5)
     val_every = float(val_every) if val_every else seconds / 6
     say(
         f"monai: patch {patch} (x y z), spacing {[round(s, 3) for s in spacing]}, strides {strides[1:]}, filters "
@@ -293,38 +360,8 @@ def train_monai(
         model.train()
         return mean_dice(rows, names)
 
-    clock, step, next_val = Clock(start, validate, free_validation), 0, val_every
-
-    clock.begin()
-    model.train()
-    done = False
-    while not done:
-        for batch in loader:
-            elapsed = clock.elapsed()
-            fraction = min(elapsed / seconds, 1.0)
-            factor = (1 - fraction) ** 0.9 if optimizer == "sgd" else 0.5 * (1 + math.cos(math.pi * fraction))
-            for group in opt.param_groups:
-                group["lr"] = base_lr * factor
-            image, label = batch["image"], batch["label"]
-            opt.zero_grad(set_to_none=True)
-            out = model(image)
-            heads = torch.unbind(out, dim=1) if deep > 0 else (out,)
-            loss = sum(w * loss_fn(h, label) for w, h in zip(weights, heads))
-            loss.backward()
-            opt.step()
-            loss = loss.detach()
-            step += 1
-            elapsed = clock.elapsed()
-            if elapsed >= seconds or (max_steps is not None and step >= max_steps):
-                done = True
-                break
-            if elapsed >= next_val:
-                clock.checkpoint()
-                seconds_now, dice_now = clock.curve[-1][:2]
-                say(f"monai: {seconds_now:.0f} s, step {step}, loss {float(loss):.3f}, val dice {dice_now:.3f}")
-                next_val = clock.elapsed() + val_every
-    clock.checkpoint()
-    say(f"monai: {clock.curve[-1][0]:.0f} s, step {step} (end), val dice {clock.curve[-1][1]:.3f} {clock.curve[-1][2]}")
+    clock = Clock(start, validate, free_validation)
+    step = fit(model, deep, loader, loss_fn, clock, seconds, val_every, optimizer, lr, max_steps, say)
     return {
         "curve": clock.curve,
         "steps": step,
@@ -396,12 +433,18 @@ def read_curve(log: str | Path) -> list[dict]:
 
 
 def run_detloss(
-    task: str, overrides: Sequence[str], seconds: float, seed: int, out_root: str | Path, poll: float = 1.0
+    task: str,
+    overrides: Sequence[str],
+    seconds: float,
+    seed: int,
+    out_root: str | Path,
+    poll: float = 1.0,
+    time_limit: bool = True,
 ) -> dict:
     """``python -m detloss.train task=<task> <overrides> seed=<seed> ++trainer.max_time=<seconds>`` through
     :func:`measure_training.run` (its run directory under ``out_root/seed<seed>/<task>/``), with the validation
     points of its CSV log timed as they appear (polled every ``poll`` seconds; rows that appear only after the process
-    ends get its end time).
+    ends get its end time). ``time_limit=False`` leaves ``max_time`` out (``overrides`` then bound the run).
 
     Returns: ``{"curve": [[seconds, dice, {label: dice}], ...], "seconds", "command", "dir", "metrics",
     "epochs", "steps"}``.
@@ -432,7 +475,8 @@ def run_detloss(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    command = [f"task={task}", *overrides, f"seed={seed}", f"++trainer.max_time={max_time(seconds)}"]
+    command = [f"task={task}", *overrides, f"seed={seed}"]
+    command += [f"++trainer.max_time={max_time(seconds)}"] if time_limit else []
     try:
         result = run(task, command[1:], out_root)
     finally:
@@ -506,7 +550,13 @@ def summarise(results: dict[str, dict], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict], path: str | Path, title: str = "") -> None:
+def plot(
+    results: dict[str, dict],
+    path: str | Path,
+    title: str = "",
+    xlabel: str = "minutes from the start of the job",
+    ylabel: str = "validation Dice (mean over labels)",
+) -> None:
     """Dice over minutes, one line per recipe and seed, saved to ``path`` (matplotlib, Agg)."""
     import matplotlib
 
@@ -518,8 +568,8 @@ def plot(results: dict[str, dict], path: str | Path, title: str = "") -> None:
         for i, one in enumerate(runs.values()):
             t = [p[0] / 60 for p in one["curve"]]
             ax.plot(t, [p[1] for p in one["curve"]], "-o", ms=3, color=colour, label=recipe if i == 0 else None)
-    ax.set_xlabel("minutes from the start of the job")
-    ax.set_ylabel("validation Dice (mean over labels)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_xlim(left=0)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -565,11 +615,12 @@ def main(argv=None) -> int:
     return compare(args, "volumetric", base, "monai", baseline)
 
 
-def compare(args, task: str, base: list[str], name: str, baseline) -> int:
+def compare(args, task: str, base: list[str], name: str, baseline, detloss=None) -> int:
     """The side-by-side run of both tools: for each of ``args.seeds``, detloss's ``task`` with the overrides
     ``base`` and the baseline ``name`` (``baseline(seed, seconds)``, a run's record with its ``curve``), each for
     ``args.minutes`` (``args.only``: one side); writes ``args.out`` (JSON) after every run, prints the table and
-    draws ``args.plot``."""
+    draws ``args.plot``. ``detloss(seed, seconds)`` runs detloss's side (default :func:`run_detloss` of ``task``
+    and ``base``)."""
     seconds = args.minutes * 60
     out = args.out or Path("outputs/compare") / f"{args.data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -581,7 +632,10 @@ def compare(args, task: str, base: list[str], name: str, baseline) -> int:
     record |= {"detloss_overrides": args.overrides, "results": results}
     for seed in args.seeds:
         if args.only in (None, "detloss"):
-            r = run_detloss(task, base, seconds, seed, args.runs / args.data.name)
+            if detloss is None:
+                r = run_detloss(task, base, seconds, seed, args.runs / args.data.name)
+            else:
+                r = detloss(seed, seconds)
             results.setdefault("detloss", {})[str(seed)] = r
             print(f"detloss seed {seed}: {r['seconds']:.0f} s, final Dice {r['curve'][-1][1]:.3f}", flush=True)
             out.write_text(json.dumps(record, indent=2))
