@@ -125,3 +125,29 @@ def test_validation_mirrors_when_the_task_asks():
     mirrored = VolumetricTask(PlusRamp(), SegmentationCriterion(2), torch.optim.SGD, roi_size=(4, 6, 8), tta=True)
     x = torch.randn(1, 1, 6, 9, 12)
     assert torch.allclose(mirrored.infer(x), x + 17, atol=1e-4) and not torch.allclose(plain.infer(x), x + 17)
+
+
+def test_predicted_2d_masks_mirror_when_asked(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from detloss.prediction import Item, MaskWriter
+
+    class WidthRamp2D(nn.Module):  # logits (0, w − 2.5): class 1 from column 3 on, class 1 everywhere once mirrored
+        def forward(self, x):
+            ramp = (torch.arange(x.shape[-1], dtype=x.dtype) - 2.5).expand(x.shape[0], 1, *x.shape[2:])
+            return torch.cat([torch.zeros_like(ramp), ramp], 1)
+
+    class Task:
+        device, model = torch.device("cpu"), WidthRamp2D()
+
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "grey.png")
+    data = {"class_names": ["bg", "a"], "category_ids": [0, 7], "image_size": 8, "in_channels": 1, "resize": "resize"}
+    for tta in (False, True):
+        MaskWriter(Task(), data, tmp_path / str(tta), {"draw": False, "tta": tta})(
+            Item(tmp_path / "grey.png", "grey.png", 0)
+        )
+    plain = np.asarray(Image.open(tmp_path / "False" / "masks" / "grey.png"))
+    mirrored = np.asarray(Image.open(tmp_path / "True" / "masks" / "grey.png"))
+    assert (plain[:, :3] == 0).all() and (plain[:, 3:] == 7).all()
+    assert (mirrored == 7).all()
