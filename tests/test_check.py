@@ -205,6 +205,7 @@ def test_probabilities_given_to_a_term_that_takes_logits_is_an_error():
     loss = composite(cls=(BCEWithLogitsLoss(), 0.5, "cls"))
     wrong = check_views(loss, {"cls": View((logits.sigmoid(), target))}, [logits])
     assert "takes logits, but view 'cls' gives it probabilities" in about(wrong, "error")["cls"]
+    assert set(about(wrong, "error")) == {"cls"}  # its view still reaches the model
     assert check_views(loss, {"cls": View((logits, target))}, [logits]) == []
 
 

@@ -292,7 +292,9 @@ def check_views(loss: CompositeLoss, views: Mapping[str, View], outputs: Sequenc
         view = views[view_name]
         wrong = _check_input(name, term, view_name, view)
         findings += wrong
-        if any(f.level == ERROR for f in wrong):
+        if any(f.level == ERROR for f in wrong):  # not evaluated: does its view reach the model?
+            if any(_reaches(a.sum(), outputs) for a in view.args if isinstance(a, Tensor) and a.is_floating_point()):
+                reached.append(name)
             continue
         try:
             value = loss.term_value(name, view)
@@ -311,12 +313,7 @@ def check_views(loss: CompositeLoss, views: Mapping[str, View], outputs: Sequenc
                     f"{type(loss.balancing).__name__} needs positive terms",
                 )
             )
-        grads = (
-            torch.autograd.grad(value, list(outputs), retain_graph=True, allow_unused=True)
-            if (value.requires_grad and outputs)
-            else ()
-        )
-        if any(g is not None for g in grads):
+        if _reaches(value, outputs):
             reached.append(name)
         else:
             findings.append(
@@ -325,6 +322,14 @@ def check_views(loss: CompositeLoss, views: Mapping[str, View], outputs: Sequenc
     if not reached:
         findings.append(Finding(ERROR, None, "no term gives the model a gradient"))
     return findings
+
+
+def _reaches(value: Tensor, outputs: Sequence[Tensor]) -> bool:
+    """Whether ``value``'s gradient reaches any of ``outputs`` (the graph is kept)."""
+    if not value.requires_grad or not outputs:
+        return False
+    grads = torch.autograd.grad(value, list(outputs), retain_graph=True, allow_unused=True)
+    return any(g is not None for g in grads)
 
 
 def _check_input(name: str, term: nn.Module, view_name: str, view: View) -> list[Finding]:
