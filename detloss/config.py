@@ -64,14 +64,23 @@ else:  # an installed wheel: the package detloss.configs
 #: ``describe()``: kind, class names, the data's own category ids, channels, size)
 CHECKPOINT_CONFIG = "detloss_config"
 CHECKPOINT_DATA = "detloss_data"
+
+
+def _left_to_the_task() -> tuple[str, ...]:
+    """The run's keys that ``train.yaml`` leaves to its task (their value there is ``???``): its name and metric."""
+    primary = OmegaConf.load(CONFIG_DIR / "train.yaml")
+    return tuple(key for key in primary if key != "defaults" and OmegaConf.is_missing(primary, key))
+
+
 #: the option that holds a checkpoint's part of each group, and the keys of the checkpoint's config each group
-#: holds (the loss brings its criterion, as a shipped loss config does; the task its name and metric)
+#: holds: the loss brings its criterion, as a shipped loss config does; the task its own node and the run's keys that
+#: ``train.yaml`` leaves to it
 CHECKPOINT_OPTION = "checkpoint"
 CHECKPOINT_GROUPS = {
     "model": ("model",),
     "data": ("data",),
     "loss": ("loss", "criterion"),
-    "task": ("task_name", "optimized_metric", "cpu_max_epochs", "adamw_lr", "task"),
+    "task": (*_left_to_the_task(), "task"),
 }
 
 _PREFIX = "detloss_checkpoint_"  # of the temporary folder of a checkpoint's options

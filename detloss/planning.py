@@ -81,8 +81,6 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
         if "depth" in cfg.model and cfg.model.get("depth") is None:
             cfg.model.depth = plan.depth
         cfg.trainer.max_epochs = plan.epochs
-        if "cpu_max_epochs" in cfg and cfg.get("cpu_max_epochs") is None:  # what a checkpoint's task group keeps
-            cfg.cpu_max_epochs = plan.epochs
     if rank_zero_only.rank == 0:
         log.info("detloss: the plan of this run (data.plan; values given on the command line win):\n%s", plan.table())
     return plan

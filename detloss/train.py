@@ -57,6 +57,7 @@ __all__ = [
     "geometry",
     "check_image_size",
     "make_trainer",
+    "check_run_length",
     "train",
     "main",
 ]
@@ -210,6 +211,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     out_dir = Path(cfg.paths.output_dir)
     relaunch_this_job_only(out_dir)
     datamodule, task = build(cfg)
+    check_run_length(cfg.trainer)
     record = ConfigInCheckpoint(resolved_config(cfg), datamodule.describe())
     trainer = make_trainer(cfg, [*callbacks, *getattr(datamodule, "callbacks", []), record])
     save_config(cfg, out_dir)
@@ -220,6 +222,22 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     write_metrics(out_dir, cfg, metrics, trainer, done, seconds=time.perf_counter() - start)
     summarise(cfg, metrics, done)
     return metrics
+
+
+def check_run_length(trainer: DictConfig) -> None:
+    """Refuse a run without a length. ``trainer.max_epochs: null`` (``trainer=cpu``) is filled by the planner where
+    the data is planned (``data.plan``); elsewhere it needs ``trainer.max_epochs`` or ``trainer.max_steps`` (Lightning
+    would train 1000 epochs).
+
+    Raises:
+        ValueError: naming ``trainer.max_epochs``.
+    """
+    if trainer.get("max_epochs") is None and trainer.get("max_steps", -1) in (None, -1):
+        raise ValueError(
+            "trainer.max_epochs is null and this run's data is not planned (data.plan); give trainer.max_epochs=N "
+            "(or trainer.max_steps=N), or choose a trainer that sets it (the tasks' defaults: trainer=cpu_detection, "
+            "trainer=cpu_segmentation; trainer=gpu)"
+        )
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> str | None:
