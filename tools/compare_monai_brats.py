@@ -377,7 +377,8 @@ def main(argv=None) -> int:
 
         with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
             cfg = compose("train", ["task=brats", *[o for o in args.overrides if o.startswith("data.")]])
-        args.data, base = Path(instantiate(cfg.data).source.root), []
+        args.data = Path(instantiate(cfg.data).source.root)
+        base = [] if args.regions == BRATS_REGIONS else [_hydra_regions(args.regions)]  # both train the same regions
     else:
         if not (args.data / "dataset.json").is_file():
             parser.error(f"data: {args.data / 'dataset.json'} not found")
