@@ -1,9 +1,12 @@
-"""Learned balancing of composite terms: homoscedastic uncertainty weighting and dynamic weight averaging.
+"""Learned balancing of composite terms: the :class:`Balancer` contract, homoscedastic uncertainty weighting and
+dynamic weight averaging (FAMO, GradNorm and random loss weighting are in :mod:`.step_balancing`).
 
 A balancer sits inside a :class:`~detloss.composite.CompositeLoss` (``balancing:`` in a loss config) and turns the
 terms' weighted values ``v_i = w_i · L_i`` into the total. Its state (learned parameters, loss history) is part of
 the module, so checkpoints carry it; :meth:`Balancer.factors` gives each term's current multiplier, which the task
-logs as part of ``train/weight/<term>`` (the configured weight times the factor).
+logs as part of ``train/weight/<term>`` (the configured weight times the factor). The task calls its hooks:
+:meth:`Balancer.update` before each training step, :meth:`Balancer.attach` once with the model,
+:meth:`Balancer.before_backward` with each step's term values, :meth:`Balancer.after_step` after each optimizer step.
 
 * :class:`UncertaintyWeighting` — Kendall, Gal and Cipolla, *Multi-Task Learning Using Uncertainty to Weigh
   Losses*, CVPR 2018: one learned log-variance ``s_i`` per term, ``total = Σ exp(−s_i) · v_i + s_i``, optimised
@@ -14,9 +17,8 @@ logs as part of ``train/weight/<term>`` (the configured weight times the factor)
 * :class:`DynamicWeightAverage` — Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*, CVPR
   2019: factors ``K · softmax(r / T)`` with ``r_i = v̄_i(e−1) / v̄_i(e−2)`` the ratio of the term's mean weighted
   training loss over the last two epochs (summed over ranks under DDP); 1 for the first two epochs. It needs no
-  extra backward pass (GradNorm, Chen et al., ICML 2018, needs one per term and step through the shared layer, too
-  dear on the CPUs this library also serves), and it reacts to what the diagnostics show: a term whose loss stalls
-  gets more weight.
+  extra backward pass (GradNorm needs one per term and step through the shared layer), and it reacts to what the
+  diagnostics show: a term whose loss stalls gets more weight.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ class Balancer(nn.Module):
 
     def update(self, position: Position) -> None:
         """Called before each training step with the training position."""
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once by the task with the network, before training (GradNorm finds its shared layer there)."""
+
+    def before_backward(self, values: dict[str, Tensor]) -> None:
+        """Called by the task on each training step, before its backward, with the step's balanced term values
+        (:attr:`LossOutput.values`, still attached to the graph): a balancer may differentiate them (GradNorm)."""
+
+    def after_step(self) -> None:
+        """Called by the task after each optimizer step (after the accumulated step with gradient accumulation), on
+        every rank under DDP: a balancer that learns from the step updates its weights here (FAMO, GradNorm)."""
 
 
 class UncertaintyWeighting(Balancer):

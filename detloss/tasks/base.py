@@ -59,7 +59,9 @@ class LossTask(L.LightningModule):
             oneDNN and cuDNN run faster (docs/benchmarks/default_runs.md).
 
     Both tasks take these arguments (and options of their own, with defaults), so a run is built the same way for
-    either.
+    either. A composite's learned balancing gets the model at construction (:meth:`Balancer.attach`), each training
+    step's term values before the backward (:meth:`Balancer.before_backward`) and a call after each optimizer step
+    (:meth:`Balancer.after_step`).
     """
 
     NAN_GUARDS = ("stop", "skip", "off")
@@ -84,6 +86,8 @@ class LossTask(L.LightningModule):
                 f"{type(criterion).__name__}"
             )
         self.model, self.criterion = model, criterion
+        if criterion.loss.balancing is not None:  # a balancer may need the network (GradNorm's shared layer)
+            criterion.loss.balancing.attach(model)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         num_classes = criterion.num_classes
         if class_names is not None and len(class_names) != num_classes:
@@ -143,7 +147,14 @@ class LossTask(L.LightningModule):
         for callback in self.trainer.callbacks:
             if isinstance(callback, StepObserver) and callback.observes(self.trainer, self.global_step):
                 callback.on_loss(self.trainer, self, batch, outputs, out)
+        if self.composite.balancing is not None:
+            self.composite.balancing.before_backward(out.values or {})
         return out.total
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.composite.balancing is not None:  # learned balancing that moves with each step (FAMO, GradNorm)
+            self.composite.balancing.after_step()
 
     def on_before_optimizer_step(self, optimizer):
         # A step skipped under DDP: torch's optimizers leave parameters whose gradient is None untouched (no
