@@ -1,14 +1,14 @@
 """``detloss-calibrate [options] [training overrides]``: the term weights that give each term a target share of the
 gradient at the model's output, printed as overrides ready to paste.
 
-The training overrides compose the run as ``detloss-train`` would; the run then trains for ``--steps`` optimizer
-steps (default 200) from its own config (data, model, optimizer, schedules, balancing), without validation,
-checkpoints or logs, while the gradient diagnostics (:class:`~detloss.tasks.GradientDiagnostics`, as
-``callbacks=diagnostics`` measures them) take each term's gradient norm with respect to the model's output every
-``--every`` steps. Over the second half of the steps (the first half lets the start pass), a term ``c`` of configured
-weight ``b_c`` has the mean norm per unit of weight ``m_c`` (the norms of the copies a criterion makes of a term, the
-scales of deep supervision, added up), and the share ``s_c = b_c·m_c / Σ_j b_j·m_j``. The weights for target shares
-``t_c`` are::
+The training overrides compose the run as ``detloss-train`` would; the run then trains its first ``--steps``
+optimizer steps (default 200; fewer if the run is shorter) from its own config (data, model, optimizer, the
+learning-rate and weight schedules over the run's whole length, balancing), without validation, checkpoints or
+logs, while the gradient diagnostics (:class:`~detloss.tasks.GradientDiagnostics`, as ``callbacks=diagnostics``
+measures them) take each term's gradient norm with respect to the model's output every ``--every`` steps. Over the
+second half of the steps (the first half lets the start pass), a term ``c`` of configured weight ``b_c`` has the
+mean norm per unit of weight ``m_c`` (the norms of the copies a criterion makes of a term, the scales of deep
+supervision, added up), and the share ``s_c = b_c·m_c / Σ_j b_j·m_j``. The weights for target shares ``t_c`` are::
 
     b'_c = t_c · (Σ_j b_j·m_j) / m_c
 
@@ -44,11 +44,17 @@ __all__ = ["Measurement", "measure", "target_shares", "calibrated_weights", "ove
 
 
 class _Recorder(GradientDiagnostics):
-    """The gradient diagnostics, each measurement kept (with its step) rather than only the latest."""
+    """The gradient diagnostics, each measurement kept (with its step) rather than only the latest; it stops the
+    run after ``steps`` optimizer steps."""
 
-    def __init__(self, every_n_steps: int):
+    def __init__(self, every_n_steps: int, steps: int):
         super().__init__(every_n_steps=every_n_steps)
+        self.steps = steps
         self.records: list[tuple[int, dict[str, float]]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
 
     def on_loss(self, trainer, task, batch, outputs, loss) -> None:
         self.last = {}
@@ -86,12 +92,12 @@ def measure(cfg: DictConfig, steps: int = 200, every: int = 5) -> Measurement:
     datamodule, task = build(cfg)
     configured = instantiate(cfg.loss, check=False)
     weights = dict(configured.base_weights)
-    recorder = _Recorder(every)
+    recorder = _Recorder(every, steps)
+    # the run's own length (its learning-rate and weight schedules read it), stopped after `steps` steps
     trainer = make_trainer(
         cfg,
         logger=False,
         callbacks=[recorder],
-        max_steps=steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
@@ -190,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``detloss-calibrate``: measure, print the table and the overrides; exit status 1 if nothing can be measured."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     if args.steps < 2 or args.every < 1:
         print("detloss-calibrate: --steps must be at least 2 and --every at least 1", file=sys.stderr)
         return 2

@@ -78,6 +78,7 @@ def test_overrides_give_the_weight_within_its_groups():
 def test_the_printed_overrides_parse_and_bring_the_shares_to_the_target(capsys):
     assert main(["--steps", "8", "--every", "1", *TOY]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("detloss-calibrate: 8 steps,")  # the first 8 of the run's 36 (9 epochs of 4 batches)
     pasted = lines[-1].split()
     assert [p.split("=")[0] for p in pasted] == [f"loss.terms.{t}.weight" for t in ("box", "cls", "dfl")]
     table = {row.split()[0]: row.split()[1:] for row in lines[2:5]}
@@ -86,7 +87,9 @@ def test_the_printed_overrides_parse_and_bring_the_shares_to_the_target(capsys):
 
     cfg = compose_config("paths.output_dir=unused", *TOY, *pasted)
     assert [cfg.loss.terms[t].weight for t in ("box", "cls", "dfl")] == [float(table[t][3]) for t in table]
-    after = measure(cfg, steps=8, every=1).shares
+    again = measure(cfg, steps=8, every=1)
+    assert again.steps == 8 and again.measurements == 4  # steps 4 … 7, the second half
+    after = again.shares
     off = lambda shares: sum(abs(shares[t] - 1 / 3) for t in shares)
     assert off(after) < 0.5 * off(before), (before, after)
 
