@@ -115,17 +115,17 @@ def _loss_config_error(error: BaseException | None) -> LossConfigError | None:
 
 
 def _as_configured(findings: list[Finding], names: list[str]) -> list[Finding]:
-    """Findings on the copies of a term that a criterion made (``scale2/dice`` of ``dice``) once, under its
-    configured name."""
+    """Findings on the copies of a term that a criterion made (``scale2/dice`` of ``dice``, on view
+    ``scale2/pixels``) once, under its configured name."""
     seen, out = set(), []
     for f in findings:
-        term = f.term
+        term, message = f.term, f.message
         if term is not None and term not in names and "/" in term and term.split("/", 1)[1] in names:
-            term = term.split("/", 1)[1]
-        if (f.level, term) in seen:
-            continue
-        seen.add((f.level, term))
-        out.append(Finding(f.level, term, f.message))
+            group, term = term.split("/", 1)
+            message = message.replace(f"'{group}/", "'")
+        if (f.level, term, message) not in seen:
+            seen.add((f.level, term, message))
+            out.append(Finding(f.level, term, message))
     return out
 
 

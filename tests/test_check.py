@@ -281,3 +281,17 @@ def test_a_clean_config_has_no_findings_and_the_option_errors(capsys):
     assert check_main([*SMALL, "task=segmentation"]) == 0
     assert "0 errors, 0 warnings" in capsys.readouterr().out
     assert check_main(["--steps", "3"]) == 2
+
+
+def test_findings_on_the_copies_of_a_term_are_reported_once_under_its_name():
+    from detloss.check import _as_configured
+    from detloss.composite import Finding
+
+    lost = "no gradient reaches the model's output through its view"
+    copies = [Finding("warning", f"scale{i}/dice", f"{lost} 'scale{i}/pixels'") for i in range(3)]
+    own = [Finding("error", "ce", "first"), Finding("error", "ce", "second")]
+    assert [str(f) for f in _as_configured([*copies, *own], ["dice", "ce"])] == [
+        "warning: term 'dice': no gradient reaches the model's output through its view 'pixels'",
+        "error: term 'ce': first",
+        "error: term 'ce': second",
+    ]
