@@ -269,6 +269,8 @@ def test_rlw_weights_have_mean_one_sum_k_and_follow_seed_and_step():
     assert other.factors() != rlw.factors()
     with pytest.raises(ValueError, match="seed"):
         RandomLossWeighting(seed=1.5)
+    with pytest.raises(ValueError, match="seed"):
+        RandomLossWeighting(seed=-1)
 
 
 def test_rlw_seed_none_reads_the_runs_seed(monkeypatch):

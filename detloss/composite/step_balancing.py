@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -283,18 +284,19 @@ class RandomLossWeighting(Balancer):
     """Factors ``K · softmax(λ)`` with ``λ ~ N(0, I)`` drawn anew at every optimizer step (``K`` terms): each
     factor has mean 1 and the factors add up to ``K`` (Lin et al., the normal draw of their RLW).
 
-    The draw comes from a generator seeded by ``(seed, global step)``, so every rank of DDP draws the same weights
+    The draw comes from a generator seeded by ``(seed, global step)`` (NumPy's ``default_rng([seed, step])``, whose
+    seed sequence mixes both), so every rank of DDP draws the same weights
     without communicating, the micro-batches of an accumulated step share them, and a resumed run draws what the
     uninterrupted run drew.
 
     Args:
-        seed: the seed of the draws; ``None``: the run's seed (``PL_GLOBAL_SEED``, which ``seed_everything`` sets;
-            0 without it).
+        seed: the seed of the draws, at least 0; ``None``: the run's seed (``PL_GLOBAL_SEED``, which
+            ``seed_everything`` sets; 0 without it).
     """
 
     def __init__(self, seed: int | None = None):
         super().__init__()
-        self.seed = None if seed is None else check_number("seed", seed, integer=True)
+        self.seed = None if seed is None else check_number("seed", seed, integer=True, ge=0)
 
     def bind(self, names: list[str]) -> None:
         super().bind(names)
@@ -303,8 +305,8 @@ class RandomLossWeighting(Balancer):
     def draw(self, step: int) -> Tensor:
         """The factors of optimizer step ``step``."""
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        generator = torch.Generator().manual_seed(hash((seed, int(step))) & 0x7FFF_FFFF_FFFF_FFFF)
-        return len(self.names) * torch.softmax(torch.randn(len(self.names), generator=generator), 0)
+        draw = np.random.default_rng([seed, int(step)]).standard_normal(len(self.names))  # seeded by both, mixed
+        return len(self.names) * torch.softmax(torch.from_numpy(draw), 0).float()
 
     def update(self, position: Position) -> None:
         self.weights.copy_(self.draw(position.step))
