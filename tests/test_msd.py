@@ -271,3 +271,27 @@ def test_regions_choose_the_region_loss_unless_the_command_line_names_one(tmp_pa
     # a loss named on the command line stays, and its softmax terms are refused by name (Hydra wraps the error)
     with pytest.raises(InstantiationException, match=r"'ce' \(CrossEntropyLoss\): a softmax over exclusive classes"):
         build(compose_config(*common, regions, "loss=dice_ce", return_hydra_config=True))
+
+
+def test_regions_found_in_dataset_json_are_recorded_in_the_config(tmp_path):
+    from conftest import compose_config
+    from hydra.utils import instantiate
+
+    from detloss.train import choose_region_loss
+
+    root = tmp_path / "nn"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(5):
+        save(root / "labelsTr" / f"case_{i}.nii.gz", labels_of(i))
+        save(root / "imagesTr" / f"case_{i}_0000.nii.gz", np.random.default_rng(i).normal(0, 1, SHAPE).astype("f4"))
+    labels = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3}
+    spec = {"channel_names": {"0": "MR"}, "labels": labels, "regions_class_order": [1, 2, 3]}
+    (root / "dataset.json").write_text(json.dumps(spec | {"numTraining": 5, "file_ending": ".nii.gz"}))
+    cfg = compose_config("task=volumetric", "data=nnunet", f"data.root={root}", f"paths.output_dir={tmp_path}")
+    data = instantiate(cfg.data).describe()
+    choose_region_loss(cfg, data)
+    assert cfg.data.regions == {"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+    assert set(cfg.loss.terms) == {"dice", "bce"} and cfg.task.regions == cfg.data.regions  # the task reads the fact
+    again = instantiate(cfg.data)  # the recorded regions agree with the dataset's, so the config builds it again
+    assert again.regions_class_order == [1, 2, 3] and again.class_names == list(cfg.data.regions)
