@@ -99,7 +99,7 @@ def diagnostics(out: Path, epochs: int) -> None:
 
 
 def yolo26(out: Path, epochs: int, num_train: int) -> None:
-    overrides = ("loss=yolo,yolo26", "seed=0,1,2", f"data.num_train={num_train}", f"cpu_max_epochs={epochs}")
+    overrides = ("loss=yolo,yolo26", "seed=0,1,2", f"data.num_train={num_train}", f"trainer.max_epochs={epochs}")
     seconds, report_dir = multirun(out, "yolo26_sweep", *overrides)
     print(f"## yolo26: 6 jobs of {epochs} epochs on {num_train} images in {seconds / 60:.1f} min\n")
     print((report_dir / "report.md").read_text())
@@ -117,7 +117,7 @@ def stal(out: Path, epochs: int, num_train: int) -> None:
             "callbacks=diagnostics",
             f"criterion.one2many_assigner.min_box_side={side}",
             f"data.num_train={num_train}",
-            f"cpu_max_epochs={epochs}",
+            f"trainer.max_epochs={epochs}",
             f"hydra.run.dir={run_dir}",
         )
         final = json.loads((run_dir / "metrics.json").read_text())["metrics"]
