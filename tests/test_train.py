@@ -105,6 +105,11 @@ def test_every_loss_config(tmp_path, loss, compose):
     task = "detection" if loss.startswith("yolo") else "segmentation"
     model = ["model=yolo26_nano"] if loss.startswith("yolo26") else []  # an end-to-end loss needs the two heads
     cfg = compose(f"task={task}", f"loss={loss}", *model, *SMALL)
+    if loss == "dice_bce_regions":  # sigmoid terms, one channel per region: volumes with regions, at one scale
+        small = ["data.num_cases=5", "data.shape=[16,32,32]", "data.patch_size=[16,32,32]", "data.batch_size=2"]
+        small += ["data.patches_per_epoch=2", "trainer.max_epochs=1", "model.base_channels=4", "model.depth=3"]
+        one_scale = ["model.deep_supervision=false", "criterion.deep_supervision=null"]
+        cfg = compose("task=brats", f"data.cache_dir={tmp_path}", *small, *one_scale)
     datamodule, module = build(cfg)
     assert isinstance(module.criterion.loss, CompositeLoss)
     images, targets = next(iter(datamodule.train_dataloader()))
