@@ -46,12 +46,10 @@ from .runs import (
 )
 from .sweeps import trial_callbacks
 
-#: the folder of the shipped configs (kept under this name for the callers of earlier versions)
-CONFIG_PATH = str(CONFIG_DIR)
-
 __all__ = [
     "build",
     "plan_run",
+    "adapt_to_data",
     "build_task",
     "compile_model",
     "geometry",
@@ -74,15 +72,21 @@ def build(cfg: DictConfig, pretrained: bool = True) -> tuple[L.LightningDataModu
             :func:`check_image_size`), besides what the parts themselves raise.
     """
     datamodule = instantiate(cfg.data)
-    choose_region_loss(cfg, datamodule.describe())
-    # `class_weights: inverse_frequency` and the like become lists before anything is built from cfg.loss, so the
-    # resolved config (run directory, checkpoints) keeps the weights (detloss.data.class_weights)
-    resolve_class_weights(cfg.loss, datamodule.class_names, datamodule.class_counts)
+    adapt_to_data(cfg, datamodule)
     plan_run(cfg, datamodule)
     task = build_task(cfg, datamodule.describe(), pretrained)
     if cfg.get("compile"):
         compile_model(task, {} if cfg.compile is True else OmegaConf.to_container(cfg.compile))
     return datamodule, task
+
+
+def adapt_to_data(cfg: DictConfig, datamodule) -> None:
+    """What the run takes from its data before anything is planned or built from ``cfg.loss`` (training and
+    ``detloss-plan`` alike): the region recipe where the data has regions (:func:`choose_region_loss`), and the loss
+    terms' ``class_weights: inverse_frequency`` and the like as lists of the training split's weights, so that the
+    resolved config (run directory, checkpoints) keeps them (:mod:`detloss.data.class_weights`)."""
+    choose_region_loss(cfg, datamodule.describe())
+    resolve_class_weights(cfg.loss, datamodule.class_names, datamodule.class_counts)
 
 
 def choose_region_loss(cfg: DictConfig, data: Mapping[str, Any]) -> None:

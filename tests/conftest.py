@@ -12,17 +12,17 @@ from hydra import initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from detloss.train import CONFIG_PATH
+from detloss.config import CONFIG_DIR
 
 # the YOLOv8 reference used by the detection tests lives beside the tests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CONFIGS = Path(CONFIG_PATH)
+CONFIGS = CONFIG_DIR
 
 
 def compose_config(*overrides: str, config_name: str = "train", return_hydra_config: bool = False) -> DictConfig:
     """The shipped ``configs/<config_name>.yaml`` composed with ``overrides``, as the command line would."""
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 

@@ -373,9 +373,9 @@ def main(argv=None) -> int:
         from hydra import compose, initialize_config_dir
         from hydra.utils import instantiate
 
-        from detloss.train import CONFIG_PATH
+        from detloss.config import CONFIG_DIR
 
-        with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", ["task=brats", *[o for o in args.overrides if o.startswith("data.")]])
         args.data = Path(instantiate(cfg.data).source.root)
         base = [] if args.regions == BRATS_REGIONS else [_hydra_regions(args.regions)]  # both train the same regions

@@ -35,7 +35,8 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detloss.train import CONFIG_PATH, build, make_trainer  # noqa: E402
+from detloss.config import CONFIG_DIR
+from detloss.train import build, make_trainer  # noqa: E402
 
 MiB = 2**20
 
@@ -109,7 +110,7 @@ def measure(root: Path, overrides, steps: int = 4) -> dict[str, float]:
         f"data.val_annotations={root / 'val.json'}",
         "data.image_size=640",
     ]
-    with tempfile.TemporaryDirectory() as out, initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",
             overrides=[

@@ -39,7 +39,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from measure_training import run  # tools/ is on the path of a script run from it
 
-from detloss.train import CONFIG_PATH
+from detloss.config import CONFIG_DIR
 
 CLASSES, CHANNELS = 4, 2
 
@@ -50,7 +50,7 @@ RECIPE = ("model.base_channels=8", "model.depth=3", "data.patch_size=[24,48,48]"
 
 
 def config(*overrides: str):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=["task=volumetric", "paths.output_dir=.", *RECIPE, *overrides])
 
 

@@ -85,6 +85,7 @@ def _describe_images(fingerprint) -> str:
 def main(cfg: DictConfig) -> None:
     from ..data.base import DetectionDataModule
     from ..planning import plan_run
+    from ..train import adapt_to_data
 
     datamodule = instantiate(cfg.data)
     if isinstance(datamodule, DetectionDataModule):
@@ -99,6 +100,7 @@ def main(cfg: DictConfig) -> None:
             f"detloss-plan: data {cfg.data.get('_target_')} is not planned (volumetric data and masks folders are)"
         )
     print("Fingerprint:\n" + describe_fingerprint(fingerprint))
+    adapt_to_data(cfg, datamodule)  # the loss that training would plan with: regions, computed class weights
     plan_run(cfg, datamodule)  # logs the plan's table
 
 
