@@ -142,6 +142,7 @@ def build_task(cfg: DictConfig, data: Mapping[str, Any], pretrained: bool = True
     check_image_size(data.get("image_size"), model)
     regions = {"regions": list(data["regions"].values())} if data.get("regions") else {}  # one sigmoid each
     criterion = instantiate(cfg.criterion, num_classes=num_classes, loss=instantiate(cfg.loss), **regions)
+    check_loss_with_facts(criterion.loss, num_classes, bool(regions))
     return instantiate(
         cfg.task,
         model=model,
@@ -150,6 +151,17 @@ def build_task(cfg: DictConfig, data: Mapping[str, Any], pretrained: bool = True
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         class_names=list(data["class_names"]),
     )
+
+
+def check_loss_with_facts(loss, num_classes: int, regions: bool) -> None:
+    """The loss-config check (:func:`detloss.composite.check_loss`) with what the run knows beyond the composite
+    (the head's classes, whether they are regions): an error raises ``LossConfigError`` naming the term, a warning
+    is issued once (the composite warned its own findings when it was built). ``detloss-check`` adds the schedules
+    over the run's length and one batch."""
+    from .composite.checks import check_loss, report
+
+    alone = check_loss(loss)
+    report([f for f in check_loss(loss, num_classes=num_classes, regions=regions) if f not in alone])
 
 
 def geometry(cfg: DictConfig, data: Mapping[str, Any]) -> dict:

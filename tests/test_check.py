@@ -295,3 +295,23 @@ def test_findings_on_the_copies_of_a_term_are_reported_once_under_its_name():
         "error: term 'ce': first",
         "error: term 'ce': second",
     ]
+
+
+def test_building_a_run_checks_its_loss_against_the_head():
+    """Training refuses, when the run is built, what only the data's facts reveal: here class weights for 2 classes
+    on a head of 5 (the shapes data), naming the term."""
+    from conftest import compose_config
+
+    from detloss.train import build_task
+
+    cfg = compose_config("+loss.terms.cls.loss.class_weights=[1.0,2.0]")
+    data = {"class_names": [f"c{k}" for k in range(5)], "in_channels": 3, "image_size": 64}
+    with pytest.raises(LossConfigError, match="term 'cls'"):
+        build_task(cfg, data, pretrained=False)
+    build_task(compose_config("+loss.terms.cls.loss.class_weights=[1,1,2,1,1]"), data, pretrained=False)
+
+
+def test_the_boundary_loss_declares_it_can_be_negative():
+    assert BoundaryLoss.can_be_negative and not getattr(DiceLoss, "can_be_negative", False)
+    with pytest.raises(LossConfigError, match="term 'boundary': BoundaryLoss can be negative"):
+        CompositeLoss({"boundary": {"loss": BoundaryLoss(), "view": "distance"}}, balancing=NeedsPositive())

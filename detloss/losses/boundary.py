@@ -174,6 +174,10 @@ def hausdorff_dt_loss(
 class BoundaryLoss(LossModule, function=boundary_loss, name="boundary"):
     """Module form of :func:`boundary_loss`."""
 
+    #: the signed distances are negative inside the target, so the loss is too where the prediction covers it
+    #: (read by the loss-config check: balancers of log or ratio form refuse such a term)
+    can_be_negative = True
+
 
 class HausdorffDTLoss(LossModule, function=hausdorff_dt_loss, name="hausdorff_dt"):
     """Module form of :func:`hausdorff_dt_loss`."""
