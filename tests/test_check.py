@@ -315,3 +315,10 @@ def test_the_boundary_loss_declares_it_can_be_negative():
     assert BoundaryLoss.can_be_negative and not getattr(DiceLoss, "can_be_negative", False)
     with pytest.raises(LossConfigError, match="term 'boundary': BoundaryLoss can be negative"):
         CompositeLoss({"boundary": {"loss": BoundaryLoss(), "view": "distance"}}, balancing=NeedsPositive())
+
+
+def test_the_balancers_of_log_or_ratio_form_declare_they_need_positive_terms():
+    from detloss.composite import FAMO, DynamicWeightAverage, GradNorm, RandomLossWeighting, UncertaintyWeighting
+
+    assert all(b.needs_positive_terms for b in (UncertaintyWeighting, DynamicWeightAverage, FAMO, GradNorm))
+    assert not getattr(RandomLossWeighting, "needs_positive_terms", False)  # any sign: it only rescales

@@ -69,6 +69,8 @@ class Balancer(nn.Module):
 class UncertaintyWeighting(Balancer):
     """``Σ exp(−s_i) · v_i + s_i`` with a learned log-variance ``s_i`` per term (initial value ``init``)."""
 
+    needs_positive_terms = True  # the optimum exp(−s_i) = 1 / v_i exists only for v_i > 0
+
     def __init__(self, init: float = 0.0):
         super().__init__()
         self.init = check_number("init", init)
@@ -97,6 +99,8 @@ class UncertaintyWeighting(Balancer):
 
 class DynamicWeightAverage(Balancer):
     """Factors ``K · softmax(r / temperature)`` from the epoch-to-epoch ratios ``r`` of each term's mean loss."""
+
+    needs_positive_terms = True  # ratios of mean losses
 
     def __init__(self, temperature: float = 2.0):
         super().__init__()

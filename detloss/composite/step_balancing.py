@@ -124,6 +124,8 @@ class FAMO(_StepBalancer):
         floor: the smallest value a term's loss must exceed to take part in a step.
     """
 
+    needs_positive_terms = True  # logarithms of the terms
+
     def __init__(self, lr: float = 0.025, decay: float = 1e-3, floor: float = 1e-8):
         super().__init__()
         self.lr = check_number("lr", lr, gt=0)
@@ -194,6 +196,8 @@ class GradNorm(_StepBalancer):
         lr: Adam's learning rate for the weights.
         min_weight: the smallest weight, before renormalisation.
     """
+
+    needs_positive_terms = True  # training rates are ratios of a term's values
 
     def __init__(self, shared_layer: str, alpha: float = 1.5, lr: float = 0.025, min_weight: float = 1e-4):
         super().__init__()
