@@ -24,9 +24,9 @@ test: install lint
 test-slow: install
 	$(PYTHON) -m pytest -m slow
 
-# the fuzzer's long profile: at least 10,000 random examples per property (tests/test_fuzz.py)
+# the fuzzer's long profile: at least 10,000 random examples per property (tests/losses/test_fuzz.py)
 fuzz-long: install
-	$(PYTHON) -m pytest -m slow tests/test_fuzz.py
+	$(PYTHON) -m pytest -m slow tests/losses/test_fuzz.py
 
 bench: install
 	$(PYTHON) tools/bench_losses.py

@@ -1,4 +1,4 @@
-"""Where a training step's time goes, for the default runs (README, "Where the time goes").
+"""Where a training step's time goes, for the default runs (docs/benchmarks/training_step.md).
 
     python tools/profile_step.py                                  # detection, segmentation, volumetric defaults
     python tools/profile_step.py --tasks detection --steps 30 -- compile=true     # Hydra overrides after --
@@ -41,7 +41,8 @@ from torchmetrics import Metric
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detloss.train import CONFIG_PATH, build, make_trainer  # noqa: E402
+from detloss.config import CONFIG_DIR
+from detloss.train import build, make_trainer  # noqa: E402
 
 PARTS = ("data wait", "forward", "criterion", "backward", "optimizer", "other")
 
@@ -176,7 +177,7 @@ def loader_rate(datamodule, batches: int) -> float:
 
 def profile(overrides, warmup: int = 3, steps: int = 20, val_batches: int = 4, loader_batches: int = 20) -> dict:
     """Train ``warmup + steps`` batches of the configured run (``overrides``: Hydra's) and time their parts."""
-    with tempfile.TemporaryDirectory() as out, initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",
             overrides=[

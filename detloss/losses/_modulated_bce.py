@@ -48,7 +48,7 @@ loses 3 of float32's 7 digits, and is 0 instead of 3e-7 at ``x = 15``; so does `
 * ``p^e`` in the background kernel is ``exp(e · log p)`` with ``log p = x⁻ − log1p(e^−|x|)``, not ``x − softplus(x)``.
 
 :func:`composed` keeps the same care in composed form (``softplus`` on the side of ``x`` where it does not
-cancel, :func:`._stable.sigmoid_pair` for ``p`` and ``1 − p``); ``tests/test_precision.py`` holds both paths to
+cancel, :func:`._stable.sigmoid_pair` for ``p`` and ``1 − p``); ``tests/losses/test_precision.py`` holds both paths to
 float64 and to an exact evaluation.
 
 Where a base of a fractional power hits 0 (``p = 0`` with ``t = 0`` once ``x`` is below about −88 in float32, or

@@ -11,7 +11,7 @@ gives its gradient without the one autograd would take (``1/(N + R) − N/(N + R
 
 The plain forms of these losses, from ``I``, ``P`` and ``T`` as their papers write them, are in :mod:`.reference`
 (``dice_loss``, ``jaccard_loss``, ``tversky_loss``, ``focal_tversky_loss``, ``generalized_dice_loss``);
-``tests/test_reference_forms.py`` holds the two equal in values and gradients.
+``tests/losses/test_reference_forms.py`` holds the two equal in values and gradients.
 """
 
 from __future__ import annotations

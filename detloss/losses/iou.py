@@ -45,7 +45,7 @@ Degenerate boxes, so that values stay finite and gradients bounded:
   (the ``eps`` is an area there, as in ``c² + eps`` and ``|C| + eps``), which is finite in float16;
 * a zero-height box has aspect angle ``atan(w / eps)``;
 * not bounded: the slope of ``1 − IoU`` itself, ``~side / (U + eps)``, for thin boxes (``U`` ~ ``eps·side``);
-  bounding it would change the loss of identical or of ordinary boxes (``tests/test_fuzz.py`` gives the numbers).
+  bounding it would change the loss of identical or of ordinary boxes (``tests/losses/test_fuzz.py`` gives the numbers).
 """
 
 from __future__ import annotations

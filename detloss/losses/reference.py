@@ -2,7 +2,7 @@
 
 Each function here has the signature of the loss it mirrors (the same options as keywords, with the same defaults,
 and ``weight`` and ``reduction``), no value checks and no custom autograd: autograd differentiates the formula as
-written. ``tests/test_reference_forms.py`` holds each fused loss equal to its form here, in values and gradients
+written. ``tests/losses/test_reference_forms.py`` holds each fused loss equal to its form here, in values and gradients
 (float64), and each form here to a hand-computed case or to torch / torchvision / MONAI where they have the loss.
 
     ===============================  ==========================================  ===============================

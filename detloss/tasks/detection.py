@@ -21,7 +21,7 @@ from .base import LossTask, rgb_uint8
 __all__ = ["DetectionTask", "pad_to_equal_image_counts", "quiet_coco_eval", "MAP_BACKENDS"]
 
 MAP_BACKENDS = ("faster_coco_eval", "pycocotools")
-"""The COCO evaluations torchmetrics can run; both give the same values (tests/test_tasks.py)."""
+"""The COCO evaluations torchmetrics can run; both give the same values (tests/tasks/test_tasks.py)."""
 #: the loggers of the COCO evaluations: faster_coco_eval logs its progress and its 12-line summary table at INFO
 COCO_EVAL_LOGGERS = ("faster_coco_eval",)
 

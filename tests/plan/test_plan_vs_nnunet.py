@@ -1,7 +1,7 @@
 """detloss's planner against nnU-Net's own ``3d_fullres`` plan (``tools/nnunet_plan.py``) on generated datasets:
 anisotropic and isotropic, small and large, one and four channels, CT and MR.
 
-    python -m pytest tests/test_plan_vs_nnunet.py
+    python -m pytest tests/plan/test_plan_vs_nnunet.py
 
 Skipped where nnunetv2 is not installed (the ``tools`` extra). What must agree: the target spacing, the median shape
 at it, the normalisation of each channel (scheme, mask, CT statistics), and the topology (poolings per axis and
@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("nnunetv2")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 from nnunet_plan import nnunet_plan, write_nnunet_dataset  # noqa: E402
 

@@ -2,7 +2,7 @@
 against nnU-Net's published planning rules as restated below (not copied from nnU-Net), and the plan's axis order
 checked to be detloss's ``(D, H, W)``.
 
-    python -m pytest tests/test_nnunet_plan.py
+    python -m pytest tests/plan/test_nnunet_plan.py
 
 Skipped where nnunetv2 is not installed (``pip install nnunetv2``, or the ``tools`` extra). The datasets are small
 (2 to 4 cases) and the intensity statistics sample 2e5 voxels instead of nnU-Net's 1e8, so that the module runs in
@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("nnunetv2")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 from nnunet_plan import format_plan, main, nnunet_plan, write_nnunet_dataset  # noqa: E402
 

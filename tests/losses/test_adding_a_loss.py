@@ -99,7 +99,7 @@ def test_a_term_must_take_reduction_per_call():
 
 
 def test_the_docs_and_the_example_plugin_use_public_names_only():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     page = (root / "docs" / "guide" / "extending.md").read_text()
     section = page.split("## Your own loss", 1)[1].split("\n## ", 1)[0]
     sources = [section, *(p.read_text() for p in (root / "examples").rglob("*.py"))]

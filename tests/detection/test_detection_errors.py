@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 from detection_errors import KINDS, class_nms, classify_detections, error_breakdown, main  # noqa: E402
 

@@ -432,7 +432,7 @@ def test_a_run_resolves_the_method_once_into_the_config_its_checkpoints_keep(
 
 
 def test_every_command_of_the_guide_composes_and_resolves():
-    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "class_weights.md").read_text()
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "guide" / "class_weights.md").read_text()
     commands = [c for c in re.sub(r"\\\n\s*", "", guide).splitlines() if c.startswith("python -m detloss.train")]
     assert len(commands) >= 4
     for command in commands:

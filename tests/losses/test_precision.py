@@ -203,7 +203,7 @@ COVERED = {
 
 
 def test_every_registered_loss_is_covered():
-    # the library's own losses (a test module may register one of its own: tests/test_adding_a_loss.py)
+    # the library's own losses (a test module may register one of its own: tests/losses/test_adding_a_loss.py)
     library = {n for n in L.available() if type(L.build(n)).__module__.startswith("detloss.losses.")}
     assert library == COVERED, "a new loss needs its precision case in this file"
 

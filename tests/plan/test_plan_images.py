@@ -26,7 +26,7 @@ from detloss.plan.image_plan import (
 )
 from detloss.plan.images import ImageFingerprint, detection_fingerprint, mask_fingerprint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

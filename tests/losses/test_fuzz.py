@@ -18,7 +18,7 @@ float32). The properties:
 Two hypothesis profiles: ``detloss-fuzz`` (the default suite: derandomized, so a run is reproducible, and small
 enough that this file takes well under a minute on 2 cores: 500 examples per loss property, shared by its
 parametrized tests, a quarter of that per criterion) and ``detloss-fuzz-long`` (``>= 10,000`` random examples per
-property): the tests marked ``slow``, ``pytest -m slow tests/test_fuzz.py``. No example database is kept.
+property): the tests marked ``slow``, ``pytest -m slow tests/losses/test_fuzz.py``. No example database is kept.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 EXTREMES = (-100.0, 100.0, 0.0, -30.0, 30.0, -1.0, 1.0)
 REDUCTIONS = ("none", "mean", "sum")
 BOX = ("iou", "giou", "diou", "ciou", "siou", "eiou")
-# the library's own losses (a test module may register one of its own: tests/test_adding_a_loss.py)
+# the library's own losses (a test module may register one of its own: tests/losses/test_adding_a_loss.py)
 LIBRARY = [n for n in L.available() if type(L.build(n)).__module__.startswith("detloss.losses.")]
 LOSSES = [n for n in LIBRARY if n not in BOX]
 REGION = ("dice", "generalized_dice", "tversky", "focal_tversky", "jaccard")
