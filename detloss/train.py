@@ -120,9 +120,9 @@ def compile_model(task: L.LightningModule, options: dict | None = None) -> None:
     In place, so the module keeps its class and its parameters their names: checkpoints carry no ``_orig_mod.``
     prefix and load into an uncompiled model, fine-tuning from any checkpoint works as without it, and the EMA copy
     (made when the task was built, before this) stays an ordinary module that follows the same parameters. The
-    first steps pay for the compilation (tens of seconds on a CPU); a validation in eval mode and a last batch of
-    another size compile once more each. The criterion is not compiled: it did not run faster compiled on the CPU
-    (docs/benchmarks/training_step.md).
+    first steps pay for the compilation, and a validation in eval mode and a last batch of another size compile once
+    more each. The criterion is not compiled: it did not run faster compiled on the CPU (the compilation's cost and
+    what it gains: docs/benchmarks/training_step.md).
     """
     task.model.compile(**(options or {}))
 

@@ -111,7 +111,7 @@ def _keywords(name: str, loss: nn.Module) -> frozenset[str]:
     if "reduction" not in params and not variadic:
         raise ValueError(
             f"term {name!r}: {type(loss).__name__}.forward must take a `reduction` keyword ('none', 'mean' or "
-            "'sum'), which the composite sets per call (see README, 'Adding a loss')"
+            "'sum'), which the composite sets per call (see docs/guide/extending.md, 'Your own loss')"
         )
     return frozenset({"reduction"} | ({"validate"} if "validate" in params else set()))
 

@@ -43,7 +43,8 @@ from .quality_focal import *  # noqa: F403
 from .regression import *  # noqa: F403
 from .varifocal import *  # noqa: F403
 
-# the families in the order of the README's table (the star imports above bind `cross_entropy` to the function)
+# the families in the order of the guide's table of primitive losses (docs/guide/losses.md); the star imports above
+# bind `cross_entropy` to the function
 _FAMILIES = [
     sys.modules[f"{__name__}.{name}"]
     for name in (

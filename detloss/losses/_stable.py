@@ -60,7 +60,8 @@ __all__ = [
 #: temporary, so a block's few temporaries stay in L2, and just under ATen's grain size (32,768), below which an op
 #: runs on the calling thread. Blocks large enough to be split over OpenMP threads are faster on idle cores, but every
 #: op then ends in a fork/join, and while another process keeps the cores busy (data-loader workers during training)
-#: each join can wait for a scheduler tick, which costs far more than the threads save (README, "Speed of the losses").
+#: each join can wait for a scheduler tick, which costs far more than the threads save
+#: (docs/benchmarks/detection_criterion.md).
 BLOCK = 32_704
 
 
@@ -85,11 +86,11 @@ def log1p(u: Tensor) -> Tensor:
     """``log(1 + u)`` for ``u >= 0``, to a few units of rounding, for plain (non-recorded) computation.
 
     ATen's CPU ``log1p`` (and ``softplus``, ``logsigmoid``, ``binary_cross_entropy_with_logits``, which use it)
-    runs element by element, about 8× slower than its vectorised ``log``. This is Goldberg's method instead
-    ("What every computer scientist should know about floating-point arithmetic", 1991, theorem 4): with
-    ``w = fl(1 + u)``, ``w − 1`` is exact and ``log(w) / (w − 1)`` varies slowly, so ``u · log(w) / (w − 1)`` keeps
-    the relative precision that ``log(w)`` alone loses for small ``u``. Where ``w`` rounds to 1 the quotient is
-    ``tiny / tiny = 1`` and the result ``u`` (exact there to half a unit of rounding).
+    runs element by element, several times slower than its vectorised ``log`` (docs/benchmarks/losses.md). This is
+    Goldberg's method instead ("What every computer scientist should know about floating-point arithmetic", 1991,
+    theorem 4): with ``w = fl(1 + u)``, ``w − 1`` is exact and ``log(w) / (w − 1)`` varies slowly, so
+    ``u · log(w) / (w − 1)`` keeps the relative precision that ``log(w)`` alone loses for small ``u``. Where ``w``
+    rounds to 1 the quotient is ``tiny / tiny = 1`` and the result ``u`` (exact there to half a unit of rounding).
     """
     w = u + 1
     tiny = torch.finfo(w.dtype).tiny

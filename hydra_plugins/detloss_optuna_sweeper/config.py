@@ -82,7 +82,7 @@ _PRUNER_OPTIONS: dict[str, dict[str, Any]] = {
 class DetlossOptunaSweeperConf:
     """``hydra/sweeper=detloss_optuna``: an Optuna (>= 4) study whose trials are Hydra jobs.
 
-    Keys (README, "An Optuna search"):
+    Keys (the guide's *Sweeps and reports* page, "An Optuna search"):
         sampler, pruner: a group config (``override /hydra/sweeper/sampler: tpe`` with its options beside it), a
             short name (``tpe``, ``random``, ``grid``, ``cmaes``, ``nsgaii``, ``qmc``; ``none``, ``median``,
             ``successive_halving``, ``hyperband``) or a ``_target_`` mapping.

@@ -1,4 +1,5 @@
-"""A box loss in detloss's style: its options, one function, one line of module (detloss README, "Adding a loss").
+"""A box loss in detloss's style: its options, one function, one line of module (detloss docs:
+docs/guide/extending.md, "Your own loss").
 
 ``center_distance_loss(pred, target)``: the squared distance between the centres of predicted and target boxes
 ``(n, 4)`` xyxy over the squared diagonal of the target box, per box ``(n,)``. It is DIoU's penalty term alone

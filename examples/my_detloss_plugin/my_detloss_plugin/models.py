@@ -1,4 +1,4 @@
-"""A small detector that keeps detloss's detection contract (detloss README, "Use your own model and loss").
+"""A small detector that keeps detloss's detection contract (detloss docs: docs/guide/extending.md, "Your own model").
 
 The contract, for any detector trained with ``DetectionCriterion`` and validated by ``DetectionTask``:
 
