@@ -17,7 +17,8 @@ It prints the count of each kind among the detections scored at least ``--score`
 detections and with each kind of false positive removed, an oracle in the manner of TIDE (Bolya et al., ECCV 2020,
 "TIDE: A General Toolbox for Identifying Object Detection Errors"): the mAP the kind costs. ``--nms IOU`` first
 applies class-wise NMS at that IoU to the detections the postprocess gave, which shows, for an NMS-free head,
-what NMS would have removed. This is how the README's "YOLO26" section tells duplicates from class confusion.
+what NMS would have removed. This is how docs/benchmarks/yolo26.md ("Errors by kind") tells
+duplicates from class confusion.
 """
 
 from __future__ import annotations

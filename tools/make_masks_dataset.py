@@ -5,8 +5,8 @@
         data.image_size=160
 
 The folder gets ``images/{train,val}/<n>.png`` (RGB), ``masks/{train,val}/<n>.png`` (mode ``L``: 0 background,
-1..10 the classes below) and ``classes.txt`` (one name a line, background first). It is what the README's "The 2D
-segmentation recipe on a user's data" measures on.
+1..10 the classes below) and ``classes.txt`` (one name a line, background first). It is what
+docs/benchmarks/segmentation_2d.md measures on.
 
 The pictures are those of the embedded ``shapes`` detection data (``detloss.data.shapes``: a random background
 with a gradient, clutter of blurred blobs and thin lines, a colour that stands out from what it covers, Gaussian

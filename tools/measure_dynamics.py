@@ -1,4 +1,5 @@
-"""Evidence for the README's sweep and loss-dynamics sections, from real runs on the shipped datasets.
+"""Evidence for the benchmarks' sweep, loss-dynamics and YOLO26 pages (docs/benchmarks/dynamics.md, yolo26.md),
+from real runs on the shipped datasets.
 
     python tools/measure_dynamics.py                  # both parts, into outputs/dynamics/
     python tools/measure_dynamics.py --part sweep     # only the fixed-vs-learned segmentation sweep
@@ -6,20 +7,20 @@
 
 1. ``sweep``: a Hydra multirun ``task=segmentation loss=dice_ce,dice_ce_uncertainty seed=0,1,2`` of short runs
    (fixed Dice + CE weights against uncertainty weighting, 3 seeds each), then ``detloss-report`` on it: its
-   Markdown table (metric mean ± std over seeds, wall time) is what the README shows, with its plot.
+   Markdown table (metric mean ± std over seeds, wall time) is what docs/benchmarks/dynamics.md shows, with its plot.
 2. ``diagnostics``: the default detection run, shortened, with ``callbacks=diagnostics``; its report's
-   ``grad_share.png`` is the README's figure, and the cost of the diagnostics is the sum of the logged
+   ``grad_share.png`` is that page's figure, and the cost of the diagnostics is the sum of the logged
    ``diag/seconds`` over the run's wall time (also against a run without them, same length).
 3. ``yolo26``: a Hydra multirun ``loss=yolo,yolo26 seed=0,1,2`` on ``shapes`` (the YOLOv8 and the YOLO26
    formulation on one backbone; YOLO26 evaluated NMS-free), shortened (``--det-train`` images, ``--det-epochs``
-   epochs), then ``detloss-report`` on it: its table and plot are the README's comparison.
+   epochs), then ``detloss-report`` on it: its table and plot are docs/benchmarks/yolo26.md's comparison.
 4. ``stal``: ``loss=yolo26 callbacks=diagnostics`` with STAL off and on
    (``criterion.one2many_assigner.min_box_side=0,16``, same length as ``yolo26``); per head and COCO size bin the
    share of ground truths without a positive anchor and the positives per ground truth, averaged over the logged
    steps, and the final mAP; each run's ``diag_assign.png`` is copied.
 
-The figures are copied to ``tools/results/`` (what the README links). Each job is ``python -m detloss.train``
-in a subprocess, exactly as a user runs it.
+The figures are copied to ``tools/results/`` (the benchmarks pages show copies in docs/benchmarks/img/). Each job
+is ``python -m detloss.train`` in a subprocess, exactly as a user runs it.
 """
 
 from __future__ import annotations

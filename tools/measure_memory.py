@@ -1,4 +1,5 @@
-"""Where the resident memory of a COCO-format detection run goes (README, "Where the time goes": memory).
+"""Where the resident memory of a COCO-format detection run goes (docs/benchmarks/training_step.md, "Memory of a
+640 px COCO-format run").
 
     python tools/make_coco.py /tmp/coco640                       # a synthetic COCO-format set, if you have none
     python tools/measure_memory.py /tmp/coco640 --steps 4         # data=coco data.image_size=640, the defaults

@@ -1,5 +1,5 @@
-"""Per-class Dice over time of segmentation runs on a ``masks`` folder: the evidence of the README's "The 2D
-segmentation recipe on a user's data".
+"""Per-class Dice over time of segmentation runs on a ``masks`` folder: the evidence of
+docs/benchmarks/segmentation_2d.md.
 
     python tools/make_masks_dataset.py outputs/data/shapes10
     python tools/measure_segmentation.py outputs/data/shapes10 --run before "model=unet loss=dice_ce ..." \

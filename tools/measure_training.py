@@ -1,4 +1,4 @@
-"""Run the default training jobs and report wall time and final metrics, for the README's results table.
+"""Run the default training jobs and report wall time and final metrics, for docs/benchmarks/default_runs.md.
 
     python tools/measure_training.py                      # detection and segmentation defaults, on this machine
     python tools/measure_training.py --task segmentation -- trainer.max_epochs=10   # extra overrides after --

@@ -1,4 +1,5 @@
-"""Measure the volumetric task for the README: the default run, training memory at 128³, sliding-window time.
+"""Measure the volumetric task for docs/benchmarks/volumetric.md: the default run, training memory at 128³,
+sliding-window time.
 
     python tools/measure_volumetric.py                       # all three parts, this machine
     python tools/measure_volumetric.py --part run -- trainer.max_epochs=4      # Hydra overrides after --
@@ -18,7 +19,7 @@ window), since a run plans its own from the data and the machine.
   window batch) of the default model over a 256 × 256 × 160 volume (x × y × z; ``(D, H, W) = (160, 256, 256)``) at the
   default data's spacing, with the default window (``data.patch_size``); one warm-up window first.
 
-Each part prints the Markdown rows the README's tables hold.
+Each part prints the Markdown rows that page's tables hold.
 """
 
 from __future__ import annotations
