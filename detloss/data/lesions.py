@@ -76,7 +76,8 @@ class LesionsDataset(SegmentationDataset):
         cache: bool = True,
     ) -> None:
         super().__init__(transforms)
-        # drawing an item again at every epoch costs more than a training step can spare on a CPU: keep what was drawn
+        # drawing an item again at every epoch costs more than a training step can spare on a CPU (the data wait of
+        # docs/benchmarks/training_step.md): keep what was drawn
         self.cache, self._cache = bool(cache), {}
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
