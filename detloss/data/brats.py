@@ -25,19 +25,14 @@ regions. Case ``i`` comes from ``numpy.random.default_rng([seed, i])``.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from .lesions3d import _smooth, _soft
+from .lesions3d import _smooth, _soft, write_once
 from .msd import MSDDataModule
+from .nifti import write_volume
 
 __all__ = [
     "BRATS_LABELS",
@@ -143,13 +138,6 @@ def generate_brats_case(
     return channels, labels
 
 
-def _save(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
-    """``(D, H, W)`` or ``(C, D, H, W)`` written as the Decathlon stores it: ``(x, y, z[, C])`` = ``(W, H, D[, C])``."""
-    affine = np.diag([*[float(s) for s in spacing[::-1]], 1.0])
-    order = (2, 1, 0) if array.ndim == 3 else (3, 2, 1, 0)
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(order)), affine), str(path))
-
-
 def generate_brats(
     num_cases: int = 50,
     shape: Sequence[int] = (40, 48, 48),
@@ -166,35 +154,19 @@ def generate_brats(
         raise ValueError(f"shape must be 3 sides >= 16 and spacing 3 positive numbers, got {shape} and {spacing}")
     params = {"version": VERSION, "num_cases": int(num_cases), "shape": [int(s) for s in shape]}
     params |= {"spacing": [float(s) for s in spacing], "seed": int(seed), **options}
-    key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    base = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "detloss" / "brats"
-    root = base / key
-    if (root / "dataset.json").is_file():
-        return root
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
-    try:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
+
+    def write(folder: Path) -> dict:
         training = []
         for i in range(int(num_cases)):
             image, labels = generate_brats_case(np.random.default_rng([int(seed), i]), shape, spacing, **options)
             name = f"BRATS_{i:03d}.nii.gz"
-            _save(image, spacing, tmp / "imagesTr" / name)
-            _save(labels, spacing, tmp / "labelsTr" / name)
+            write_volume(image, spacing, folder / "imagesTr" / name)
+            write_volume(labels, spacing, folder / "labelsTr" / name)
             training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
         spec = {"name": "BRATS-like", "tensorImageSize": "4D", "modality": BRATS_MODALITIES, "labels": BRATS_LABELS}
-        spec |= {"numTraining": int(num_cases), "numTest": 0, "training": training, "test": []}
-        spec |= {"detloss_parameters": params}
-        (tmp / "dataset.json").write_text(json.dumps(spec, indent=2))
-        try:
-            os.replace(tmp, root)  # atomic; fails if another process wrote it first
-        except OSError:
-            if not (root / "dataset.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+        return spec | {"numTraining": int(num_cases), "numTest": 0, "training": training, "test": []}
+
+    return write_once("brats", params, cache_dir, write)
 
 
 class BraTSDataModule(MSDDataModule):

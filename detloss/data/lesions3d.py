@@ -27,15 +27,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..runtime import one_thread
+from .nifti import write_volume
 from .nnunet import NnUNetDataModule
 
 __all__ = ["LESION3D_LABELS", "CHANNELS", "generate_case", "generate_lesions3d", "Lesions3DDataModule"]
@@ -132,10 +132,31 @@ def generate_case(
     return channels, labels
 
 
-def _write_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
-    """A ``(D, H, W)`` array written as nnU-Net's NibabelIO reads it back: ``(x, y, z)`` = ``(W, H, D)``."""
-    affine = np.diag([*[float(s) for s in spacing[::-1]], 1.0])
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine), str(path))
+def write_once(kind: str, params: dict, cache_dir: str | Path | None, write: Callable[[Path], dict]) -> Path:
+    """A generated dataset written once into ``<cache_dir>/<hash of params>`` (``cache_dir`` default
+    ``~/.cache/detloss/<kind>``) and its folder returned: ``write(folder)`` fills a fresh folder that holds empty
+    ``imagesTr/`` and ``labelsTr/`` and returns its ``dataset.json``, written with ``params`` beside it; the folder is
+    renamed into place at once, so that a reader never sees half a dataset and two writers never mix theirs."""
+    key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    base = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "detloss" / kind
+    root = base / key
+    if (root / "dataset.json").is_file():
+        return root
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
+    try:
+        (tmp / "imagesTr").mkdir()
+        (tmp / "labelsTr").mkdir()
+        spec = write(tmp) | {"detloss_parameters": params}
+        (tmp / "dataset.json").write_text(json.dumps(spec, indent=2))
+        try:
+            os.replace(tmp, root)  # atomic; fails if another process wrote it first
+        except OSError:
+            if not (root / "dataset.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 def generate_lesions3d(
@@ -154,33 +175,18 @@ def generate_lesions3d(
         raise ValueError(f"shape must be 3 sides >= 8 and spacing 3 positive numbers, got {shape} and {spacing}")
     params = {"version": VERSION, "num_cases": int(num_cases), "shape": [int(s) for s in shape]}
     params |= {"spacing": [float(s) for s in spacing], "seed": int(seed), **options}
-    key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    base = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "detloss" / "lesions3d"
-    root = base / key
-    if (root / "dataset.json").is_file():
-        return root
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
-    try:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
+
+    def write(folder: Path) -> dict:
         for i in range(int(num_cases)):
             image, labels = generate_case(np.random.default_rng([int(seed), i]), shape, spacing, **options)
             name = f"lesion_{i:03d}"
             for c, channel in enumerate(image):
-                _write_nifti(channel, spacing, tmp / "imagesTr" / f"{name}_{c:04d}.nii.gz")
-            _write_nifti(labels, spacing, tmp / "labelsTr" / f"{name}.nii.gz")
+                write_volume(channel, spacing, folder / "imagesTr" / f"{name}_{c:04d}.nii.gz")
+            write_volume(labels, spacing, folder / "labelsTr" / f"{name}.nii.gz")
         spec = {"channel_names": CHANNELS, "labels": LESION3D_LABELS, "numTraining": int(num_cases)}
-        spec |= {"file_ending": ".nii.gz", "name": "lesions3d", "detloss_parameters": params}
-        (tmp / "dataset.json").write_text(json.dumps(spec, indent=2))
-        try:
-            os.replace(tmp, root)  # atomic; fails if another process wrote it first
-        except OSError:
-            if not (root / "dataset.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+        return spec | {"file_ending": ".nii.gz", "name": "lesions3d"}
+
+    return write_once("lesions3d", params, cache_dir, write)
 
 
 class Lesions3DDataModule(NnUNetDataModule):

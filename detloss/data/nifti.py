@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["Case", "read_header", "read_volume", "read_channels"]
+__all__ = ["Case", "read_header", "read_volume", "read_channels", "write_volume"]
 
 
 @dataclass
@@ -74,3 +74,13 @@ def read_channels(path: str | Path) -> tuple[list[np.ndarray], tuple[float, floa
     if array.ndim != 4:
         raise ValueError(f"{path}: an image must be 3D (x, y, z) or 4D (x, y, z, C), got shape {array.shape}")
     return [np.ascontiguousarray(array[..., c].transpose(2, 1, 0)) for c in range(array.shape[3])], spacing
+
+
+def write_volume(array: np.ndarray, spacing, path: str | Path) -> None:
+    """``(D, H, W)`` or ``(C, D, H, W)`` written as :func:`read_volume` / :func:`read_channels` read it back:
+    ``(x, y, z[, C])`` = ``(W, H, D[, C])``, the zooms the reversed ``spacing`` (mm), a diagonal affine."""
+    if array.ndim not in (3, 4):
+        raise ValueError(f"{path}: a volume is (D, H, W) or (C, D, H, W), got shape {array.shape}")
+    affine = np.diag([*[float(s) for s in spacing[::-1]], 1.0])
+    order = (2, 1, 0) if array.ndim == 3 else (3, 2, 1, 0)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(order)), affine), str(path))
