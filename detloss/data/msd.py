@@ -20,13 +20,12 @@ absent from ``labels``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .nifti import Case, read_channels, read_header
-from .nnunet import FILE_ENDINGS, NnUNetDataModule, NnUNetDataset
+from .nnunet import FILE_ENDINGS, NnUNetDataModule, NnUNetDataset, read_dataset_json
 
 __all__ = ["MSDDataset", "MSDDataModule", "REQUIRED_KEYS"]
 
@@ -48,15 +47,7 @@ class MSDDataset(NnUNetDataset):
 
     def _read_spec(self) -> dict:
         path = self.root / "dataset.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"Decathlon dataset.json not found: {path}")
-        try:
-            spec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON: {err}") from None
-        missing = [k for k in REQUIRED_KEYS if k not in spec]
-        if missing:
-            raise ValueError(f"{path}: missing keys {missing} (a Decathlon dataset.json has {list(REQUIRED_KEYS)})")
+        spec = read_dataset_json(path, REQUIRED_KEYS, "Decathlon")
         self.channel_names = _numbered(path, "modality", spec["modality"])
         self.class_names = _numbered(path, "labels", spec["labels"])
         if len(self.class_names) < 2:

@@ -77,6 +77,21 @@ def cross_validation_split(names: Sequence[str], fold: int, num_folds: int = 5, 
     return [n for i, n in enumerate(names) if i not in val], [n for i, n in enumerate(names) if i in val]
 
 
+def read_dataset_json(path: Path, required: Sequence[str], layout: str) -> dict:
+    """``path`` (a ``dataset.json``) read, with a clear error when it is absent, not JSON or lacks one of
+    ``required`` (``layout`` names the format in the messages: ``"nnU-Net v2"``, ``"Decathlon"``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{layout} dataset.json not found: {path}")
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    missing = [k for k in required if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing} (a {layout} dataset.json has {list(required)})")
+    return spec
+
+
 class NnUNetDataset:
     """A checked nnU-Net raw dataset (see the module docstring): its cases, classes and label volumes.
 
@@ -144,15 +159,7 @@ class NnUNetDataset:
 
     def _read_spec(self) -> dict:
         path = self.root / "dataset.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"nnU-Net dataset.json not found: {path}")
-        try:
-            spec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON: {err}") from None
-        missing = [k for k in REQUIRED_KEYS if k not in spec]
-        if missing:
-            raise ValueError(f"{path}: missing keys {missing} (an nnU-Net v2 dataset.json has {list(REQUIRED_KEYS)})")
+        spec = read_dataset_json(path, REQUIRED_KEYS, "nnU-Net v2")
         if spec["file_ending"] not in FILE_ENDINGS:
             raise ValueError(
                 f"{path}: file_ending {spec['file_ending']!r} is not NIfTI, expected one of {FILE_ENDINGS}"
