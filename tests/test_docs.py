@@ -103,4 +103,4 @@ def test_every_training_command_of_the_readme_composes(tmp_path):
     for args in commands:
         for run in sweep_points(args):
             cfg = compose_config(f"paths.output_dir={tmp_path}", *run, return_hydra_config=True)
-            assert cfg.task_name in ("detection", "segmentation", "volumetric"), run
+            assert cfg.task_name in ("detection", "segmentation", "volumetric", "brats"), run
