@@ -4,6 +4,7 @@
     python tools/measure_training.py --task segmentation -- trainer.max_epochs=10   # extra overrides after --
     python tools/measure_training.py --task volumetric    # the 3D default (tools/measure_volumetric.py: and more)
     python tools/measure_training.py --seeds 0 1 2        # one job per seed, then mean ± sample std per task
+    python tools/measure_training.py --task brats --seeds 0 1 2 -- data.plan.cache=false   # planned anew each job
 
 Each job is `python -m detloss.train` in a subprocess (exactly what a user runs), timed from start to exit;
 its `metrics.json` gives the final validation metrics. Output: one Markdown row per job and, with several seeds,
@@ -25,6 +26,7 @@ KEYS = {
     "detection": ["val/map_50", "val/map", "val/map_75"],
     "segmentation": ["val/dice", "val/generalized_dice"],
     "volumetric": ["val/dice", "val/hd95", "val/nsd"],
+    "brats": ["val/dice", "val/hd95", "val/nsd"],
 }
 
 
@@ -54,7 +56,7 @@ def _spread(values: list[float], fmt: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["detection", "segmentation", "volumetric", "both"], default="both")
+    parser.add_argument("--task", choices=["detection", "segmentation", "volumetric", "brats", "both"], default="both")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="one job per seed (default: the config's)")
     parser.add_argument("--out", default="outputs/measure")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (after --)")
