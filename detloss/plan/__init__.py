@@ -9,7 +9,8 @@ the trainer read; the run (:func:`detloss.planning.plan_run`) fills what the con
 logs it, writes it to the run directory and stores it in the checkpoints.
 """
 
-from .budget import Measure, VolumePlan, cached_plan, machine, plan_volumes
+from .budget import Measure, VolumePlan, cached_plan, plan_volumes
+from .cache import machine
 from .fingerprint import VolumeFingerprint, crop_to_nonzero_box, volume_fingerprint
 from .image_plan import ImagePlan, cached_image_plan, class_weights, plan_images
 from .images import ImageFingerprint, detection_fingerprint, mask_fingerprint

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .cache import cache_folder, key, read_json, write_json
+from .cache import kept, machine
 from .fingerprint import VolumeFingerprint
 from .rules import (
     MAX_POOLINGS,
@@ -43,7 +41,7 @@ from .rules import (
     topology,
 )
 
-__all__ = ["PlanTable", "VolumePlan", "Measure", "plan_volumes", "cached_plan", "machine", "largest_fitting", "kept"]
+__all__ = ["PlanTable", "VolumePlan", "Measure", "plan_volumes", "cached_plan", "largest_fitting"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -61,16 +59,6 @@ WIDTH_EXPONENT = 1.5
 MIN_PATCH_VOXELS = 32**3
 NNUNET_STEPS = 250
 """nnU-Net's training steps an epoch, the epoch's length of a GPU plan."""
-
-
-def machine() -> str:
-    """The machine a plan was measured on, in words (its CPU count, or the GPU's name): part of a kept plan's key,
-    so it names nothing that differs between the processes of one run (torch's thread count does)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name()}"
-    return f"cpu: {os.cpu_count()} cores"
 
 
 class PlanTable:
@@ -367,50 +355,3 @@ def largest_fitting(ranked: Sequence[T], fits: Callable[[T], bool]) -> T:
         else:
             high = middle - 1
     return chosen
-
-
-def kept(
-    ident: Any,
-    compute: Callable[[], Any],
-    kind: Callable[..., Any],
-    cache_dir: str | Path | None = None,
-    use_cache: bool = True,
-    rank: int = 0,
-    wait_seconds: float = 1800.0,
-):
-    """``compute()``, a plan with ``to_dict()``, kept as JSON in ``cache_dir`` (default ``~/.cache/detloss/plans``)
-    under the hash of ``ident`` (JSON-able: what the plan depends on) and read back as ``kind(**json)``.
-
-    Rank 0 reads a kept plan (``use_cache``) or computes one and writes it (always, so that the others can read it);
-    a file that cannot be read is computed anew. Every other rank of a distributed run measures nothing: it waits
-    up to ``wait_seconds`` for rank 0's file and trains that plan, so that all processes build the same model (the
-    ranks that Lightning's DDP starts after rank 0 has planned find it at once; ranks started together by torchrun
-    or SLURM wait for it). A file that cannot be written is not an error on rank 0.
-
-    Raises:
-        TimeoutError: on a rank other than 0, no plan from rank 0 within ``wait_seconds`` (naming the file).
-    """
-    folder = Path(cache_dir) if cache_dir is not None else cache_folder("plans")
-    path = folder / f"{key(ident)}.json"
-
-    def read():
-        try:
-            return kind(**found) if (found := read_json([path])) is not None else None
-        except TypeError:  # written by another version of the plan
-            return None
-
-    if rank != 0:
-        deadline = time.monotonic() + wait_seconds
-        while (plan := read()) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"rank {rank} waited {wait_seconds:.0f} s for rank 0's plan at {path}; is rank 0 planning "
-                    "this run with the same configuration and a shared home directory?"
-                )
-            time.sleep(1.0)
-        return plan
-    if use_cache and (plan := read()) is not None:
-        return plan
-    plan = compute()
-    write_json([path], plan.to_dict())
-    return plan

@@ -3,6 +3,8 @@
 One owner for the three things the planner keeps (the volume fingerprint, the 2D fingerprints, the measured plans):
 a file's ``signature`` (what it was computed from), the folders it may live in (beside the data, else the user's
 cache directory ``~/.cache/detloss/<kind>/``), and reading and writing without ever leaving a half-written file.
+A measured plan is kept under what it depends on, the :func:`machine` included, and shared by the processes of a
+distributed run (:func:`kept`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["signature", "key", "cache_folder", "read_json", "write_json"]
+__all__ = ["signature", "key", "cache_folder", "read_json", "write_json", "machine", "kept"]
 
 
 def signature(files: Iterable[Path], *facts: Any) -> str:
@@ -66,3 +69,60 @@ def write_json(paths: Sequence[Path], data: dict) -> Path | None:
         except OSError:
             continue
     return None
+
+
+def machine() -> str:
+    """The machine a plan was measured on, in words (its CPU count, or the GPU's name): part of a kept plan's key,
+    so it names nothing that differs between the processes of one run (torch's thread count does)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}"
+    return f"cpu: {os.cpu_count()} cores"
+
+
+def kept(
+    ident: Any,
+    compute: Callable[[], Any],
+    kind: Callable[..., Any],
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    rank: int = 0,
+    wait_seconds: float = 1800.0,
+):
+    """``compute()``, a plan with ``to_dict()``, kept as JSON in ``cache_dir`` (default ``~/.cache/detloss/plans``)
+    under the hash of ``ident`` (JSON-able: what the plan depends on) and read back as ``kind(**json)``.
+
+    Rank 0 reads a kept plan (``use_cache``) or computes one and writes it (always, so that the others can read it);
+    a file that cannot be read is computed anew. Every other rank of a distributed run measures nothing: it waits
+    up to ``wait_seconds`` for rank 0's file and trains that plan, so that all processes build the same model (the
+    ranks that Lightning's DDP starts after rank 0 has planned find it at once; ranks started together by torchrun
+    or SLURM wait for it). A file that cannot be written is not an error on rank 0.
+
+    Raises:
+        TimeoutError: on a rank other than 0, no plan from rank 0 within ``wait_seconds`` (naming the file).
+    """
+    folder = Path(cache_dir) if cache_dir is not None else cache_folder("plans")
+    path = folder / f"{key(ident)}.json"
+
+    def read():
+        try:
+            return kind(**found) if (found := read_json([path])) is not None else None
+        except TypeError:  # written by another version of the plan
+            return None
+
+    if rank != 0:
+        deadline = time.monotonic() + wait_seconds
+        while (plan := read()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"rank {rank} waited {wait_seconds:.0f} s for rank 0's plan at {path}; is rank 0 planning "
+                    "this run with the same configuration and a shared home directory?"
+                )
+            time.sleep(1.0)
+        return plan
+    if use_cache and (plan := read()) is not None:
+        return plan
+    plan = compute()
+    write_json([path], plan.to_dict())
+    return plan

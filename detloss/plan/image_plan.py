@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .budget import STARTUP_SECONDS, VALIDATION_SHARE, WIDTH_EXPONENT, WIDTHS, PlanTable, kept, largest_fitting, machine
+from .budget import STARTUP_SECONDS, VALIDATION_SHARE, WIDTH_EXPONENT, WIDTHS, PlanTable, largest_fitting
+from .cache import kept, machine
 
 if TYPE_CHECKING:
     from .images import ImageFingerprint

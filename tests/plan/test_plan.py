@@ -416,7 +416,7 @@ def test_the_other_ranks_of_a_distributed_run_train_rank_0s_plan(tmp_path):
     alone = plan_volumes(fp, slower, budget_minutes=5, min_steps=100)
     assert alone.patch_size != first.patch_size or alone.base_channels != first.base_channels
     with pytest.raises(TimeoutError, match="rank 2 waited"):
-        from detloss.plan.budget import kept
+        from detloss.plan.cache import kept
 
         kept(["nothing"], lambda: None, dict, tmp_path, rank=2, wait_seconds=0.1)
 
