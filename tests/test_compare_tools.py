@@ -22,8 +22,7 @@ import compare_monai  # noqa: E402
 import make_volume_datasets as mvd  # noqa: E402
 from compare_monai import case_dice, choose_patch, kernels_strides, max_time, mean_dice, read_curve, summarise  # noqa: E402
 
-from detloss.data import NnUNetDataset  # noqa: E402
-from detloss.data.nnunet import read_volume  # noqa: E402
+from detloss.data import NnUNetDataset, read_volume  # noqa: E402
 
 SCALE = 0.25
 CASES = 5

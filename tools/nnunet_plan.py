@@ -18,7 +18,7 @@ written beside the dataset. It needs ``pip install nnunetv2`` (the ``tools`` ext
 
 Axis order. nnU-Net's readers (``SimpleITKIO``, chosen for ``.nii.gz``, and ``NibabelIO``) give a NIfTI volume whose
 file axes are ``(x, y, z)`` as an array ``(z, y, x)`` and its spacing in the same order; that is detloss's ``(D, H, W)``
-(:func:`detloss.data.nnunet.read_volume`), so nnU-Net's fingerprint is already in detloss's order. Its plans are not:
+(:func:`detloss.data.read_volume`), so nnU-Net's fingerprint is already in detloss's order. Its plans are not:
 the planner first permutes the axes by ``transpose_forward`` (the axis of the coarsest target spacing first, the other
 two after it in their order), and every per-axis value of a configuration (``spacing``, ``patch_size``,
 ``median_image_size_in_voxels``, the strides and kernel sizes) is in that permuted order. :func:`nnunet_plan` permutes

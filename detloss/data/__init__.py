@@ -10,14 +10,15 @@ and ``task`` right after ``__init__``, and ``describe()``, what a checkpoint kee
 
 from .base import DetectionDataModule, DetectionDataset, SegmentationDataModule, SegmentationDataset, read_image
 from .brats import BRATS_REGIONS, BraTSDataModule, generate_brats
+from .cases import cross_validation_split
 from .coco import CocoDataModule, CocoDetection, load_coco
 from .collate import detection_collate, segmentation_collate
 from .lesions import LESION_CLASSES, LesionsDataModule, LesionsDataset
 from .lesions3d import LESION3D_LABELS, Lesions3DDataModule, generate_lesions3d
 from .masks import MaskDataModule, MaskFolderDataset
 from .msd import MSDDataModule, MSDDataset
-from .nifti import read_channels
-from .nnunet import NnUNetDataModule, NnUNetDataset, cross_validation_split, read_volume
+from .nifti import read_channels, read_volume
+from .nnunet import NnUNetDataModule, NnUNetDataset
 from .patches import PatchDataset, VolumeDataset, volume_collate
 from .regions import labels_to_regions, parse_regions, region_names, region_targets, regions_to_labels
 from .shapes import SHAPE_CLASSES, ShapesDataModule, ShapesDataset

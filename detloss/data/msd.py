@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .cases import FILE_ENDINGS, read_dataset_json
 from .nifti import Case, read_channels, read_header
-from .nnunet import FILE_ENDINGS, NnUNetDataModule, NnUNetDataset, read_dataset_json
+from .nnunet import NnUNetDataModule, NnUNetDataset
 
 __all__ = ["MSDDataset", "MSDDataModule", "REQUIRED_KEYS"]
 

@@ -26,13 +26,11 @@ nnU-Net plans it (:func:`detloss.plan.normalisation`): CT clipped to the dataset
 z-scored with its statistics, every other channel z-scored per case (inside the non-zero region where cropping to
 it removes a quarter of the volume).
 
-Split: fold ``fold`` of a seeded ``num_folds``-fold split by case (nnU-Net: 5 folds, seed 12345), the cases sorted
-by name and shuffled with the seed; the validation cases of the folds are disjoint and cover every case.
+Split: a seeded split by case into folds (:func:`detloss.data.cases.cross_validation_split`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -42,54 +40,16 @@ from typing import Any
 import numpy as np
 
 from .base import _DataModule
+from .cases import FILE_ENDINGS, cross_validation_split, foreground_locations, read_dataset_json
 from .nifti import Case, _header, read_volume
 from .patches import PatchDataset, VolumeDataset, volume_collate
 from .preprocess import check_normalization, check_spacing, preprocess
 from .regions import RegionTargets, nnunet_region_labels, resolve_regions
 from .resample import needs_resampling, resample_labels
 
-__all__ = [
-    "NnUNetDataset",
-    "NnUNetDataModule",
-    "Case",
-    "read_volume",
-    "cross_validation_split",
-]
+__all__ = ["NnUNetDataset", "NnUNetDataModule", "REQUIRED_KEYS"]
 
-FILE_ENDINGS = (".nii.gz", ".nii")
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
-MAX_LOCATIONS = 10_000
-"""Foreground voxels kept per case and class for patch sampling (nnU-Net keeps 10,000)."""
-
-
-def cross_validation_split(names: Sequence[str], fold: int, num_folds: int = 5, seed: int = 12345):
-    """``(train, val)`` case names of fold ``fold``: the sorted names shuffled with ``seed``, cut into ``num_folds``
-    near-equal parts; part ``fold`` validates."""
-    names = sorted(names)
-    if not isinstance(num_folds, int) or num_folds < 2:
-        raise ValueError(f"num_folds must be an integer >= 2, got {num_folds!r}")
-    if not isinstance(fold, int) or not 0 <= fold < num_folds:
-        raise ValueError(f"fold must be an integer in [0, {num_folds}), got {fold!r}")
-    if len(names) < num_folds:
-        raise ValueError(f"a {num_folds}-fold split needs at least {num_folds} cases, got {len(names)}")
-    order = np.random.default_rng(seed).permutation(len(names))
-    val = set(np.array_split(order, num_folds)[fold].tolist())
-    return [n for i, n in enumerate(names) if i not in val], [n for i, n in enumerate(names) if i in val]
-
-
-def read_dataset_json(path: Path, required: Sequence[str], layout: str) -> dict:
-    """``path`` (a ``dataset.json``) read, with a clear error when it is absent, not JSON or lacks one of
-    ``required`` (``layout`` names the format in the messages: ``"nnU-Net v2"``, ``"Decathlon"``)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{layout} dataset.json not found: {path}")
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
-    missing = [k for k in required if k not in spec]
-    if missing:
-        raise ValueError(f"{path}: missing keys {missing} (a {layout} dataset.json has {list(required)})")
-    return spec
 
 
 class NnUNetDataset:
@@ -138,8 +98,7 @@ class NnUNetDataset:
                         self.ignore_index
                     )
             self.labels.append(labels)
-            flat = labels.ravel()
-            self.locations.append([self._locations(flat, k, labels.shape, rng) for k in values])
+            self.locations.append([foreground_locations(labels, k, rng) for k in values])
 
     def raw_labels(self, index: int) -> np.ndarray:
         """The label volume of case ``index`` at its own spacing (an ``"ignore"`` label as ``ignore_index``)."""
@@ -258,14 +217,6 @@ class NnUNetDataset:
         if self.ignore_value is not None:
             labels[array == self.ignore_value] = self.ignore_index
         return labels
-
-    @staticmethod
-    def _locations(flat: np.ndarray, k: int, shape, rng: np.random.Generator) -> np.ndarray:
-        """Up to :data:`MAX_LOCATIONS` voxel indices ``(n, 3)`` of class ``k``, drawn without replacement."""
-        where = np.flatnonzero(flat == k)
-        if len(where) > MAX_LOCATIONS:
-            where = rng.choice(where, MAX_LOCATIONS, replace=False)
-        return np.stack(np.unravel_index(where, shape), 1).astype(np.int32)
 
     def image(self, index: int) -> np.ndarray:
         """The normalised image ``(C, D, H, W)`` float32 of case ``index`` at :meth:`spacing_of` (cached with

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 from nnunet_plan import format_plan, main, nnunet_plan, write_nnunet_dataset  # noqa: E402
 
-from detloss.data.nnunet import read_volume  # noqa: E402
+from detloss.data import read_volume  # noqa: E402
 
 SAMPLES = 200_000
 KEYS = {
