@@ -19,11 +19,8 @@ left as it is. At the end ``optimization_results.yaml`` in the sweep directory g
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +32,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import SAMPLERS
 from .search_space import SearchSpace, grid_of, search_space
-from .storage import HEARTBEAT_ATTR, PRUNER_ATTR, TrialIdentity, build, build_pruner, normalise_storage, open_storage
+from .storage import PRUNER_ATTR, TrialIdentity, build, build_pruner, normalise_storage, open_storage
+from .trials import Heartbeat, abandon, fail_stale_trials, tell_trial, trial_count
 
 if TYPE_CHECKING:
     import optuna
@@ -139,7 +137,7 @@ class DetlossOptunaSweeper(Sweeper):
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
-            sampler=self.build_sampler(space, _trial_count(storage, self.study_name)),
+            sampler=self.build_sampler(space, trial_count(storage, self.study_name)),
             pruner=build_pruner(self.pruner_spec),
             directions=self.directions,
             load_if_exists=True,
@@ -190,7 +188,7 @@ class DetlossOptunaSweeper(Sweeper):
         returns: list[Sequence[JobReturn]] = []
         launched = failed = 0
         while launched < self.n_trials:
-            self.fail_stale_trials(study)
+            fail_stale_trials(study, self.grace_period, retry=self.retry_stale)
             size = min(self.n_jobs, self.n_trials - launched)
             if self.max_trials is not None:
                 states = (
@@ -209,10 +207,10 @@ class DetlossOptunaSweeper(Sweeper):
             try:
                 results = self.run_trials(study, space, trials)
             except KeyboardInterrupt:  # Ctrl-C: the batch's trials are re-run when the search resumes
-                self.abandon(study, trials, retry=self.retry_stale)
+                abandon(study, trials, retry=self.retry_stale)
                 raise
             except Exception:  # a job that cannot be composed: it would fail again
-                self.abandon(study, trials, retry=False)
+                abandon(study, trials, retry=False)
                 raise
             for trial, result in zip(trials, results):
                 failed += self.tell(study, trial, result) == optuna.trial.TrialState.FAIL
@@ -274,7 +272,7 @@ class DetlossOptunaSweeper(Sweeper):
         if result.status != JobStatus.COMPLETED:
             why = f"the job raised {result._return_value!r}"
         elif "pruned_epoch" in frozen.user_attrs:
-            _tell(study, trial, state=TrialState.PRUNED)
+            tell_trial(study, trial, state=TrialState.PRUNED)
             log.info("detloss_optuna: trial %d pruned at epoch %s", trial.number, frozen.user_attrs["pruned_epoch"])
             return TrialState.PRUNED
         elif result.return_value is None:
@@ -283,9 +281,9 @@ class DetlossOptunaSweeper(Sweeper):
             values, why = self.objective_values(result.return_value, frozen.user_attrs.get("metrics"))
         if values is None:
             log.warning("detloss_optuna: trial %d failed: %s", trial.number, why)
-            _tell(study, trial, state=TrialState.FAIL)
+            tell_trial(study, trial, state=TrialState.FAIL)
             return TrialState.FAIL
-        _tell(study, trial, values)
+        tell_trial(study, trial, values)
         log.info("detloss_optuna: trial %d: %s", trial.number, values if len(values) > 1 else values[0])
         return TrialState.COMPLETE
 
@@ -309,43 +307,6 @@ class DetlossOptunaSweeper(Sweeper):
         if not all(math.isfinite(v) for v in values):
             return None, f"non-finite objective values {values}"
         return values, None
-
-    def fail_stale_trials(self, study: optuna.Study) -> None:
-        """Mark failed the running trials whose heartbeat is older than ``grace_period`` (their process is gone);
-        with ``retry_stale``, enqueue each once more with its parameters. Trials without a heartbeat (run by
-        something other than this sweeper) are left alone."""
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import TrialState
-
-        now = time.time()
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-            if beat is None or now - beat < self.grace_period:
-                continue
-            try:
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            except UpdateFinishedTrialError:
-                continue
-            retry = self.retry_stale and "retry_of" not in trial.user_attrs
-            log.warning(
-                "detloss_optuna: trial %d had no heartbeat for %.0f s: marked failed%s",
-                trial.number,
-                now - beat,
-                ", and enqueued again" if retry else "",
-            )
-            if retry:
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-
-    def abandon(self, study: optuna.Study, trials: list, retry: bool) -> None:
-        """Tell this process's ``trials`` failed when the search stops under them; with ``retry``, enqueue each
-        once more with its parameters (as :meth:`fail_stale_trials` does)."""
-        from optuna.trial import TrialState
-
-        for trial in trials:
-            _tell(study, trial, state=TrialState.FAIL)
-            if retry and "retry_of" not in trial.user_attrs:
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        log.warning("detloss_optuna: trials %s told failed%s", [t.number for t in trials], ", and enqueued" * retry)
 
     def _optimized_metric(self) -> list[str] | None:
         """``[optimized_metric]`` of the sweep's config (what a detloss job returns), for a study of one objective."""
@@ -379,26 +340,6 @@ class DetlossOptunaSweeper(Sweeper):
         log.info("detloss_optuna: results in %s", path)
 
 
-def _tell(study: optuna.Study, trial: optuna.trial.Trial, values: list | None = None, state=None) -> None:
-    """``study.tell``. Optuna's grid sampler calls ``study.stop()`` once the grid is done, which Optuna refuses
-    outside ``study.optimize``; the trial is stored before that (Optuna's ``_tell`` stores it in a ``finally``), and
-    :meth:`DetlossOptunaSweeper.sweep` stops on the grid's ``is_exhausted``."""
-    try:
-        study.tell(trial, values, state, skip_if_finished=True)
-    except RuntimeError as error:
-        if "Study.stop" not in str(error):
-            raise
-
-
-def _trial_count(storage: optuna.storages.BaseStorage, study_name: str) -> int:
-    """The trials of study ``study_name`` in ``storage`` (0 if there is no such study)."""
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return 0
-    return len(storage.get_all_trials(study_id, deepcopy=False))
-
-
 def _directions(direction: Any) -> list[str]:
     directions = [direction] if isinstance(direction, str) else list(direction or [])
     if not directions or any(d not in _DIRECTIONS for d in directions):
@@ -408,36 +349,3 @@ def _directions(direction: Any) -> list[str]:
 
 def _is_nop(spec: Any) -> bool:
     return isinstance(spec, Mapping) and str(spec.get("_target_", "")).endswith("NopPruner")
-
-
-class Heartbeat:
-    """While in its ``with`` block, record the time in each trial's :data:`HEARTBEAT_ATTR` every ``interval``
-    seconds (once at the start), from a daemon thread. A trial that has finished meanwhile is dropped."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_ids: list[int], interval: float) -> None:
-        self.storage, self.trial_ids, self.interval = storage, list(trial_ids), interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="detloss-optuna-heartbeat", daemon=True)
-
-    def beat(self) -> None:
-        for trial_id in list(self.trial_ids):
-            try:
-                self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-            except Exception as error:  # a finished trial, or a storage that is briefly unavailable
-                log.debug("detloss_optuna: no heartbeat for trial id %d: %s", trial_id, error)
-                with contextlib.suppress(Exception):
-                    if self.storage.get_trial(trial_id).state.is_finished():
-                        self.trial_ids.remove(trial_id)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.beat()
-
-    def __enter__(self) -> Heartbeat:
-        self.beat()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
