@@ -47,6 +47,16 @@ def test_a_fused_loss_page_links_its_reference_form(site):
         assert f'id="detloss.losses.reference.{name}"' in page, name
 
 
+def test_sphinx_roles_in_docstrings_render_as_code_or_links(site):
+    """Docstrings cite other objects with Sphinx roles (``:func:`dice_loss```); the site shows them as code, linked
+    where the object has a page (tools/griffe_sphinx_roles.py), never as the raw role."""
+    role = re.compile(r":(?:class|func|meth|attr|mod|data|obj|exc):`")
+    for page in (site / "reference").rglob("*.html"):
+        assert not role.findall(page.read_text()), page.relative_to(site)
+    losses = (site / "reference" / "losses" / "index.html").read_text()
+    assert re.search(r'<a class="autorefs[^"]*"[^>]*href="[^"]*#detloss\.[^"]+"[^>]*><code>', losses)
+
+
 #: an attribute that makes the browser fetch something: a script, a style sheet, a font, an image, a frame
 FETCH = re.compile(r"<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)=\"((?:https?:)?//[^\"]+)\"", re.I)
 
