@@ -154,8 +154,9 @@ def _plan_images(cfg: DictConfig, datamodule) -> ImagePlan:
     U-Net's ``model.depth`` and ``model.base_channels``, ``trainer.max_epochs`` and the loss terms'
     ``class_weights``, each planned (:func:`detloss.plan.image_plan.plan_images`) only where the configuration leaves it
     ``null`` (a model without the key keeps its own); ``data.plan.class_weights=false`` proposes the weights in the
-    plan without giving them to the loss. A plan that decided nothing (every value given, no class weights applied)
-    is logged but not kept by the data module (no ``plan.json``, nothing added to the checkpoints)."""
+    plan without giving them to the loss, as data with regions does. A plan that decided nothing (every value given,
+    no class weights applied) is logged but not kept by the data module (no ``plan.json``, nothing added to the
+    checkpoints)."""
     from .plan.image_plan import cached_image_plan, weights_for_terms
 
     options = dict(datamodule.plan_options)
@@ -186,7 +187,11 @@ def _plan_images(cfg: DictConfig, datamodule) -> ImagePlan:
         raise ValueError("trainer.max_epochs: not given and not planned")
     if set_weights:
         plan.given = sorted({*plan.given, "class_weights"})
-    elif plan.class_weights is not None and options.get("class_weights", True):
+    elif (
+        plan.class_weights is not None
+        and options.get("class_weights", True)
+        and not getattr(datamodule, "regions", None)  # weights of classes, not of region channels
+    ):
         taken = weights_for_terms(OmegaConf.to_container(terms, resolve=False), plan.class_weights)
         plan.weighted_terms = sorted(taken)
         with open_dict(cfg):

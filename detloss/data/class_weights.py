@@ -118,7 +118,9 @@ def count_classes(datamodule) -> list[int]:
 
         return [int(c["boxes"]) for c in detection_fingerprint(datamodule).classes]
     source, cases = getattr(datamodule, "source", None), getattr(datamodule, "train_cases", None)
-    num_classes = len(getattr(source, "class_names", ()) or datamodule.class_names)
+    num_classes = len(  # the labels the masks hold: with regions, not the region channels
+        getattr(source, "class_names", ()) or getattr(datamodule, "label_names", None) or datamodule.class_names
+    )
     if source is not None and cases is not None:  # volumes: the label volumes the training patches come from
         masks = (source.labels[i] for i in cases)
     else:

@@ -30,6 +30,7 @@ def detection_collate(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tupl
 
 
 def segmentation_collate(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """``[(image (C, H, W), mask (H, W)), ...]`` -> ``(images (B, C, H, W), masks (B, H, W) int64)``."""
+    """``[(image (C, H, W), mask (H, W)), ...]`` -> ``(images (B, C, H, W), masks (B, H, W) int64)``; region masks
+    ``(R, H, W)`` stack to ``(B, R, H, W)``."""
     images, masks = zip(*batch)
     return _stack(images, "images"), _stack(masks, "masks").long()

@@ -4,6 +4,10 @@ A mask is a single-channel PNG (mode ``L``, ``P``, ``I`` or ``1``) of class indi
 usually the background) or ``ignore_index``. At construction every image must have its mask, of the same size
 and a single-channel mode (read from the PNG headers only); mask values are checked when a mask is loaded, and
 for all masks by :meth:`MaskFolderDataset.validate`.
+
+Regions (``data.regions``, :mod:`detloss.data.regions`): the mask values are labels, and the model is trained on
+overlapping regions of them, one sigmoid channel each, as volumes are; the batches' targets are then region masks
+``(B, R, S, S)`` (made after the transforms, so that resizing and padding act on the labels).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from .base import GREY_MODES, SegmentationDataModule, SegmentationDataset, list_images, read_image
+from .regions import RegionTargets, resolve_regions
 from .transforms import segmentation_transforms
 
 __all__ = ["MaskFolderDataset", "MaskDataModule"]
@@ -140,6 +145,9 @@ class MaskDataModule(SegmentationDataModule):
             contrast ``jitter``.
         plan: the planner's options (``budget_minutes``, ``min_steps``, ``class_weights``, ``cache``), read by
             the run.
+        regions: ``{name: label values}`` trained as overlapping sigmoid channels (:mod:`detloss.data.regions`);
+            ``class_names`` then names the region channels and ``label_names`` the mask values.
+        regions_class_order: the label each region paints back in predictions (``None``: derived).
     """
 
     def __init__(
@@ -164,6 +172,8 @@ class MaskDataModule(SegmentationDataModule):
         train_split: str = "train",
         val_split: str = "val",
         plan: dict | None = None,
+        regions: dict | None = None,
+        regions_class_order: list[int] | None = None,
     ) -> None:
         super().__init__(8 if batch_size is None else batch_size, num_workers, pin_memory, ignore_index)
         self.root = Path(root)
@@ -171,7 +181,16 @@ class MaskDataModule(SegmentationDataModule):
             raise FileNotFoundError(f"segmentation dataset root not found: {self.root}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+        self.label_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+        self.regions, self.regions_class_order = resolve_regions(
+            None if regions is None else dict(regions),
+            None if regions_class_order is None else list(regions_class_order),
+            None,
+            None,
+            num_classes,
+            f"the masks of {self.root}",
+        )
+        self.class_names = list(self.label_names if self.regions is None else self.regions)
         if in_channels is None:
             in_channels = _guess_channels(self.root / "images" / train_split)
         self.in_channels = int(in_channels)
@@ -205,7 +224,7 @@ class MaskDataModule(SegmentationDataModule):
         data in ``<root>/detloss_fingerprint_2d.json``)."""
         from ..plan.images import mask_fingerprint
 
-        return mask_fingerprint(self.train_dataset, self.class_names, self.root)
+        return mask_fingerprint(self.train_dataset, self.label_names, self.root)
 
     def configure(self, image_size: int, batch_size: int, plan=None) -> None:
         """Fix the image size and the batch (given, or from ``plan``, an :class:`~detloss.plan.image_plan.ImagePlan`
@@ -228,6 +247,12 @@ class MaskDataModule(SegmentationDataModule):
                 "plans it (detloss.planning.plan_run)"
             )
 
+    def _loader(self, dataset, sampler=None, batch_size=None):
+        """The base's loader; with regions, of the masks made region masks after the transforms."""
+        if self.regions is not None:
+            dataset = RegionTargets(dataset, self.regions, self.ignore_index)
+        return super()._loader(dataset, sampler, batch_size)
+
     def train_dataloader(self):
         self._configured()
         return super().train_dataloader()
@@ -236,9 +261,25 @@ class MaskDataModule(SegmentationDataModule):
         self._configured()
         return super().val_dataloader()
 
+    @property
+    def category_ids(self) -> list:
+        """The mask values, which predictions are written with (with regions: painted back by
+        ``regions_class_order``)."""
+        return list(range(len(self.label_names)))
+
     def describe(self) -> dict[str, Any]:
-        """The base's description and, where planned, ``plan`` (:meth:`detloss.plan.image_plan.ImagePlan.to_dict`)."""
-        return super().describe() | ({} if self.plan is None else {"plan": self.plan.to_dict()})
+        """The base's description; ``regions``, ``regions_class_order`` and ``label_names`` (the mask values' names)
+        with regions; where planned, ``plan`` (:meth:`detloss.plan.image_plan.ImagePlan.to_dict`)."""
+        regions = (
+            {}
+            if self.regions is None
+            else {
+                "regions": {k: list(v) for k, v in self.regions.items()},
+                "regions_class_order": list(self.regions_class_order),
+                "label_names": list(self.label_names),
+            }
+        )
+        return super().describe() | regions | ({} if self.plan is None else {"plan": self.plan.to_dict()})
 
     def validate(self) -> None:
         """Check the values of every training and validation mask."""

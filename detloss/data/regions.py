@@ -224,8 +224,9 @@ def nnunet_region_labels(spec: Mapping, source) -> tuple[dict[str, int], dict, l
 
 
 class RegionTargets(Dataset):
-    """A dataset of volumes ``(image, {"labels": (*spatial), ...})`` whose labels become region masks ``(R,
-    *spatial)`` (:func:`region_targets`); everything else of a sample is passed on as it is."""
+    """A dataset of volumes ``(image, {"labels": (*spatial), ...})`` or of 2D masks ``(image, mask (H, W))`` whose
+    labels become region masks ``(R, *spatial)`` (:func:`region_targets`); everything else of a sample is passed on
+    as it is."""
 
     def __init__(self, dataset: Dataset, regions: Mapping[str, Sequence[int]], ignore_index: int = 255) -> None:
         self.dataset, self.regions, self.ignore_index = dataset, [tuple(v) for v in regions.values()], int(ignore_index)
@@ -240,4 +241,6 @@ class RegionTargets(Dataset):
 
     def __getitem__(self, index: int):
         image, target = self.dataset[index]
+        if isinstance(target, Tensor):
+            return image, region_targets(target, self.regions, self.ignore_index)
         return image, {**target, "labels": region_targets(target["labels"], self.regions, self.ignore_index)}

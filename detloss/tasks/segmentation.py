@@ -1,10 +1,10 @@
 """SegmentationTask: a 2D segmenter trained on a segmentation criterion; Dice per image (MONAI) and pooled
-(torchmetrics)."""
+(torchmetrics), per class or, with regions, per region."""
 
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from torchmetrics.segmentation import DiceScore, GeneralizedDiceScore
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from ..composite import Criterion
+from ..data.regions import region_names
 from .base import LossTask, rgb_uint8
 from .volume_metrics import VolumeMetrics, label_masks
 
@@ -27,7 +28,7 @@ def palette(n: int) -> list[tuple[int, int, int]]:
 
 
 class SegmentationTask(LossTask):
-    """Train a segmenter; validate Dice on the argmax of its logits.
+    """Train a segmenter; validate Dice on the argmax of its logits, or with regions on each sigmoid channel.
 
     Args:
         model: ``forward(images) -> logits (B, C, H, W)``.
@@ -35,11 +36,15 @@ class SegmentationTask(LossTask):
         optimizer, scheduler, num_previews, nan_guard, channels_last: see :class:`~detloss.tasks.base.LossTask`.
         num_classes: classes, background (0) included.
         class_names: names of the classes (for ``val/dice/<class>``).
-        ignore_index: mask value excluded from the metrics: those pixels are set to background in both
-            prediction and target, so they count in no foreground class.
+        regions: ``{name: label values}`` when the model has one sigmoid output per region (the data's regions,
+            :mod:`detloss.data.regions`); the targets are then region masks ``(B, R, H, W)``.
+
+    The criterion's ``ignore_index`` pixels are excluded from the metrics: they are set to background in both
+    prediction and target, so they count in no foreground class or region.
 
     Logged, for the argmax prediction ``P`` and the target ``T`` of each foreground class (ignored pixels set to
-    background in both):
+    background in both), or with regions for ``P = sigmoid(logit) > 0.5`` and the region mask ``T`` of each region
+    (``<class>`` is then the region's name, made safe as :func:`~detloss.data.regions.region_names` makes it):
 
     * ``val/dice/<class>``: the per-image Dice ``2|P ∩ T| / (|P| + |T|)`` averaged over the validation images whose
       target holds the class (MONAI's ``DiceMetric(ignore_empty=True)``), not logged where none does; ``val/dice``:
@@ -66,28 +71,53 @@ class SegmentationTask(LossTask):
         num_previews: int = 4,
         nan_guard: str = "stop",
         channels_last: bool = False,
+        regions: Mapping[str, Sequence[int]] | None = None,
     ):
         super().__init__(model, criterion, optimizer, scheduler, class_names, num_previews, nan_guard, channels_last)
         num_classes = self.num_classes = criterion.num_classes
         self.ignore_index = getattr(criterion, "ignore_index", None)
-        kw = dict(num_classes=num_classes, include_background=False, input_format="index")
-        self.per_image = VolumeMetrics(num_classes - 1, surface=False)
+        if regions is not None:
+            if not isinstance(regions, Mapping) or len(regions) != num_classes:
+                raise ValueError(
+                    f"regions must map each of the model's {num_classes} output channels to its region's label "
+                    f"values, got {regions!r}"
+                )
+            self.regions = {str(k): [int(v) for v in values] for k, values in regions.items()}
+            self.metric_names = region_names(list(self.regions))
+            kw = dict(num_classes=num_classes, include_background=True, input_format="one-hot")
+        else:
+            self.regions, self.metric_names = None, self.class_names[1:]
+            kw = dict(num_classes=num_classes, include_background=False, input_format="index")
+        self.per_image = VolumeMetrics(len(self.metric_names), surface=False)
         self.dice = DiceScore(average="none", aggregation_level="global", **kw)
         self.generalized_dice = GeneralizedDiceScore(**kw)
 
     def forward(self, images):
-        return self.model(images).argmax(1)
+        """Label maps ``(B, H, W)``, or with regions the region masks ``(B, R, H, W)`` (bool)."""
+        logits = self.model(images)
+        return logits > 0 if self.regions is not None else logits.argmax(1)
 
     def validation_step(self, batch, batch_idx):
         images, masks = batch
         logits = self.model(images)
         self.log_loss("val", self.criterion(logits, masks), len(images))
-        pred, target = logits.argmax(1), masks
+        if self.regions is not None:
+            if masks.shape != logits.shape:
+                raise ValueError(
+                    f"with regions the targets must be region masks {tuple(logits.shape)} (one channel per region), "
+                    f"got {tuple(masks.shape)}"
+                )
+            pred, target = (logits > 0).long(), masks
+        else:
+            pred, target = logits.argmax(1), masks
         if self.ignore_index is not None:
             ignored = masks == self.ignore_index
             pred, target = pred.masked_fill(ignored, 0), masks.masked_fill(ignored, 0)
         self.dice.update(pred, target)
-        self.per_image.update(label_masks(pred, self.num_classes), label_masks(target, self.num_classes))
+        if self.regions is not None:
+            self.per_image.update(pred, target)
+        else:
+            self.per_image.update(label_masks(pred, self.num_classes), label_masks(target, self.num_classes))
         # torchmetrics scores an image without foreground in target and prediction (a true negative) as 0, not 1;
         # the generalized Dice averages over the images that have something to score
         scored = (pred > 0).flatten(1).any(1) | (target > 0).flatten(1).any(1)
@@ -96,7 +126,7 @@ class SegmentationTask(LossTask):
         self.keep_preview(batch_idx, images, pred, target)
 
     def on_validation_epoch_end(self):
-        names = self.class_names[1:]
+        names = self.metric_names
         values = {k: v.view(-1) for k, v in self.per_image.compute().items()}  # torchmetrics squeezes one value
         self.per_image.reset()
         self.log("val/dice", values["dice"].nanmean(), prog_bar=True)
@@ -119,8 +149,12 @@ class SegmentationTask(LossTask):
 
     def _draw(self, image, pred, target):
         image = rgb_uint8(image)
-        classes = torch.arange(1, self.num_classes)
-        colours = palette(self.num_classes - 1)  # one per foreground class
-        true = draw_segmentation_masks(image, target.cpu()[None] == classes[:, None, None], alpha=0.5, colors=colours)
-        guess = draw_segmentation_masks(image, pred.cpu()[None] == classes[:, None, None], alpha=0.5, colors=colours)
+        colours = palette(len(self.metric_names))  # one per foreground class or region
+        if self.regions is not None:
+            true, guess = target.cpu().bool(), pred.cpu().bool()
+        else:
+            classes = torch.arange(1, self.num_classes)[:, None, None]
+            true, guess = target.cpu()[None] == classes, pred.cpu()[None] == classes
+        true = draw_segmentation_masks(image, true, alpha=0.5, colors=colours)
+        guess = draw_segmentation_masks(image, guess, alpha=0.5, colors=colours)
         return make_grid([true, guess], nrow=1, padding=2, pad_value=255)
