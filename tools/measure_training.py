@@ -24,7 +24,7 @@ from pathlib import Path
 
 KEYS = {
     "detection": ["val/map_50", "val/map", "val/map_75"],
-    "segmentation": ["val/dice", "val/generalized_dice"],
+    "segmentation": ["val/dice", "val/dice_pooled", "val/generalized_dice"],
     "volumetric": ["val/dice", "val/hd95", "val/nsd"],
     "brats": ["val/dice", "val/hd95", "val/nsd"],
 }
