@@ -564,14 +564,17 @@ def plot(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    lowest = 1.0
     for colour, (recipe, runs) in zip(["C0", "C1", "C2"], results.items()):
         for i, one in enumerate(runs.values()):
             t = [p[0] / 60 for p in one["curve"]]
-            ax.plot(t, [p[1] for p in one["curve"]], "-o", ms=3, color=colour, label=recipe if i == 0 else None)
+            dice = [p[1] for p in one["curve"]]
+            lowest = min([lowest, *dice])
+            ax.plot(t, dice, "-o", ms=3, lw=1, color=colour, label=recipe if i == 0 else None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_xlim(left=0)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(max(0.0, math.floor((lowest - 0.02) * 20) / 20), 1)  # down to the lowest point, in steps of 0.05
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)

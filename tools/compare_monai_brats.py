@@ -378,11 +378,13 @@ def main(argv=None) -> int:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", ["task=brats", *[o for o in args.overrides if o.startswith("data.")]])
         args.data = Path(instantiate(cfg.data).source.root)
+        title = f"task=brats default data ({args.data.name})"
         base = [] if args.regions == BRATS_REGIONS else [_hydra_regions(args.regions)]  # both train the same regions
     else:
         if not (args.data / "dataset.json").is_file():
             parser.error(f"data: {args.data / 'dataset.json'} not found")
         base = ["data=msd", f"data.root={args.data.resolve()}", _hydra_regions(args.regions)]
+        title = args.data.name
     base += args.overrides
     args.out = args.out or Path("outputs/compare") / f"{args.data.name}.json"
     drawing, args.plot = args.plot or args.out.with_suffix(".png"), None  # drawn below, with the regions' axis names
@@ -401,7 +403,7 @@ def main(argv=None) -> int:
     write_csv(results, args.csv or args.out.with_suffix(".csv"))
     print(f"points: {args.csv or args.out.with_suffix('.csv')}")
     xlabel, ylabel = "minutes of the job, validations left out", "validation Dice (mean over regions)"
-    plot(results, drawing, args.data.name, xlabel, ylabel)
+    plot(results, drawing, title, xlabel, ylabel)
     print(f"plot: {drawing}")
     print(reach_ratio(results))
     return status
