@@ -21,7 +21,8 @@ pytest.importorskip("nnunetv2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
-from nnunet_plan import format_plan, main, nnunet_plan, write_nnunet_dataset  # noqa: E402
+from nnunet_plan import format_plan, main, nnunet_plan  # noqa: E402
+from nnunet_raw import write_nnunet_dataset  # noqa: E402
 
 from detloss.data import read_volume  # noqa: E402
 

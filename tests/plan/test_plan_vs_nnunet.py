@@ -19,7 +19,8 @@ pytest.importorskip("nnunetv2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
-from nnunet_plan import nnunet_plan, write_nnunet_dataset  # noqa: E402
+from nnunet_plan import nnunet_plan  # noqa: E402
+from nnunet_raw import write_nnunet_dataset  # noqa: E402
 
 from detloss.data import NnUNetDataset  # noqa: E402
 from detloss.plan import initial_patch, normalisation, target_spacing, topology, volume_fingerprint  # noqa: E402
