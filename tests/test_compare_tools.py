@@ -1,7 +1,7 @@
-"""tools/make_volume_datasets.py, tools/compare_monai.py and tools/compare_smp.py: the generated datasets read back
-through detloss's nnU-Net reader with their stated channels, spacings and labels; the MONAI and smp recipes train a
-few steps and score finite Dice; the Dice averaging, the kernel/stride rule, the CSV reading and the summary table on
-hand-made inputs."""
+"""tools/make_volume_datasets.py, tools/side_by_side.py, tools/compare_monai.py and tools/compare_smp.py: the
+generated datasets read back through detloss's nnU-Net reader with their stated channels, spacings and labels; the
+MONAI and smp recipes train a few steps and score finite Dice; the Dice averaging, the kernel/stride rule, the CSV
+reading and the summary table on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import compare_monai  # noqa: E402
 import make_volume_datasets as mvd  # noqa: E402
-from compare_monai import case_dice, choose_patch, kernels_strides, max_time, mean_dice, read_curve, summarise  # noqa: E402
+import side_by_side  # noqa: E402
+from compare_monai import choose_patch, kernels_strides  # noqa: E402
+from side_by_side import case_dice, max_time, mean_dice, read_curve, summarise  # noqa: E402
 
 from detloss.data import NnUNetDataset, read_volume  # noqa: E402
 
@@ -177,8 +179,8 @@ def test_run_detloss_times_the_log_as_it_grows(tmp_path, monkeypatch):
         record = json.loads((run_dir / "metrics.json").read_text())
         return {"seconds": 1.6, "record": record, "command": " ".join(overrides), "dir": run_dir}
 
-    monkeypatch.setattr(compare_monai, "run", fake_run)
-    r = compare_monai.run_detloss("volumetric", ["data=nnunet"], 90, 4, tmp_path, poll=0.2)
+    monkeypatch.setattr(side_by_side, "run", fake_run)
+    r = side_by_side.run_detloss("volumetric", ["data=nnunet"], 90, 4, tmp_path, poll=0.2)
     assert [p[1] for p in r["curve"]] == [0.25, 0.5]
     assert r["curve"][0][0] < 1.2 < r["curve"][1][0]
     assert "++trainer.max_time=00:00:01:30" in r["command"] and "seed=4" in r["command"]

@@ -13,7 +13,7 @@ BraTS ``whole_tumor`` [1, 2, 3], ``tumor_core`` [2, 3], ``enhancing_tumor`` [3])
 (:func:`detloss.data.cross_validation_split`, 5 folds, seed 12345) and are scored on its validation cases.
 
 **detloss**: ``python -m detloss.train task=brats`` (its planned default; on a folder ``data=msd data.root=DIR
-data.regions=...``) and the overrides after ``--``, through ``tools/compare_monai.py``'s :func:`run_detloss`; its
+data.regions=...``) and the overrides after ``--``, through ``tools/side_by_side.py``'s :func:`run_detloss`; its
 validation Dice per epoch from the run's CSV log. No setting of detloss's is chosen here. A callback of this tool
 (:class:`TrainingClock`, added as ``+callbacks.compare_clock``) records when each validation ends and how long the
 validations took, and stops the training once its training time reaches the budget.
@@ -39,10 +39,10 @@ own (detloss after each planned epoch, MONAI every ``--val-every`` seconds of tr
 out where the case's target lacks the region (MONAI's ``DiceMetric(ignore_empty=True)``); a region's Dice is its
 mean over the cases, the score the mean over the regions.
 
-Output: the JSON of ``tools/compare_monai.py`` (``--out``), a CSV of every validation point (``--csv``: recipe, seed,
-seconds, mean Dice, one column per region), a plot of Dice over time (``--plot``), and the Markdown table with the
-time each recipe needs to reach the other's final mean region Dice; the ratio of detloss's time to MONAI's final Dice
-to MONAI's own time is printed last.
+Output: the JSON of ``tools/side_by_side.py``'s :func:`compare` (``--out``), a CSV of every validation point
+(``--csv``: recipe, seed, seconds, mean Dice, one column per region), a plot of Dice over time (``--plot``), and the
+Markdown table with the time each recipe needs to reach the other's final mean region Dice; the ratio of detloss's
+time to MONAI's final Dice to MONAI's own time is printed last.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ from monai.transforms import MapTransform
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-from compare_monai import Clock, choose_patch, compare, dynunet, fit, kernels_strides, mean_dice  # noqa: E402, I001
-from compare_monai import plot, run_detloss, time_to_reach  # noqa: E402
+from compare_monai import choose_patch, dynunet, fit, kernels_strides  # noqa: E402
+from side_by_side import Clock, compare, mean_dice, plot, run_detloss, time_to_reach  # noqa: E402
 
 from detloss.data import cross_validation_split  # noqa: E402
 
@@ -153,7 +153,7 @@ class TrainingClock(L.Callback):
 def run_detloss_clocked(
     task: str, overrides: Sequence[str], seconds: float, seed: int, out_root: str | Path, poll: float = 1.0
 ) -> dict:
-    """detloss's run (:func:`compare_monai.run_detloss` without ``max_time``) bounded by :class:`TrainingClock`'s
+    """detloss's run (:func:`side_by_side.run_detloss` without ``max_time``) bounded by :class:`TrainingClock`'s
     budget of ``seconds``; its curve's times are then the seconds from the launch to the end of each validation,
     less the validations until then."""
     clock = Path(out_root).resolve() / f"seed{seed}" / f"clock-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"

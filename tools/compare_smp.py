@@ -16,7 +16,7 @@ multiple of 32 (image 0, mask 255); loss ``smp.losses.DiceLoss("multiclass")`` +
 Adam (``--lr``, default 1e-3) with a cosine decay over the time budget, batch 8 (detloss's ``data=masks`` default).
 
 **detloss**: ``python -m detloss.train task=segmentation data=masks data.root=DIR data.num_classes=N seed=S`` and the
-overrides after ``--``, through ``tools/compare_monai.py``'s :func:`run_detloss` (``++trainer.max_time``, its
+overrides after ``--``, through ``tools/side_by_side.py``'s :func:`run_detloss` (``++trainer.max_time``, its
 validation Dice per epoch timed from its CSV log as it appears).
 
 Both budgets count training and validation from the first training step; times are seconds from the start of the
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_monai import Clock, compare  # noqa: E402
+from side_by_side import Clock, compare  # noqa: E402
 
 __all__ = ["read_split", "num_classes_of", "class_names", "DiceAccumulator", "train_smp", "main"]
 
