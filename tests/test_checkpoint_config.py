@@ -124,3 +124,18 @@ def test_without_a_checkpoint_config_the_command_line_is_left_as_it_is(tmp_path)
     torch.save({"state_dict": {}}, tmp_path / "old.ckpt")
     for args in ([f"ckpt_path={tmp_path / 'old.ckpt'}", "task=segmentation"], ["ckpt_path=nope.ckpt"], ["--help"]):
         assert checkpoint_arguments(args, VALUE_FLAGS) == args
+
+
+def test_last_ckpt_is_the_last_epoch_even_when_the_metric_did_not_improve(tmp_path):
+    """``resume=RUN_DIR`` continues from ``last.ckpt``: it must hold the last epoch, not the best one. A detector
+    trained for two epochs of one step scores mAP 0 twice, so ``best.ckpt`` stays at the first epoch."""
+    cfg = compose_config(f"paths.output_dir={tmp_path / 'run'}", "task=detection", "data.num_train=4",
+                         "data.num_val=4", "data.batch_size=4", "data.image_size=64", "trainer.max_epochs=2",
+                         "logger=none", "task.num_previews=0")  # fmt: skip
+    train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 2)
+    assert (best["epoch"], best["global_step"]) == (0, 1)  # mAP 0 in both epochs: the first stays the best
