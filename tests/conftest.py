@@ -14,8 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from detloss.config import CONFIG_DIR
 
-# the YOLOv8 reference used by the detection tests lives beside the tests
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the YOLOv8 reference used by the detection tests lives beside the tests; the helpers one test module takes from
+# another (test_data's generators, test_tasks' toy criteria) import by module name from any folder of the tree, so a
+# file runs alone as it runs in the suite (pytest's "prepend" import mode puts each folder on the path as it
+# collects it, which makes such imports depend on the order of collection)
+HERE = Path(__file__).resolve().parent
+for folder in [HERE, *sorted(p for p in HERE.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))]:
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 CONFIGS = CONFIG_DIR
 

@@ -95,6 +95,40 @@ def test_two_process_run_matches_one_process(tmp_path, task):
     assert ranks[0]["seed"] != ranks[1]["seed"]
 
 
+class WeightProbe(L.Callback):
+    """Writes, per rank, the balancer's factors after every optimizer step."""
+
+    def __init__(self, out_dir):
+        self.out_dir, self.factors = str(out_dir), []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.factors.append(module.criterion.loss.balancing.factors())
+
+    def on_train_end(self, trainer, module):
+        with open(os.path.join(self.out_dir, f"weights{trainer.global_rank}.json"), "w") as f:
+            json.dump(self.factors, f)
+
+
+@pytest.mark.parametrize(("task", "loss"), [("detection", "yolo_gradnorm"), ("segmentation", "dice_ce_famo")])
+def test_a_learned_balancer_holds_the_same_weights_on_every_rank(tmp_path, task, loss):
+    """GradNorm (its extra backward through the shared layer of the DDP-wrapped model) and FAMO under Lightning's
+    DDP: every rank moves its weights by the values of all ranks, so the ranks hold the same weights at every step,
+    and the checkpoint holds them."""
+    run_dir, probes = tmp_path / "run", tmp_path / "probes"
+    probes.mkdir()
+    overrides = [o for o in DDP if o != "task.num_previews=1"] + ["task.num_previews=0", "trainer.max_epochs=2"]
+    cfg = compose_cfg(run_dir, f"task={task}", f"loss={loss}", *overrides)
+    train(cfg, callbacks=[WeightProbe(probes)])
+    ranks = [json.loads((probes / f"weights{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4  # 2 epochs of 2 steps
+    assert ranks[0] == ranks[1]  # exactly, at every step
+    assert ranks[0][-1] != pytest.approx(dict.fromkeys(ranks[0][-1], 1.0))  # and they moved
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    _, restored = build(cfg)
+    restored.load_state_dict(state)
+    assert restored.criterion.loss.balancing.factors() == pytest.approx(ranks[0][-1], rel=1e-6)
+
+
 def _images(n: int):
     """``n`` images of 0-2 boxes each with predictions of every quality (some exact, some off, some missing)."""
     g = torch.Generator().manual_seed(0)
