@@ -147,12 +147,15 @@ def test_read_curve_and_summary(tmp_path):
     log = tmp_path / "metrics.csv"
     with log.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["epoch", "step", "train/loss", "val/dice", "val/dice/a", "val/dice/b"])
-        writer.writerow([0, 9, 0.5, "", "", ""])
-        writer.writerow([0, 19, "", 0.4, 0.3, 0.5])
-        writer.writerow([1, 39, "", 0.8, 0.7, 0.9])
+        writer.writerow(["epoch", "step", "train/loss", "val/dice", "val/dice/a", "val/dice/b", "val/dice_pooled",
+                         "val/dice_pooled/a"])  # fmt: skip
+        writer.writerow([0, 9, 0.5, "", "", "", "", ""])
+        writer.writerow([0, 19, "", 0.4, 0.3, 0.5, 0.45, 0.35])
+        writer.writerow([1, 39, "", 0.8, 0.7, 0.9, 0.85, 0.75])
     rows = read_curve(log)
     assert [r["dice"] for r in rows] == [0.4, 0.8] and rows[1]["per_label"] == {"a": 0.7, "b": 0.9}
+    pooled = read_curve(log, "val/dice_pooled")  # the 2D pooled Dice, as compare_smp.py scores smp
+    assert [r["dice"] for r in pooled] == [0.45, 0.85] and pooled[1]["per_label"] == {"a": 0.75}
     results = {
         "detloss": {"0": {"curve": [[10, 0.4, {}], [20, 0.8, {}]], "seconds": 30}},
         "monai": {"0": {"curve": [[15, 0.5, {}], [25, 0.6, {}]], "seconds": 30}},

@@ -23,12 +23,12 @@ Both budgets count training and validation from the first training step; times a
 job (see ``tools/compare_monai.py``). smp validates every ``--val-every`` seconds of training (default a sixth of
 the budget) and once at the end; ``--free-validation`` as there.
 
-Dice, exactly detloss's 2D ``val/dice`` (``detloss.tasks.SegmentationTask``): torchmetrics' ``DiceScore`` with
-``aggregation_level="global"``, ``include_background=False``, ``average="none"``: per foreground class, ``2 TP /
-(2 TP + FP + FN)`` over all the pixels of the validation set (a dataset-level Dice, not a mean over images), ignored
-pixels set to background in prediction and target; a class in neither the targets nor the predictions of the whole
-validation set is left out; the score is the mean over the remaining classes. smp is scored on the images at their
-own size; detloss on its own letterboxed ``data.image_size``.
+Dice, exactly detloss's 2D ``val/dice_pooled`` (``detloss.tasks.SegmentationTask``), which detloss's curve reads:
+torchmetrics' ``DiceScore`` with ``aggregation_level="global"``, ``include_background=False``, ``average="none"``:
+per foreground class, ``2 TP / (2 TP + FP + FN)`` over all the pixels of the validation set (a dataset-level Dice,
+not a mean over images), ignored pixels set to background in prediction and target; a class in neither the targets
+nor the predictions of the whole validation set is left out; the score is the mean over the remaining classes. smp
+is scored on the images at their own size; detloss on its own letterboxed ``data.image_size``.
 
 Output as ``tools/compare_monai.py``'s: a JSON file with both curves per seed and the Markdown table.
 """
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import Clock, compare  # noqa: E402
+from side_by_side import Clock, compare, run_detloss  # noqa: E402
 
 __all__ = ["read_split", "num_classes_of", "class_names", "DiceAccumulator", "train_smp", "main"]
 
@@ -120,8 +120,8 @@ def _tensors(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.T
 
 
 class DiceAccumulator:
-    """detloss's 2D ``val/dice`` (module docstring): torchmetrics' global ``DiceScore`` per foreground class, ignored
-    pixels set to background in both, classes that are ``nan`` (absent everywhere) left out of the mean."""
+    """detloss's 2D ``val/dice_pooled`` (module docstring): torchmetrics' global ``DiceScore`` per foreground class,
+    ignored pixels set to background in both, classes that are ``nan`` (absent everywhere) left out of the mean."""
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE) -> None:
         from torchmetrics.segmentation import DiceScore
@@ -299,7 +299,10 @@ def main(argv=None) -> int:
             free_validation=args.free_validation,
         )  # fmt: skip
 
-    return compare(args, "segmentation", base, "smp", baseline)
+    def detloss(seed: int, seconds: float) -> dict:  # the pooled Dice, as smp is scored
+        return run_detloss("segmentation", base, seconds, seed, args.runs / args.data.name, metric="val/dice_pooled")
+
+    return compare(args, "segmentation", base, "smp", baseline, detloss)
 
 
 if __name__ == "__main__":

@@ -108,18 +108,19 @@ class Clock:
         self.curve.append([time.perf_counter() - self.start - self.free, dice, scores])
 
 
-def read_curve(log: str | Path) -> list[dict]:
-    """The validation rows of a run's ``csv/metrics.csv``: ``{"epoch", "step", "dice", "per_label"}`` in file order
-    (rows without ``val/dice`` skipped; ``per_label`` from the ``val/dice/<label>`` columns)."""
+def read_curve(log: str | Path, metric: str = "val/dice") -> list[dict]:
+    """The validation rows of a run's ``csv/metrics.csv``: ``{"epoch", "step", "dice", "per_label"}`` in file order,
+    ``dice`` the column ``metric`` (rows without it skipped; ``per_label`` from the ``<metric>/<label>`` columns)."""
     rows = []
     with open(log, newline="") as file:
         for row in csv.DictReader(file):
-            if not row.get("val/dice"):
+            if not row.get(metric):
                 continue
-            per_label = {k.split("/", 2)[2]: float(v) for k, v in row.items() if k.startswith("val/dice/") and v}
+            prefix = f"{metric}/"
+            per_label = {k[len(prefix) :]: float(v) for k, v in row.items() if k.startswith(prefix) and v}
             epoch = int(float(row["epoch"])) if row.get("epoch") else None
             step = int(float(row["step"])) if row.get("step") else None
-            rows.append({"epoch": epoch, "step": step, "dice": float(row["val/dice"]), "per_label": per_label})
+            rows.append({"epoch": epoch, "step": step, "dice": float(row[metric]), "per_label": per_label})
     return rows
 
 
@@ -131,11 +132,13 @@ def run_detloss(
     out_root: str | Path,
     poll: float = 1.0,
     time_limit: bool = True,
+    metric: str = "val/dice",
 ) -> dict:
     """``python -m detloss.train task=<task> <overrides> seed=<seed> ++trainer.max_time=<seconds>`` through
     :func:`measure_training.run` (its run directory under ``out_root/seed<seed>/<task>/``), with the validation
     points of its CSV log timed as they appear (polled every ``poll`` seconds; rows that appear only after the process
-    ends get its end time). ``time_limit=False`` leaves ``max_time`` out (``overrides`` then bound the run).
+    ends get its end time). ``time_limit=False`` leaves ``max_time`` out (``overrides`` then bound the run);
+    ``metric``: the logged Dice that makes the curve (:func:`read_curve`).
 
     Returns: ``{"curve": [[seconds, dice, {label: dice}], ...], "seconds", "command", "dir", "metrics",
     "epochs", "steps"}``.
@@ -155,7 +158,7 @@ def run_detloss(
             logs = [p / "csv" / "metrics.csv" for p in new if (p / "csv" / "metrics.csv").is_file()]
             if logs:
                 try:
-                    rows = read_curve(logs[0])
+                    rows = read_curve(logs[0], metric)
                 except (OSError, ValueError, KeyError):  # a row being written; read it next time
                     rows = []
                 with lock:
@@ -174,7 +177,7 @@ def run_detloss(
         stop.set()
         watcher.join()
     end = time.perf_counter() - start
-    rows = read_curve(result["dir"] / "csv" / "metrics.csv")
+    rows = read_curve(result["dir"] / "csv" / "metrics.csv", metric)
     with lock:
         seen.extend((end, row) for row in rows[len(seen) :])
         curve = [[t, row["dice"], row["per_label"]] for t, row in seen]
