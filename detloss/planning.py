@@ -34,12 +34,13 @@ def plan_run(cfg: DictConfig, datamodule: L.LightningDataModule) -> VolumePlan |
     ``data.plan.budget_minutes`` on a CPU or ``data.plan.memory_gib`` on a GPU, measuring candidate recipes with
     this run's own model, criterion and optimizer. ``cfg`` is filled in place, so the resolved config that the run
     directory and the checkpoints keep holds the planned values (evaluation and prediction then preprocess as
-    training did). The plan is logged as a table. 2D masks (:class:`~detloss.data.MaskDataModule`) are planned by
-    :func:`_plan_images`. Other data: ``None``, nothing changes.
+    training did). The plan is logged as a table. 2D masks (:class:`~detloss.data.MaskDataModule`, the embedded
+    :class:`~detloss.data.LesionsDataModule`) are planned by :func:`_plan_images`. Other data: ``None``, nothing
+    changes.
     """
-    from .data import MaskDataModule, NnUNetDataModule
+    from .data import LesionsDataModule, MaskDataModule, NnUNetDataModule
 
-    if isinstance(datamodule, MaskDataModule):
+    if isinstance(datamodule, (MaskDataModule, LesionsDataModule)):
         return _plan_images(cfg, datamodule)
     if not isinstance(datamodule, NnUNetDataModule):
         return None
@@ -215,7 +216,7 @@ def _measure_2d(cfg: DictConfig, datamodule, device: str):
     """The 2D planner's :data:`~detloss.plan.image_plan.Measure2D` for this run: a few training steps of a candidate
     recipe with the run's own model, criterion and optimizer on a random batch of its size (the time of a step does
     not depend on the pixels' values), and one evaluation forward; the global random state is left as it was."""
-    from .plan.image_plan import unet_depth
+    from .plan.image_plan import depth_for
 
     def measure(size, width, batch):
         trial = cfg.copy()
@@ -224,7 +225,7 @@ def _measure_2d(cfg: DictConfig, datamodule, device: str):
             if "base_channels" in trial.model:
                 trial.model.base_channels = int(width)
             if "depth" in trial.model and cfg.model.get("depth") is None:
-                trial.model.depth = unet_depth(size)
+                trial.model.depth = depth_for(size)
         data = datamodule.describe() | {"image_size": int(size)}
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
             torch.manual_seed(0)

@@ -251,8 +251,8 @@ def check_run_length(trainer: DictConfig) -> None:
     if trainer.get("max_epochs") is None and trainer.get("max_steps", -1) in (None, -1):
         raise ValueError(
             "trainer.max_epochs is null and this run's data is not planned (data.plan); give trainer.max_epochs=N "
-            "(or trainer.max_steps=N), or choose a trainer that sets it (the tasks' defaults: trainer=cpu_detection, "
-            "trainer=cpu_segmentation; trainer=gpu)"
+            "(or trainer.max_steps=N), or choose a trainer that sets it (trainer=cpu_detection for detection; "
+            "trainer=gpu)"
         )
 
 

@@ -36,7 +36,11 @@ def test_every_checkpoint_carries_the_resolved_config_and_what_the_model_knows_o
     run_dir, last = masks_run
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert checkpoint[CHECKPOINT_CONFIG] == yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert checkpoint[CHECKPOINT_DATA] == {
+    data = dict(checkpoint[CHECKPOINT_DATA])
+    plan = data.pop("plan")  # the U-Net's width and depth were planned (model=unet leaves them null)
+    model = checkpoint[CHECKPOINT_CONFIG]["model"]
+    assert (plan["base_channels"], plan["depth"]) == (model["base_channels"], model["depth"])
+    assert data == {
         "kind": "segmentation",
         "class_names": ["class_0", "class_1", "class_2"],
         "category_ids": [0, 1, 2],
@@ -91,7 +95,7 @@ def test_the_checkpoint_decides_model_data_loss_and_task(saved):
     assert cfg.criterion._target_.endswith("SegmentationCriterion")
     assert cfg.model._target_ == "detloss.models.UNet" and cfg.task._target_.endswith("SegmentationTask")
     # the evaluation's own parts come from its config, not from the training run
-    # (the training run's trainer was cpu_segmentation's 6 epochs; the evaluation's is train.yaml's cpu)
+    # (the training run's trainer.max_epochs was 1; the evaluation's trainer is train.yaml's cpu, epochs null)
     assert cfg.trainer.max_epochs is None and cfg.ckpt_path == str(saved) and cfg.logger is not None
     OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "data", "loss", "criterion", "task"]), resolve=True)
 

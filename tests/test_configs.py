@@ -95,7 +95,7 @@ def test_the_eval_config_composes(tmp_path):
 #: rate, the epochs of the CPU trainer (None: planned from the data) and the batch Dice of the region terms
 DEFAULT_RUNS = {
     "detection": {"lr": 0.003, "max_epochs": 9, "batch_dice": {}},
-    "segmentation": {"lr": 0.002, "max_epochs": 6, "batch_dice": {"dice": False}},
+    "segmentation": {"lr": 0.002, "max_epochs": None, "batch_dice": {"dice": False}},
     "volumetric": {"lr": 0.002, "max_epochs": None, "batch_dice": {"dice": True}},
 }
 

@@ -160,7 +160,7 @@ def test_every_option_of_the_small_groups(tmp_path, group, compose):
     [
         (["data.image_size=100"], 32, "96 or 128"),
         (["model=yolo_small", "data.image_size=20"], 32, "32"),
-        (["task=segmentation", "data.image_size=72"], 16, "64 or 80"),
+        (["task=segmentation", "model.depth=4", "data.image_size=72"], 16, "64 or 80"),
         (["task=segmentation", "model=unet_large", "data.image_size=80"], 32, "64 or 96"),
     ],
 )

@@ -284,5 +284,12 @@ class SegmentationDataModule(_DataModule):
         self.ignore_index = int(ignore_index)
         self.in_channels = 1
 
+    plan = None
+    """The :class:`~detloss.plan.image_plan.ImagePlan` of a planned run (set by :meth:`configure` where the subclass
+    plans, :func:`detloss.planning.plan_run`), which :meth:`describe` carries into checkpoints."""
+
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"ignore_index": self.ignore_index}
+        """The base's description, ``ignore_index`` and, where planned, ``plan``
+        (:meth:`detloss.plan.image_plan.ImagePlan.to_dict`)."""
+        planned = {} if self.plan is None else {"plan": self.plan.to_dict()}
+        return super().describe() | {"ignore_index": self.ignore_index} | planned

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -97,6 +98,11 @@ class LesionsDataset(SegmentationDataset):
 
     def __len__(self) -> int:
         return self.num_images
+
+    @property
+    def num_classes(self) -> int:
+        """Mask values, background included: ``num_lesion_classes + 1``."""
+        return self.num_lesion_classes + 1
 
     def generate(self, index: int) -> dict[str, np.ndarray]:
         """Draw scan ``index``: ``image (S, S)`` float32 in [0, 1] and ``mask (S, S)`` int64."""
@@ -198,6 +204,11 @@ class LesionsDataModule(SegmentationDataModule):
     ``augment`` adds flips (``hflip``, ``vflip``) and optionally rotations up to ``rotate`` degrees to the
     training images. Attributes: ``num_classes`` (``K + 1``, background included), ``class_names``,
     ``in_channels`` (1), ``ignore_index`` (255, used only for padding), ``task`` ("segmentation").
+
+    The recipe is planned from the data as a mask folder's is (:class:`~detloss.data.MaskDataModule`): the scans
+    train at the side they are drawn at (``image_size``); the batch (``batch_size=None``), the U-Net and the epochs
+    are planned by the run (:func:`detloss.planning.plan_run`) from :attr:`fingerprint` under ``plan`` (the planner's
+    options), which then calls :meth:`configure`. Until then the batch is 16.
     """
 
     def __init__(
@@ -206,7 +217,7 @@ class LesionsDataModule(SegmentationDataModule):
         num_val: int = 200,
         image_size: int = 128,
         seed: int = 0,
-        batch_size: int = 16,
+        batch_size: int | None = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
         augment: bool = True,
@@ -219,11 +230,14 @@ class LesionsDataModule(SegmentationDataModule):
         radius: tuple[float, float] = (6.0, 18.0),
         noise: float = 0.02,
         ignore_index: int = 255,
+        plan: dict | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, ignore_index)
-        self.image_size = int(image_size)
+        super().__init__(16 if batch_size is None else batch_size, num_workers, pin_memory, ignore_index)
         self.in_channels = 1
         self.class_names = LESION_CLASSES[: num_lesion_classes + 1]
+        self.plan_options = dict(plan or {})
+        self.given = {"image_size": int(image_size), "batch_size": batch_size}
+        self._augment = dict(augment=augment, hflip=hflip, vflip=vflip, rotate=rotate)
         options = dict(
             num_lesion_classes=num_lesion_classes,
             p_empty=p_empty,
@@ -231,8 +245,28 @@ class LesionsDataModule(SegmentationDataModule):
             radius=tuple(radius),
             noise=noise,
         )
-        common = dict(ignore_index=ignore_index)
-        train_tf = segmentation_transforms(image_size, augment, hflip=hflip, vflip=vflip, rotate=rotate, **common)
-        val_tf = segmentation_transforms(image_size, False, **common)
-        self.train_dataset = LesionsDataset(num_train, image_size, seed, split="train", transforms=train_tf, **options)
-        self.val_dataset = LesionsDataset(num_val, image_size, seed, split="val", transforms=val_tf, **options)
+        self.train_dataset = LesionsDataset(num_train, image_size, seed, split="train", **options)
+        self.val_dataset = LesionsDataset(num_val, image_size, seed, split="val", **options)
+        self.configure(image_size, self.batch_size)
+
+    @cached_property
+    def fingerprint(self):
+        """The :class:`~detloss.plan.images.ImageFingerprint` of the training scans (drawn once; cached under the
+        generator's parameters in the cache directory)."""
+        from ..plan.images import mask_fingerprint
+
+        return mask_fingerprint(self.train_dataset, list(self.class_names))
+
+    def configure(self, image_size: int, batch_size: int, plan=None) -> None:
+        """Fix the side the scans train at (resized from the drawn side where it differs), the batch and the
+        ``plan`` (an :class:`~detloss.plan.image_plan.ImagePlan`, which :meth:`describe` then carries)."""
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.image_size, self.batch_size, self.plan = int(image_size), int(batch_size), plan
+        options = dict(self._augment)
+        augment = options.pop("augment")
+        common = dict(ignore_index=self.ignore_index)
+        self.train_dataset.transforms = segmentation_transforms(self.image_size, augment, **options, **common)
+        self.val_dataset.transforms = segmentation_transforms(self.image_size, False, **common)

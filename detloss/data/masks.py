@@ -268,8 +268,8 @@ class MaskDataModule(SegmentationDataModule):
         return list(range(len(self.label_names)))
 
     def describe(self) -> dict[str, Any]:
-        """The base's description; ``regions``, ``regions_class_order`` and ``label_names`` (the mask values' names)
-        with regions; where planned, ``plan`` (:meth:`detloss.plan.image_plan.ImagePlan.to_dict`)."""
+        """The base's description (with the plan, where planned); ``regions``, ``regions_class_order`` and
+        ``label_names`` (the mask values' names) with regions."""
         regions = (
             {}
             if self.regions is None
@@ -279,7 +279,7 @@ class MaskDataModule(SegmentationDataModule):
                 "label_names": list(self.label_names),
             }
         )
-        return super().describe() | regions | ({} if self.plan is None else {"plan": self.plan.to_dict()})
+        return super().describe() | regions
 
     def validate(self) -> None:
         """Check the values of every training and validation mask."""

@@ -20,6 +20,7 @@ __all__ = [
     "ImagePlan",
     "Measure2D",
     "unet_depth",
+    "depth_for",
     "image_size_for",
     "class_weights",
     "weights_for_terms",
@@ -106,6 +107,15 @@ def unet_depth(size: float) -> int:
     """Poolings of a U-Net on images of side ``size`` while the feature map keeps :data:`MIN_FEATURE` pixels: at
     least 1, at most :data:`MAX_DEPTH`."""
     return int(min(MAX_DEPTH, max(1, math.floor(math.log2(max(size, 1.0) / MIN_FEATURE)))))
+
+
+def depth_for(size: int) -> int:
+    """The poolings of a U-Net that trains on ``size``-pixel squares: :func:`unet_depth`, lowered until
+    ``2**depth`` divides ``size`` (a given image size stays as given), at least 1."""
+    depth = unet_depth(size)
+    while depth > 1 and int(size) % 2**depth:
+        depth -= 1
+    return depth
 
 
 def image_size_for(side: float, depth: int | None = None) -> tuple[int, int]:
@@ -218,7 +228,7 @@ def plan_images(
         steps = None if epochs is None else int(epochs) * math.ceil(n_train / batch)
         return ImagePlan(
             image_size=size,
-            depth=int(depth) if depth is not None else image_size_for(size)[1],
+            depth=int(depth) if depth is not None else depth_for(size),
             base_channels=width,
             batch_size=batch,
             epochs=epochs,

@@ -121,26 +121,43 @@ def _header_sizes(paths) -> tuple[list[int], list[int]]:
     return heights, widths
 
 
+def _mask_items(dataset, root):
+    """``(signature files or parameters, cache root, sizes, masks)`` of a mask folder or of generated masks
+    (:class:`~detloss.data.LesionsDataset`), through their public attributes: ``sizes()`` reads the images' heights
+    and widths (from the files' headers), ``masks`` yields each training mask (values checked) as an array."""
+    from ..data.lesions import LesionsDataset
+
+    if isinstance(dataset, LesionsDataset):  # generated data: its parameters say what it holds
+        side, count = dataset.image_size, len(dataset)
+        params = {k: v for k, v in vars(dataset).items() if isinstance(v, (int, float, str, tuple)) and k != "cache"}
+        masks = (dataset.load(i)[1].numpy() for i in range(count))  # drawn once: the dataset keeps what it drew
+        return params, None, lambda: ([side] * count, [side] * count), masks
+    root = Path(root) if root is not None else Path(dataset.image_dir).parent.parent
+    masks = (dataset.read_mask(i) for i in range(len(dataset)))  # decodes the masks only, and checks their values
+    return [*dataset.image_paths, *dataset.mask_paths], root, lambda: _header_sizes(dataset.image_paths), masks
+
+
 def mask_fingerprint(
     dataset, class_names: list[str] | None = None, root: str | Path | None = None, cache: bool = True
 ) -> ImageFingerprint:
-    """The fingerprint of a :class:`~detloss.data.MaskFolderDataset` (the training split of a ``masks`` folder; its
-    classes named ``class_names``, default ``class_<k>``), cached in ``root`` (default: the folder two levels above
-    its images, the dataset root)."""
-    root = Path(root) if root is not None else Path(dataset.image_dir).parent.parent
-    facts = (VERSION, int(dataset.num_classes), class_names, dataset.ignore_index)  # what the counts depend on
-    signature = files_signature([*dataset.image_paths, *dataset.mask_paths], *facts)
+    """The fingerprint of the training split of 2D masks: a :class:`~detloss.data.MaskFolderDataset` (cached in
+    ``root``, default: the folder two levels above its images, the dataset root) or generated masks (a
+    :class:`~detloss.data.LesionsDataset`, cached in the cache directory, keyed by its parameters); the classes named
+    ``class_names``, default ``class_<k>``."""
+    num_classes = int(dataset.num_classes)
+    ignore_index = getattr(dataset, "ignore_index", None)  # generated masks have none
+    facts = (VERSION, num_classes, class_names, ignore_index)  # what the counts depend on
+    files, root, sizes, masks = _mask_items(dataset, root)
+    signature = key([*facts, files]) if isinstance(files, dict) else files_signature(files, *facts)
 
     def compute() -> ImageFingerprint:
-        heights, widths = _header_sizes(dataset.image_paths)
-        num_classes = int(dataset.num_classes)
+        heights, widths = sizes()
         counts = np.zeros(num_classes, dtype=np.int64)
         holding = np.zeros(num_classes, dtype=np.int64)
         components: list[list[int]] = [[] for _ in range(num_classes)]
         structure = np.ones((3, 3), dtype=bool)
-        for index in range(len(dataset)):
-            mask = dataset.read_mask(index)  # decodes the mask only, and checks its values
-            valid = mask[mask != dataset.ignore_index]
+        for mask in masks:
+            valid = mask if ignore_index is None else mask[mask != ignore_index]
             present = np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
             counts += present
             holding += present > 0
@@ -160,7 +177,7 @@ def mask_fingerprint(
             for k in range(num_classes)
         ]
         names = [c["name"] for c in classes]
-        return ImageFingerprint("masks", names, len(dataset), _stats(heights), _stats(widths), classes)
+        return ImageFingerprint("masks", names, len(heights), _stats(heights), _stats(widths), classes)
 
     return _cached(root, signature, compute, cache)
 

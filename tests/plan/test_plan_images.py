@@ -19,6 +19,7 @@ from detloss.data.yolo import YoloDetection
 from detloss.plan.image_plan import (
     cached_image_plan,
     class_weights,
+    depth_for,
     image_size_for,
     plan_images,
     unet_depth,
@@ -192,6 +193,10 @@ def test_the_image_size_is_the_median_side_rounded_to_the_poolings_and_capped():
     assert image_size_for(100, depth=4) == (96, 4) and image_size_for(8, depth=4) == (16, 4)
     plan = plan_images(fingerprint(side=700), given={"epochs": 3})
     assert (plan.image_size, plan.depth, plan.epochs, plan.steps) == (512, 5, 3, 3 * 13)
+    # a given image size keeps its side: the depth is lowered until 2**depth divides it
+    assert depth_for(160) == 4 and depth_for(100) == 2 and depth_for(72) == 3 and depth_for(33) == 1
+    plan = plan_images(fingerprint(side=700), given={"image_size": 100, "epochs": 3})
+    assert (plan.image_size, plan.depth) == (100, 2)
 
 
 def test_rare_classes_get_inverse_square_root_weights_and_balanced_or_single_classes_none():
@@ -302,6 +307,7 @@ def test_a_rare_class_weights_the_loss_terms_unless_they_are_given(tmp_path):
     root = make_masks(tmp_path / "ds")
     save_png(root / "masks/train/b.png", np.ones((2, 8)))  # class 2 holds 1 pixel in 39, class 1 holds 21
     common = ["task=segmentation", "data=masks", f"data.root={root}", "data.num_classes=3", "data.image_size=16"]
+    common += ["model.base_channels=8", "model.depth=2", "trainer.max_epochs=1"]  # only the weights left to plan
     cfg = compose_config(*common, "data.batch_size=2")
     plan = plan_run(cfg, instantiate(cfg.data))
     assert plan.class_weights[2] / plan.class_weights[1] == pytest.approx(21**0.5, rel=1e-3)
@@ -352,3 +358,38 @@ def test_a_run_plans_a_mask_folder_and_keeps_the_plan(tmp_path):
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert ckpt[CHECKPOINT_CONFIG]["data"]["image_size"] == 32 and ckpt[CHECKPOINT_CONFIG]["model"]["depth"] == 2
     assert ckpt[CHECKPOINT_DATA]["plan"] == plan
+
+
+def test_the_fingerprint_of_generated_lesions_counts_what_was_drawn():
+    from detloss.data import LesionsDataset
+
+    dataset = LesionsDataset(6, image_size=64, seed=3, num_lesion_classes=2)
+    fp = mask_fingerprint(dataset, ["background", "bright", "dark"])
+    masks = [dataset.generate(i)["mask"] for i in range(6)]
+    counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=3)
+    assert fp.kind == "masks" and fp.num_images == 6 and fp.height == fp.width == {"median": 64, "min": 64, "max": 64}
+    assert [c["pixel_share"] for c in fp.classes] == pytest.approx(list(counts / counts.sum()))
+    assert [c["images"] for c in fp.classes] == [6, *[sum(bool((m == k).any()) for m in masks) for k in (1, 2)]]
+    # kept under the generator's parameters: the same parameters read it back, others draw anew
+    assert mask_fingerprint(LesionsDataset(6, image_size=64, seed=3, num_lesion_classes=2), fp.class_names) == fp
+    other = mask_fingerprint(LesionsDataset(6, image_size=64, seed=4, num_lesion_classes=2), fp.class_names)
+    assert other.signature != fp.signature
+
+
+def test_the_embedded_lesions_default_is_planned_not_hand_set(tmp_path):
+    from conftest import compose_config
+    from hydra.utils import instantiate
+
+    from detloss.planning import plan_run
+
+    small = ["data.num_train=16", "data.num_val=8", "data.image_size=64", "data.plan.budget_minutes=0.5"]
+    small += ["data.plan.min_steps=2"]
+    cfg = compose_config(f"paths.output_dir={tmp_path}", "task=segmentation", *small)
+    assert cfg.model.base_channels is None and cfg.trainer.max_epochs is None and cfg.data.batch_size is None
+    datamodule = instantiate(cfg.data)
+    plan = plan_run(cfg, datamodule)
+    assert plan.given == ["image_size"] and plan.image_size == 64 and plan.depth == unet_depth(64) == 3
+    assert plan.candidates and plan.epochs >= 1 and plan.steps == plan.epochs * -(-16 // plan.batch_size)
+    assert (cfg.model.base_channels, cfg.model.depth) == (plan.base_channels, 3)
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (plan.batch_size, plan.epochs)
+    assert datamodule.batch_size == plan.batch_size and datamodule.describe()["plan"] == plan.to_dict()
