@@ -161,7 +161,7 @@ def _plan_images(cfg: DictConfig, datamodule) -> ImagePlan:
     from .plan.image_plan import cached_image_plan, weights_for_terms
 
     options = dict(datamodule.plan_options)
-    known = {"budget_minutes", "min_steps", "class_weights", "cache"}
+    known = {"budget_minutes", "min_steps", "min_epochs", "class_weights", "cache"}
     if unknown := sorted(set(options) - known):
         raise ValueError(f"data.plan: unknown options {unknown} (known: {', '.join(sorted(known))})")
     terms = cfg.loss.get("terms") or {}
@@ -178,6 +178,7 @@ def _plan_images(cfg: DictConfig, datamodule) -> ImagePlan:
         _measure_2d(cfg, datamodule, device) if planned else None,
         budget_minutes=options.get("budget_minutes", 7.0),
         min_steps=options.get("min_steps", 500),
+        min_epochs=options.get("min_epochs", 1),
         num_val_images=len(datamodule.val_dataset),
         given={k: v for k, v in given.items() if k != "class_weights"},
         key=[OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.loss), str(cfg.get("criterion"))],

@@ -67,8 +67,13 @@ def multirun(out: Path, name: str, *overrides: str) -> tuple[float, Path]:
     return seconds, report_dir
 
 
+#: the U-Net and batch that docs/benchmarks/dynamics.md measured (the segmentation task plans them otherwise)
+RECIPE = ("model.base_channels=16", "model.depth=4", "data.batch_size=16")
+
+
 def sweep(out: Path, epochs: int) -> None:
     overrides = ("task=segmentation", "loss=dice_ce,dice_ce_uncertainty", "seed=0,1,2", f"trainer.max_epochs={epochs}")
+    overrides += RECIPE
     seconds, report_dir = multirun(out, "seg_sweep", *overrides)
     print(f"## sweep: 6 jobs of {epochs} epochs in {seconds / 60:.1f} min\n")
     print((report_dir / "report.md").read_text())

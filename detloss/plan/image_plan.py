@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .budget import STARTUP_SECONDS, VALIDATION_SHARE, WIDTH_EXPONENT, WIDTHS, PlanTable, largest_fitting
+from .budget import STARTUP_SECONDS, VALIDATION_SHARE, WIDTHS, PlanTable, largest_fitting
 from .cache import kept, machine
 
 if TYPE_CHECKING:
@@ -40,6 +40,10 @@ MIN_SIDE = 64
 MIN_COMPONENT_PIXELS = 16
 SHRINK = (0.75, 0.5)
 BATCHES = (16, 8)
+WIDTHS_2D = tuple(w for w in WIDTHS if w >= 16)
+"""The 2D U-Net's widths: 32 (nnU-Net's) or 16 channels at full resolution; below that the resolution shrinks."""
+BATCH_GAIN = 0.8
+"""A larger batch is planned only where its step trains an image in at most this share of the smaller batch's time."""
 RARE_SHARE = 0.25
 EPOCH_SECONDS = 1.0
 """The fixed cost of an epoch (loaders, metrics, checkpoint) that the budget counts besides its steps."""
@@ -188,6 +192,7 @@ def plan_images(
     *,
     budget_minutes: float = 7.0,
     min_steps: int = 500,
+    min_epochs: int = 1,
     num_val_images: int = 0,
     given: Mapping[str, Any] | None = None,
 ) -> ImagePlan:
@@ -198,6 +203,8 @@ def plan_images(
             size, the widest network, batch 8; epochs left to the configuration).
         budget_minutes: the wall time of the run (on a GPU too: the 2D planner's budget is time).
         min_steps: the fewest training steps a recipe must reach within the budget.
+        min_epochs: the fewest passes over the training images a recipe must reach within the budget (with the
+            epochs planned).
         num_val_images: the validation images (their forward passes cost time every epoch).
         given: values fixed by the configuration, which the plan keeps: ``image_size``, ``depth``,
             ``base_channels``, ``batch_size``, ``epochs``, ``class_weights``.
@@ -212,11 +219,13 @@ def plan_images(
         raise ValueError(f"plan.budget_minutes must be positive, got {budget_minutes}")
     if int(min_steps) < 1:
         raise ValueError(f"plan.min_steps must be >= 1, got {min_steps}")
+    if int(min_epochs) < 1:
+        raise ValueError(f"plan.min_epochs must be >= 1, got {min_epochs}")
     depth = given.get("depth")
     sizes = [int(given["image_size"])] if "image_size" in given else _sizes(fingerprint, depth)
     if "epochs" in given:  # the budget cannot buy steps then: it sets width and batch, never the resolution
         sizes = sizes[:1]
-    widths = [int(given["base_channels"])] if "base_channels" in given else list(WIDTHS)
+    widths = [int(given["base_channels"])] if "base_channels" in given else list(WIDTHS_2D)
     batches = [int(given["batch_size"])] if "batch_size" in given else list(BATCHES)
     n_train, epochs = max(int(fingerprint.num_images), 1), given.get("epochs")
     if epochs is not None and len(batches) > 1:  # the epochs fix the steps: keep the batches that give min_steps
@@ -261,15 +270,24 @@ def plan_images(
         m = timed(candidate)
         if epochs is not None:
             return STARTUP_SECONDS + int(epochs) * epoch_seconds(candidate, m)[0] <= budget_s
-        return m["step_seconds"] * min_steps <= budget_s * (1 - VALIDATION_SHARE) - STARTUP_SECONDS
+        steps = max(int(min_steps), int(min_epochs) * math.ceil(n_train / candidate[2]))
+        return m["step_seconds"] * steps <= budget_s * (1 - VALIDATION_SHARE) - STARTUP_SECONDS
 
     # the resolution goes last (as nnU-Net shrinks its patch only when nothing else fits): the largest size whose
-    # cheapest recipe fits, and at that size the largest of its recipes ranked by batch · width^1.5 that fits
+    # narrowest recipe fits at the smallest batch, and at that size the widest that fits
+    small = min(batches)
     for size in sizes:
-        ranked = sorted(((size, w, b) for w in widths for b in batches), key=lambda c: c[2] * c[1] ** WIDTH_EXPONENT)
+        ranked = [(size, w, small) for w in sorted(widths)]
         if size == sizes[-1] or fits(ranked[0]):
             chosen = largest_fitting(ranked, fits)
             break
+    # a larger batch only where it fits and trains an image in at most BATCH_GAIN of the smaller batch's time (a GPU):
+    # where a step's time grows with its batch (a CPU), the smaller batch makes more updates in the same time
+    for batch in sorted(b for b in batches if b > small):
+        larger = (chosen[0], chosen[1], batch)
+        per_image = timed(chosen)["step_seconds"] / chosen[2]
+        if fits(larger) and timed(larger)["step_seconds"] / batch <= BATCH_GAIN * per_image:
+            chosen = larger
     m = timed(chosen)
     epoch_s, validation = epoch_seconds(chosen, m)
     planned_epochs = int(epochs) if epochs is not None else max(1, int((budget_s - STARTUP_SECONDS) / epoch_s))
@@ -277,7 +295,8 @@ def plan_images(
         {"image_size": k[0], "base_channels": k[1], "batch_size": k[2], "step_seconds": round(v["step_seconds"], 4)}
         for k, v in measured.items()
     ]
-    budget = f"{budget_minutes:g} min of this machine, at least {min_steps} steps"
+    least = f"at least {min_steps} steps" + (f" and {min_epochs} epochs" if epochs is None and min_epochs > 1 else "")
+    budget = f"{budget_minutes:g} min of this machine, {least}"
     run = STARTUP_SECONDS + planned_epochs * epoch_s
     return make(*chosen, budget, planned_epochs, m, validation, candidates, run)
 

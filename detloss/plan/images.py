@@ -17,14 +17,18 @@ apply (Isensee et al., Nature Methods 2021):
   median component keeps 16 pixels and the side 64;
 * depth: poolings while the feature map keeps 8 pixels, at most 5 (nnU-Net's 2D U-Net pools to 4 px; 8 keeps the
   3×3 convolutions of the bottleneck away from padding on small images);
-* width 32 / 16 / 8 channels at full resolution, batch 16 / 8;
+* width 32 (nnU-Net's) or 16 channels at full resolution (in 2D the resolution shrinks before the width falls
+  lower), batch 16 / 8;
 * steps and epochs from a CPU time budget, as for volumes (:mod:`detloss.plan.budget`, where detloss departs from
   nnU-Net): the image size is kept unless even its cheapest recipe does not fit (the resolution goes last, as
-  nnU-Net shrinks its patch only when it must); at that size the recipes are ranked by ``batch · width^1.5`` and
-  bisected with measured step times (:func:`~detloss.plan.budget.largest_fitting`); the largest that trains
-  ``min_steps`` steps within the budget wins; with the epochs given, the image size stays the rule's and the
-  largest recipe whose epochs fit wins, at a batch that still gives ``min_steps`` steps (the cheapest where none
-  fits: the plan's predicted run time then says by how much the budget is exceeded);
+  nnU-Net shrinks its patch only when it must); at that size the widest network whose measured step trains
+  ``min_steps`` steps and ``min_epochs`` passes over the training images within the budget wins, at batch 8 (a
+  short budget spent on few passes at full resolution learns less than more passes at 3/4 of it:
+  ``docs/benchmarks/segmentation_2d.md``); batch 16 only where it fits and trains an image in at most 0.8 of batch
+  8's time (a GPU; on a CPU a step's time grows with its batch, and the smaller batch makes twice the updates in the
+  same time); with the epochs given, the image size stays the rule's and the widest recipe whose epochs fit wins,
+  at a batch that still gives ``min_steps`` steps (the cheapest where none fits: the plan's predicted run time
+  then says by how much the budget is exceeded);
 * class weights (detloss's own, not nnU-Net's): when the rarest foreground class holds less than
   a quarter of the mean foreground class's pixel share, ``1 / sqrt(share)`` per foreground class,
   normalised to mean 1 over them (background 1), for the loss terms that take ``class_weights``.

@@ -225,7 +225,7 @@ def cost(size, width, batch):
     return {"step_seconds": size**2 * batch * width / 1e7, "eval_seconds": size**2 * batch * width / 3e7}
 
 
-@pytest.mark.parametrize("minutes, size", [(5, 256), (4, 192)])
+@pytest.mark.parametrize("minutes, size", [(9, 256), (6, 192)])
 def test_the_time_budget_keeps_the_resolution_first_and_picks_the_largest_recipe_that_fits(minutes, size):
     fp = fingerprint(side=256, images=800)
     calls = []
@@ -240,16 +240,41 @@ def test_the_time_budget_keeps_the_resolution_first_and_picks_the_largest_recipe
     def fits(size, width, batch):
         return cost(size, width, batch)["step_seconds"] * 500 <= allowed
 
-    # 5 min: the median side 256 at width 8, batch 8 fits; 4 min: nothing at 256 does, so 192
+    # 9 min: the median side 256 at width 16, batch 8 fits; 6 min: nothing at 256 does, so 192
     assert plan.image_size == size and plan.depth == unet_depth(size) and fits(size, plan.base_channels, 8)
-    chosen = plan.batch_size * plan.base_channels**1.5
-    for s, width, batch in calls:  # a larger image did not fit, nor a larger recipe at the chosen size
+    assert {width for _, width, _ in calls} <= {16, 32}  # in 2D the width stays at 16 or more
+    assert plan.batch_size == 8  # a step of 16 costs twice one of 8 here: batch 16 trains no image faster
+    for s, width, batch in calls:  # a larger image did not fit, nor a wider network at the chosen size
         assert s <= size or not fits(s, width, batch)
-        assert s != size or batch * width**1.5 <= chosen or not fits(s, width, batch)
-    assert len(calls) <= 6 and len(plan.candidates) == len(calls)  # 18 candidates, bisected
+        assert s != size or width <= plan.base_channels or not fits(s, width, batch)
+    assert len(calls) <= 7 and len(plan.candidates) == len(calls)
     batches = -(-800 // plan.batch_size), -(-100 // plan.batch_size)  # training steps and validation batches
     epoch = batches[0] * plan.step_seconds + batches[1] * plan.eval_seconds + 1.0
     assert plan.epochs == int((60 * minutes - 20) / epoch) and plan.steps == plan.epochs * batches[0]
+
+
+def test_the_budget_buys_min_epochs_passes_before_it_keeps_the_resolution():
+    fp = fingerprint(side=160, images=1500)  # 188 steps an epoch at batch 8
+    assert plan_images(fp, cost, budget_minutes=7, min_steps=500).image_size == 160  # 500 steps fit at 160 px
+    plan = plan_images(fp, cost, budget_minutes=7, min_steps=500, min_epochs=6)  # 6 · 188 steps do not: 3/4 of it
+    assert (plan.image_size, plan.depth, plan.base_channels, plan.batch_size) == (120, 3, 16, 8)
+    assert plan.epochs == int(400 / (188 * cost(120, 16, 8)["step_seconds"] + 1.0)) >= 6
+    assert plan.budget == "7 min of this machine, at least 500 steps and 6 epochs"
+    with pytest.raises(ValueError, match="plan.min_epochs must be >= 1"):
+        plan_images(fp, cost, min_epochs=0)
+
+
+def test_batch_16_only_where_it_trains_an_image_faster_than_batch_8():
+    fp = fingerprint(side=128, images=800)
+
+    def scaled(per_batch):  # a step of 16 costs ``per_batch`` times one of 8
+        return lambda size, width, batch: cost(size, width, 8) if batch == 8 else {
+            k: v * per_batch for k, v in cost(size, width, 8).items()
+        }
+
+    assert plan_images(fp, scaled(1.5), budget_minutes=5, min_steps=300).batch_size == 16  # a GPU: 0.75 a image
+    assert plan_images(fp, scaled(1.7), budget_minutes=5, min_steps=300).batch_size == 8  # 0.85: more updates win
+    assert plan_images(fp, scaled(2.3), budget_minutes=5, min_steps=300).batch_size == 8  # a CPU
 
 
 def test_with_the_epochs_given_the_whole_run_fits_the_budget():
