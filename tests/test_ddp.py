@@ -63,13 +63,25 @@ def validate_on_one_process(cfg, checkpoint):
     return result
 
 
-@pytest.mark.parametrize("task", ["detection", "segmentation"])
-def test_two_process_run_matches_one_process(tmp_path, task):
+#: the U-Nets of the segmentation cases, given so that both runs build the same one without measuring candidates
+UNET, WIDE_UNET = ["model.base_channels=16", "model.depth=4"], ["model.base_channels=32", "model.depth=3"]
+WIDE = "val/generalized_dice of the two-process run differs from one process's by 5e-4 (val/dice agrees)"
+
+
+@pytest.mark.parametrize(
+    "task, recipe",
+    [
+        ("detection", []),
+        ("segmentation", UNET),
+        pytest.param("segmentation", WIDE_UNET, marks=pytest.mark.xfail(strict=True, reason=WIDE)),
+    ],
+)
+def test_two_process_run_matches_one_process(tmp_path, task, recipe):
     run_dir, probes = tmp_path / "run", tmp_path / "probes"
     probes.mkdir()
     # PyTorch's init for the U-Net: with the background prior, 2 steps predict only background and every Dice is 0
     extra = ["model.background_prior=null"] if task == "segmentation" else []
-    cfg = compose_cfg(run_dir, f"task={task}", *DDP, *extra)
+    cfg = compose_cfg(run_dir, f"task={task}", *DDP, *recipe, *extra)
     metrics = train(cfg, callbacks=[RankProbe(probes)])
 
     # one run directory, one metrics.json, checkpoints written once
@@ -79,7 +91,7 @@ def test_two_process_run_matches_one_process(tmp_path, task):
     assert record["status"] == "ok" and record["steps"] == 2  # 16 images, batch 4, 2 ranks
 
     # validation metrics: every image counted once, as one process counts them
-    one_process = compose_cfg(tmp_path / "single", f"task={task}", *DDP[1:])
+    one_process = compose_cfg(tmp_path / "single", f"task={task}", *DDP[1:], *recipe)
     single = validate_on_one_process(one_process, run_dir / "checkpoints" / "last.ckpt")
     values = {k: (metrics[k], single[k]) for k in METRICS[task]}
     if task == "segmentation":  # two steps do not teach a detector anything: test_map_over_ranks covers mAP

@@ -71,7 +71,8 @@ def test_the_2d_task_scores_each_region_on_its_sigmoid_channel(tmp_path):
     data = region_data(root)
     regions = "data.regions={whole_tumor:[1,2],core:[2]}"  # the task's regions: a fact of the data's config
     cfg = compose_config("task=segmentation", "data=masks", f"data.root={root}", "data.num_classes=3",
-                         "data.image_size=32", regions, "loss=dice_bce_regions")  # fmt: skip
+                         "data.image_size=32", regions, "loss=dice_bce_regions", "model.base_channels=8",
+                         "model.depth=2")  # fmt: skip
     task = build_task(cfg, data.describe())
     assert task.regions == {"whole_tumor": [1, 2], "core": [2]} and task.metric_names == ["whole_tumor", "core"]
     _, masks = next(iter(data.val_dataloader()))
