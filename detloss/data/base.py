@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..runtime import one_thread
 from .collate import detection_collate, segmentation_collate
-from .transforms import PAD_VALUE, apply_detection, apply_segmentation
+from .transforms import PAD_VALUE, apply_detection, apply_segmentation, segmentation_transforms
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -287,6 +287,22 @@ class SegmentationDataModule(_DataModule):
     plan = None
     """The :class:`~detloss.plan.image_plan.ImagePlan` of a planned run (set by :meth:`configure` where the subclass
     plans, :func:`detloss.planning.plan_run`), which :meth:`describe` carries into checkpoints."""
+
+    def configure(self, image_size: int, batch_size: int, plan=None) -> None:
+        """Fix the side the images train at, the batch and the ``plan`` (an
+        :class:`~detloss.plan.image_plan.ImagePlan`, which :meth:`describe` then carries): the transforms of both
+        splits are made for ``image_size`` (``resize``, ``fill``; the training split's augmentation from the
+        subclass's ``_augment``: ``augment`` and the options of :func:`~detloss.data.transforms.segmentation_transforms`)."""
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.image_size, self.batch_size, self.plan = int(image_size), int(batch_size), plan
+        common = dict(mode=self.resize, ignore_index=self.ignore_index, fill=self.fill)
+        options = dict(self._augment)
+        augment = options.pop("augment")
+        self.train_dataset.transforms = segmentation_transforms(self.image_size, augment, **options, **common)
+        self.val_dataset.transforms = segmentation_transforms(self.image_size, False, **common)
 
     def describe(self) -> dict[str, Any]:
         """The base's description, ``ignore_index`` and, where planned, ``plan``

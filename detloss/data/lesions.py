@@ -25,7 +25,6 @@ from PIL import Image
 from torch import Tensor
 
 from .base import SPLITS, SegmentationDataModule, SegmentationDataset, to_uint8
-from .transforms import segmentation_transforms
 
 __all__ = ["LESION_CLASSES", "LesionsDataset", "LesionsDataModule"]
 
@@ -58,7 +57,7 @@ class LesionsDataset(SegmentationDataset):
         radius: ``(min, max)`` lesion radius in pixels at ``S = 128`` (scaled with ``S``). Bright lesions use the
             lower part of the range, dark and ring lesions at least 8 px.
         noise: std of the Gaussian pixel noise.
-        transforms: v2 pipeline applied to each ``(Image, Mask)`` sample (e.g. :func:`segmentation_transforms`).
+        transforms: v2 pipeline applied to each ``(Image, Mask)`` sample (e.g. :func:`~detloss.data.transforms.segmentation_transforms`).
     """
 
     def __init__(
@@ -256,17 +255,3 @@ class LesionsDataModule(SegmentationDataModule):
         from ..plan.images import mask_fingerprint
 
         return mask_fingerprint(self.train_dataset, list(self.class_names))
-
-    def configure(self, image_size: int, batch_size: int, plan=None) -> None:
-        """Fix the side the scans train at (resized from the drawn side where it differs), the batch and the
-        ``plan`` (an :class:`~detloss.plan.image_plan.ImagePlan`, which :meth:`describe` then carries)."""
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.image_size, self.batch_size, self.plan = int(image_size), int(batch_size), plan
-        options = dict(self._augment)
-        augment = options.pop("augment")
-        common = dict(ignore_index=self.ignore_index)
-        self.train_dataset.transforms = segmentation_transforms(self.image_size, augment, **options, **common)
-        self.val_dataset.transforms = segmentation_transforms(self.image_size, False, **common)

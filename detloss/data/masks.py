@@ -24,7 +24,6 @@ from torch import Tensor
 
 from .base import GREY_MODES, SegmentationDataModule, SegmentationDataset, list_images, read_image
 from .regions import RegionTargets, resolve_regions
-from .transforms import segmentation_transforms
 
 __all__ = ["MaskFolderDataset", "MaskDataModule"]
 
@@ -225,20 +224,6 @@ class MaskDataModule(SegmentationDataModule):
         from ..plan.images import mask_fingerprint
 
         return mask_fingerprint(self.train_dataset, self.label_names, self.root)
-
-    def configure(self, image_size: int, batch_size: int, plan=None) -> None:
-        """Fix the image size and the batch (given, or from ``plan``, an :class:`~detloss.plan.image_plan.ImagePlan`
-        that :meth:`describe` then carries): the transforms of both splits are made for ``image_size``."""
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.image_size, self.batch_size, self.plan = int(image_size), int(batch_size), plan
-        common = dict(mode=self.resize, ignore_index=self.ignore_index, fill=self.fill)
-        options = dict(self._augment)
-        augment = options.pop("augment")
-        self.train_dataset.transforms = segmentation_transforms(self.image_size, augment, **options, **common)
-        self.val_dataset.transforms = segmentation_transforms(self.image_size, False, **common)
 
     def _configured(self):
         if self.image_size is None:
