@@ -292,7 +292,8 @@ class SegmentationDataModule(_DataModule):
         """Fix the side the images train at, the batch and the ``plan`` (an
         :class:`~detloss.plan.image_plan.ImagePlan`, which :meth:`describe` then carries): the transforms of both
         splits are made for ``image_size`` (``resize``, ``fill``; the training split's augmentation from the
-        subclass's ``_augment``: ``augment`` and the options of :func:`~detloss.data.transforms.segmentation_transforms`)."""
+        subclass's ``_augment``: ``augment`` and the options of
+        :func:`~detloss.data.transforms.segmentation_transforms`)."""
         if int(image_size) < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size}")
         if int(batch_size) < 1:

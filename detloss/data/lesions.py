@@ -57,7 +57,8 @@ class LesionsDataset(SegmentationDataset):
         radius: ``(min, max)`` lesion radius in pixels at ``S = 128`` (scaled with ``S``). Bright lesions use the
             lower part of the range, dark and ring lesions at least 8 px.
         noise: std of the Gaussian pixel noise.
-        transforms: v2 pipeline applied to each ``(Image, Mask)`` sample (e.g. :func:`~detloss.data.transforms.segmentation_transforms`).
+        transforms: v2 pipeline applied to each ``(Image, Mask)`` sample (e.g.
+            :func:`~detloss.data.transforms.segmentation_transforms`).
     """
 
     def __init__(
