@@ -11,6 +11,7 @@ import math
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,39 @@ def test_run_detloss_times_the_log_as_it_grows(tmp_path, monkeypatch):
     assert r["curve"][0][0] < 1.2 < r["curve"][1][0]
     assert "++trainer.max_time=00:00:01:30" in r["command"] and "seed=4" in r["command"]
     assert threading.active_count() < 10
+
+
+def test_resume_keeps_the_runs_already_written_and_refuses_another_comparison(tmp_path):
+    """``--resume``: seeds already in ``--out`` are not run again, new seeds are added, and the file of another
+    comparison (other minutes or detloss overrides) is refused by name rather than mixed in."""
+    calls = []
+
+    def fake(side):
+        def run(seed, seconds):
+            calls.append((side, seed))
+            return {"seconds": seconds, "curve": [[seconds, 0.5 + seed / 10, {"a": 0.5}]]}
+
+        return run
+
+    def args(seeds, minutes=0.01, overrides=()):
+        return types.SimpleNamespace(
+            data=tmp_path / "ct_iso", minutes=minutes, seeds=seeds, only=None, out=tmp_path / "o.json",
+            runs=tmp_path / "runs", plot=None, overrides=list(overrides), resume=True,
+        )  # fmt: skip
+
+    assert side_by_side.compare(args([0]), "volumetric", [], "monai", fake("monai"), fake("detloss")) == 0
+    assert calls == [("detloss", 0), ("monai", 0)]
+    calls.clear()
+    side_by_side.compare(args([0, 1]), "volumetric", [], "monai", fake("monai"), fake("detloss"))
+    assert calls == [("detloss", 1), ("monai", 1)]
+    record = json.loads((tmp_path / "o.json").read_text())
+    assert record["seeds"] == [0, 1] and set(record["results"]["detloss"]) == {"0", "1"}
+    assert {"machine", "date"} <= set(record["results"]["monai"]["0"])
+    assert "| detloss | 2 | 0.550 ± 0.071 |" in record["table"]
+    with pytest.raises(SystemExit, match="0.01 min.*this comparison is 'ct_iso', 0.02 min"):
+        side_by_side.compare(args([2], minutes=0.02), "volumetric", [], "monai", fake("monai"), fake("detloss"))
+    with pytest.raises(SystemExit, match="overrides"):
+        side_by_side.compare(args([2], overrides=["seed=1"]), "volumetric", [], "monai", fake("monai"), fake("x"))
 
 
 def test_monai_recipe_trains_and_scores(volumes):

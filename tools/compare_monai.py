@@ -4,6 +4,7 @@
     python tools/compare_monai.py outputs/data/volumes/mr2_aniso --minutes 12 --seeds 0 1 2
     python tools/compare_monai.py DIR --minutes 3 --only monai --out outputs/compare/mr2.json
     python tools/compare_monai.py DIR --minutes 12 -- plan.budget_minutes=12      # detloss overrides after --
+    python tools/compare_monai.py DIR --seeds 0 1 2 --resume --out docs/benchmarks/data/ct_iso.json   # adds seeds
 
 **MONAI** (in this process), written as MONAI's DynUNet tutorials write it: ``monai.networks.nets.DynUNet``
 (residual blocks, instance norm, deep supervision over ``deep_supr_num`` = 2 extra heads, loss weights ``0.5 ** i``
@@ -38,10 +39,10 @@ prediction, left out where the label is in neither; a label's Dice is its mean o
 score is the mean over the labels that have one. The validation cases are fold 0 of the same split
 (:func:`detloss.data.cross_validation_split`, 5 folds, seed 12345).
 
-Output: a JSON file (``--out``) with each recipe's curve ``[seconds, dice, {label: dice}]`` per seed, and a Markdown
-table: the final Dice of each (mean ± sample std over the seeds), per label, and the time each needs to reach the
-other's final Dice (the mean of the seeds that reach it, or "not reached"); ``--plot FILE.png`` draws Dice over time
-(matplotlib). The harness (detloss's side, the clock, the table and the plot) is ``tools/side_by_side.py``.
+Output: a JSON file (``--out``; ``--resume`` keeps the runs it already holds and runs the missing seeds) with each
+recipe's curve ``[seconds, dice, {label: dice}]``, machine and date per seed, and a Markdown table: the final Dice
+of each (mean ± sample std over the seeds), per label, and the time each needs to reach the other's final Dice (the
+mean of the seeds that reach it, or "not reached"); ``--plot FILE.png`` draws Dice over time (matplotlib). The harness (detloss's side, the clock, the table and the plot) is ``tools/side_by_side.py``.
 """
 
 from __future__ import annotations
@@ -337,6 +338,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="the JSON file (default outputs/compare/<data>.json)")
     parser.add_argument("--runs", type=Path, default=Path("outputs/compare/runs"), help="detloss's run directories")
     parser.add_argument("--plot", type=Path, default=None, help="a PNG of Dice over time")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
     parser.add_argument("--val-every", type=float, default=None, help="MONAI: seconds between validations")
     parser.add_argument("--free-validation", action="store_true", help="MONAI: its validations do not count")
     parser.add_argument("--patch", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="MONAI's patch")

@@ -270,6 +270,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="the JSON file (default outputs/compare/<data>.json)")
     parser.add_argument("--runs", type=Path, default=Path("outputs/compare/runs"), help="detloss's run directories")
     parser.add_argument("--plot", type=Path, default=None, help="a PNG of Dice over time")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
     parser.add_argument("--val-every", type=float, default=None, help="smp: seconds between validations")
     parser.add_argument("--free-validation", action="store_true", help="smp: its validations do not count")
     parser.add_argument("--encoder", default="resnet34", help="smp's encoder (default resnet34)")

@@ -277,32 +277,56 @@ def plot(
     plt.close(fig)
 
 
+def _resumed(args, out: Path) -> dict[str, dict]:
+    """The runs already in ``out`` (empty where it does not exist), checked to be runs of the same comparison."""
+    if not out.is_file():
+        return {}
+    previous = json.loads(out.read_text())
+    theirs = (Path(previous.get("data", "")).name, previous.get("minutes"), previous.get("detloss_overrides"))
+    ours = (args.data.name, args.minutes, args.overrides)
+    if theirs != ours:
+        raise SystemExit(
+            f"--resume: {out} holds runs of data {theirs[0]!r}, {theirs[1]} min, detloss overrides {theirs[2]}; "
+            f"this comparison is {ours[0]!r}, {ours[1]} min, overrides {ours[2]} (give another --out)"
+        )
+    return previous.get("results", {})
+
+
 def compare(args, task: str, base: list[str], name: str, baseline, detloss=None) -> int:
     """The side-by-side run of both tools: for each of ``args.seeds``, detloss's ``task`` with the overrides
     ``base`` and the baseline ``name`` (``baseline(seed, seconds)``, a run's record with its ``curve``), each for
     ``args.minutes`` (``args.only``: one side); writes ``args.out`` (JSON) after every run, prints the table and
     draws ``args.plot``. ``detloss(seed, seconds)`` runs detloss's side (default :func:`run_detloss` of ``task``
-    and ``base``)."""
+    and ``base``). With ``args.resume`` the runs already in ``args.out`` (same data, minutes and detloss overrides)
+    are kept and not run again, so that the seeds of one comparison can be run at different times; each run records
+    the machine and the time it ran on.
+
+    Raises:
+        SystemExit: ``args.resume`` and an ``args.out`` of another data set, budget or detloss overrides.
+    """
     seconds = args.minutes * 60
     out = args.out or Path("outputs/compare") / f"{args.data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     machine = f"{os.cpu_count()} CPUs, load {load:.1f}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     print(f"machine: {machine}; data: {args.data}; {args.minutes:g} min per run; seeds {args.seeds}", flush=True)
-    results: dict[str, dict] = {}
-    record = {"data": str(args.data), "minutes": args.minutes, "seeds": args.seeds, "machine": machine}
-    record |= {"detloss_overrides": args.overrides, "results": results}
+    results: dict[str, dict] = _resumed(args, out) if getattr(args, "resume", False) else {}
+    done = sorted({int(s) for runs in results.values() for s in runs})
+    record = {"data": str(args.data), "minutes": args.minutes, "seeds": sorted({*done, *args.seeds})}
+    record |= {"machine": machine, "detloss_overrides": args.overrides, "results": results}
+    when = {"machine": machine}
     for seed in args.seeds:
-        if args.only in (None, "detloss"):
+        if args.only in (None, "detloss") and str(seed) not in results.get("detloss", {}):
             if detloss is None:
                 r = run_detloss(task, base, seconds, seed, args.runs / args.data.name)
             else:
                 r = detloss(seed, seconds)
-            results.setdefault("detloss", {})[str(seed)] = r
+            results.setdefault("detloss", {})[str(seed)] = r | when | {"date": time.strftime("%Y-%m-%d")}
             print(f"detloss seed {seed}: {r['seconds']:.0f} s, final Dice {r['curve'][-1][1]:.3f}", flush=True)
             out.write_text(json.dumps(record, indent=2))
-        if args.only in (None, name):
-            results.setdefault(name, {})[str(seed)] = baseline(seed, seconds)
+        if args.only in (None, name) and str(seed) not in results.get(name, {}):
+            r = baseline(seed, seconds)
+            results.setdefault(name, {})[str(seed)] = r | when | {"date": time.strftime("%Y-%m-%d")}
             out.write_text(json.dumps(record, indent=2))
     table = summarise(results, f"{args.data.name}, {args.minutes:g} min of training per run ({machine})")
     record["table"] = table
