@@ -7,8 +7,10 @@ import colorsys
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from monai.metrics import compute_generalized_dice
 from torch import nn
-from torchmetrics.segmentation import DiceScore, GeneralizedDiceScore
+from torchmetrics.aggregation import MeanMetric
+from torchmetrics.segmentation import DiceScore
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from ..composite import Criterion
@@ -54,8 +56,12 @@ class SegmentationTask(LossTask):
     * ``val/dice_pooled/<class>``: the Dice of all validation pixels pooled (torchmetrics' ``DiceScore`` with
       ``aggregation_level="global"``), not logged where the class is absent from targets and predictions of the
       whole set; ``val/dice_pooled``: their mean over the classes;
-    * ``val/generalized_dice``: torchmetrics' per-image generalized Dice, averaged over the images with foreground
-      in the target or the prediction (torchmetrics would score a correctly empty image 0).
+    * ``val/generalized_dice``: the generalized Dice of each image over its foreground classes or regions ``k``,
+      ``2 Σ_k w_k |P_k ∩ T_k| / Σ_k w_k (|P_k| + |T_k|)`` with ``w_k = 1 / |T_k|²`` (Sudre et al., DLMIA 2017) and,
+      for a class absent from the image's target, the largest weight of the image's other classes (1 if it has
+      none): MONAI's ``compute_generalized_dice``; averaged over the images with foreground in the target or the
+      prediction. Each image is scored alone, so the value does not depend on how the images are batched
+      (torchmetrics' ``GeneralizedDiceScore`` takes an absent class's weight from the other images of the batch).
 
     Under DDP the per-image values are gathered (not the ranks' means averaged) and the pooled counts summed, so
     every value equals one process's.
@@ -90,7 +96,7 @@ class SegmentationTask(LossTask):
             kw = dict(num_classes=num_classes, include_background=False, input_format="index")
         self.per_image = VolumeMetrics(len(self.metric_names), surface=False)
         self.dice = DiceScore(average="none", aggregation_level="global", **kw)
-        self.generalized_dice = GeneralizedDiceScore(**kw)
+        self.generalized_dice = MeanMetric()
 
     def forward(self, images):
         """Label maps ``(B, H, W)``, or with regions the region masks ``(B, R, H, W)`` (bool)."""
@@ -115,14 +121,14 @@ class SegmentationTask(LossTask):
             pred, target = pred.masked_fill(ignored, 0), masks.masked_fill(ignored, 0)
         self.dice.update(pred, target)
         if self.regions is not None:
-            self.per_image.update(pred, target)
+            pred_masks, target_masks = pred.bool(), target.bool()
         else:
-            self.per_image.update(label_masks(pred, self.num_classes), label_masks(target, self.num_classes))
-        # torchmetrics scores an image without foreground in target and prediction (a true negative) as 0, not 1;
+            pred_masks, target_masks = label_masks(pred, self.num_classes), label_masks(target, self.num_classes)
+        self.per_image.update(pred_masks, target_masks)
         # the generalized Dice averages over the images that have something to score
-        scored = (pred > 0).flatten(1).any(1) | (target > 0).flatten(1).any(1)
-        if scored.any():
-            self.generalized_dice.update(pred[scored], target[scored])
+        scored = pred_masks.flatten(1).any(1) | target_masks.flatten(1).any(1)
+        p, t = pred_masks[scored].float(), target_masks[scored].float()
+        self.generalized_dice.update(compute_generalized_dice(p, t, sum_over_classes=True).view(-1))
         self.keep_preview(batch_idx, images, pred, target)
 
     def on_validation_epoch_end(self):
@@ -143,8 +149,10 @@ class SegmentationTask(LossTask):
         for name, value, ok in zip(names, pooled, present.tolist()):
             if ok:
                 self.log(f"val/dice_pooled/{name}", value)
-        self.log("val/generalized_dice", self.generalized_dice.compute().mean())
+        generalized = self.generalized_dice.compute()  # every rank computes: the value is reduced over them
         self.generalized_dice.reset()
+        if not torch.isnan(generalized):  # NaN: no image with foreground in its target or prediction, no value
+            self.log("val/generalized_dice", generalized)
         self.save_previews(self._draw)
 
     def _draw(self, image, pred, target):

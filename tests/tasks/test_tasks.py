@@ -115,7 +115,7 @@ def test_segmentation_metrics_score_empty_images_as_correct():
         task, DataLoader(TensorDataset(masks[:, None].float(), masks), batch_size=2), verbose=False
     )
     assert result["val/dice"] == pytest.approx(1.0)
-    assert result["val/generalized_dice"] == pytest.approx(1.0)  # torchmetrics alone would give 0.5
+    assert result["val/generalized_dice"] == pytest.approx(1.0)  # the images without a lesion are not scored
 
 
 def test_segmentation_previews_draw_any_number_of_classes(tmp_path):
@@ -325,3 +325,50 @@ def test_2d_dice_is_the_per_image_mean_and_the_pooled_dice_has_its_own_name():
     assert result["val/dice/a"] == pytest.approx((1 + 2 / 3) / 2) == result["val/dice"]  # image 2 holds no "a"
     assert result["val/fp_cases/a"] == 1
     assert result["val/dice_pooled/a"] == pytest.approx(2 * 20 / (24 + 36)) == result["val/dice_pooled"]
+
+
+def generalized_dice_of(images, masks, batch_size: int) -> dict:
+    from detloss.segmentation import SegmentationCriterion
+    from detloss.tasks import SegmentationTask
+
+    task = SegmentationTask(LossyEcho(3), SegmentationCriterion(3), torch.optim.SGD, class_names=["bg", "a", "b"])
+    task.num_previews = 0
+    loader = DataLoader(TensorDataset(images, masks), batch_size=batch_size)
+    (result,) = quiet_trainer().validate(task, loader, verbose=False)
+    return result
+
+
+def test_generalized_dice_is_scored_per_image_whatever_the_batch():
+    """Hand-computed, weights 1/|T|², an absent class weighted as the image's largest weight (MONAI's rule; the
+    same for batches of 1, 2 and 4, where torchmetrics would take it from the batch's other images)."""
+    masks = torch.zeros(4, 8, 8, dtype=torch.long)
+    masks[0, 0:2, 0:2], masks[0, 4:8, 4:8], masks[1, 0:2, 0:2] = 1, 2, 1
+    pred = masks.clone()
+    pred[0, 4:8, 6:8] = 0  # image 0: "a" (4 px) exact, half of "b" (16 px) found
+    pred[1, 6:8, 6:8] = 2  # image 1: "a" exact, a false "b" of 4 px; image 2 empty and predicted empty
+    pred[3, 0:2, 0:2] = 1  # image 3: nothing to find, "a" predicted
+    w_a, w_b = 1 / 4**2, 1 / 16**2
+    image0 = 2 * (w_a * 4 + w_b * 8) / (w_a * 8 + w_b * 24)
+    image1 = 2 * (w_a * 4) / (w_a * 8 + w_a * 4)  # the absent "b" takes "a"'s weight
+    expected = (image0 + image1 + 0.0) / 3  # image 2 has nothing to score; image 3 scores 0
+    images = torch.stack([masks, pred], 1).float()
+    for batch_size in (1, 2, 4):
+        result = generalized_dice_of(images, masks, batch_size)
+        assert result["val/generalized_dice"] == pytest.approx(expected, rel=1e-6), batch_size
+
+
+def test_generalized_dice_matches_monai_and_is_not_logged_without_foreground():
+    from monai.metrics import compute_generalized_dice
+
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 3, (6, 8, 8), generator=generator)
+    pred = torch.randint(0, 3, (6, 8, 8), generator=generator)
+    masks[1] = masks[1].clamp(max=1)  # no "b" in the target of image 1
+    one_hot = lambda x: nn.functional.one_hot(x, 3).permute(0, 3, 1, 2)[:, 1:].float()  # noqa: E731
+    expected = compute_generalized_dice(one_hot(pred), one_hot(masks), sum_over_classes=True).mean().item()
+    result = generalized_dice_of(torch.stack([masks, pred], 1).float(), masks, batch_size=4)
+    assert result["val/generalized_dice"] == pytest.approx(expected, rel=1e-6)
+
+    empty = torch.zeros(2, 8, 8, dtype=torch.long)
+    result = generalized_dice_of(torch.stack([empty, empty], 1).float(), empty, batch_size=2)
+    assert "val/generalized_dice" not in result and "val/dice_pooled" not in result  # nothing to score, no NaN
