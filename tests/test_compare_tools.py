@@ -222,6 +222,10 @@ def test_resume_keeps_the_runs_already_written_and_refuses_another_comparison(tm
         side_by_side.compare(args([2], minutes=0.02), "volumetric", [], "monai", fake("monai"), fake("detloss"))
     with pytest.raises(SystemExit, match="overrides"):
         side_by_side.compare(args([2], overrides=["seed=1"]), "volumetric", [], "monai", fake("monai"), fake("x"))
+    other = args([2])
+    other.filters = 32
+    with pytest.raises(SystemExit, match="baseline options"):
+        side_by_side.compare(other, "volumetric", [], "monai", fake("monai"), fake("detloss"))
 
 
 def test_monai_recipe_trains_and_scores(volumes):
@@ -234,6 +238,31 @@ def test_monai_recipe_trains_and_scores(volumes):
     assert seconds > 0 and 0.0 <= dice <= 1.0 and math.isfinite(dice)
     assert set(per_label) <= {"structure_a", "structure_b", "structure_c"} and per_label
     assert r["strides"][0] == [1, 1, 1]
+    assert r["normalisation"] == "z-score (nonzero)"
+
+
+def test_monai_recipe_normalises_ct_as_the_dynunet_pipeline(volumes, tmp_path):
+    """CT: clipped to the training foreground's 0.5/99.5 percentiles, z-scored with its mean and std."""
+    nib = pytest.importorskip("nibabel")
+    cases = []
+    for i, values in enumerate([np.arange(100.0), np.arange(100.0, 200.0)]):
+        image, label = np.zeros((10, 10, 4)), np.zeros((10, 10, 4), np.uint8)
+        image[..., 0], label[..., 0] = values.reshape(10, 10), 1  # one slice of foreground, the rest air at 0
+        image[..., 1:] = -1000.0
+        paths = {"image": [str(tmp_path / f"c{i}_0000.nii.gz")], "label": str(tmp_path / f"c{i}.nii.gz")}
+        nib.save(nib.Nifti1Image(image, np.eye(4)), paths["image"][0])
+        nib.save(nib.Nifti1Image(label, np.eye(4)), paths["label"])
+        cases.append(paths)
+    low, high, mean, std = compare_monai.ct_statistics(cases)
+    everything = np.arange(200.0)
+    assert (low, high) == pytest.approx(tuple(np.percentile(everything, [0.5, 99.5])))
+    assert (mean, std) == pytest.approx((99.5, everything.std()))
+    with pytest.raises(ValueError, match="no training case holds a foreground voxel"):
+        compare_monai.ct_statistics([])
+
+    pytest.importorskip("monai.networks.nets")
+    r = compare_monai.train_monai(volumes / "ct_iso", 120, seed=0, max_steps=1, filters=8, log=None)
+    assert r["normalisation"].startswith("CT clip [") and math.isfinite(r["curve"][-1][1])
 
 
 # ------------------------------------------------------------------------------------------------- compare_smp

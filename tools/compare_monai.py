@@ -12,7 +12,10 @@ normalised to sum 1), kernels and strides from the median spacing by the tutoria
 at most twice the finest is pooled, with 3-wide kernels, while its patch side is at least 8; a coarser axis gets
 kernel 1 and no pooling until the pooling of the others catches up), ``DiceCELoss(to_onehot_y=True,
 softmax=True)``; dictionary transforms ``LoadImaged`` (the channel files of a case stacked), ``EnsureChannelFirstd``,
-``NormalizeIntensityd(nonzero=True, channel_wise=True)``, ``SpatialPadd`` to the patch, ``RandCropByPosNegLabeld``
+``NormalizeIntensityd(nonzero=True, channel_wise=True)`` or, for a CT dataset (every channel named ``CT``), as
+MONAI's DynUNet pipeline normalises its CT tasks from nnU-Net's statistics: clipped to the 0.5 and 99.5 percentiles
+of the training cases' foreground voxels and z-scored with their mean and standard deviation
+(:func:`ct_statistics`, applied by ``ScaleIntensityRanged``), ``SpatialPadd`` to the patch, ``RandCropByPosNegLabeld``
 (pos 1, neg 1) and ``RandFlipd`` along each axis, cached by ``CacheDataset``; validation by
 ``sliding_window_inference`` (Gaussian weights, overlap 0.5, 2 windows a batch) over whole validation cases; SGD
 (momentum 0.99, Nesterov, weight decay 3e-5, learning rate 0.01 decayed polynomially, power 0.9, over the time
@@ -42,7 +45,8 @@ score is the mean over the labels that have one. The validation cases are fold 0
 Output: a JSON file (``--out``; ``--resume`` keeps the runs it already holds and runs the missing seeds) with each
 recipe's curve ``[seconds, dice, {label: dice}]``, machine and date per seed, and a Markdown table: the final Dice
 of each (mean ± sample std over the seeds), per label, and the time each needs to reach the other's final Dice (the
-mean of the seeds that reach it, or "not reached"); ``--plot FILE.png`` draws Dice over time (matplotlib). The harness (detloss's side, the clock, the table and the plot) is ``tools/side_by_side.py``.
+mean of the seeds that reach it, or "not reached"); ``--plot FILE.png`` draws Dice over time (matplotlib). The
+harness (detloss's side, the clock, the table and the plot) is ``tools/side_by_side.py``.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from side_by_side import Clock, case_dice, compare, mean_dice  # noqa: E402
 
 from detloss.data import NnUNetDataset, cross_validation_split  # noqa: E402
 
-__all__ = ["kernels_strides", "choose_patch", "dynunet", "fit", "train_monai", "main"]
+__all__ = ["kernels_strides", "choose_patch", "ct_statistics", "dynunet", "fit", "train_monai", "main"]
 
 SPLIT = {"fold": 0, "num_folds": 5, "seed": 12345}
 
@@ -124,6 +128,27 @@ def choose_patch(shape: Sequence[int], spacing: Sequence[float], max_voxels: int
             break
         patch = rounded
     return patch
+
+
+def ct_statistics(cases: Sequence[dict]) -> tuple[float, float, float, float]:
+    """``(low, high, mean, std)`` of the foreground voxels (label > 0) of ``cases`` (``{"image": [one file],
+    "label": file}``): the 0.5 and 99.5 percentiles, the mean and the standard deviation, as nnU-Net's CT
+    normalisation takes them from its fingerprint.
+
+    Raises:
+        ValueError: no case with a foreground voxel.
+    """
+    import nibabel as nib
+
+    values = []
+    for case in cases:
+        label = np.asarray(nib.load(case["label"]).dataobj) > 0
+        values.append(np.asarray(nib.load(case["image"][0]).dataobj, dtype=np.float64)[label])
+    values = np.concatenate(values) if values else np.empty(0)
+    if values.size == 0:
+        raise ValueError("CT statistics: no training case holds a foreground voxel")
+    low, high = np.percentile(values, [0.5, 99.5])
+    return float(low), float(high), float(values.mean()), float(max(values.std(), 1e-8))
 
 
 def _filters(levels: int, base: int) -> list[int]:
@@ -256,6 +281,7 @@ def train_monai(
         NormalizeIntensityd,
         RandCropByPosNegLabeld,
         RandFlipd,
+        ScaleIntensityRanged,
         SpatialPadd,
     )
     from monai.utils import set_determinism
@@ -271,11 +297,18 @@ def train_monai(
     patch = [int(p) for p in patch] if patch is not None else choose_patch(shape, spacing, int(patch_voxels))
     kernels, strides = kernels_strides(patch, spacing)
     keys = ["image", "label"]
-    load = [
-        LoadImaged(keys=keys, image_only=True),
-        EnsureChannelFirstd(keys=keys),
-        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
-    ]
+    ct = [name.upper() == "CT" for name in data.channel_names]
+    if ct == [True]:  # a CT dataset: one channel, in Hounsfield units
+        low, high, mean, std = ct_statistics([files[n] for n in train_names])
+        normalize = ScaleIntensityRanged(
+            keys="image", a_min=low, a_max=high, b_min=(low - mean) / std, b_max=(high - mean) / std, clip=True
+        )
+        norm = f"CT clip [{low:.0f}, {high:.0f}] then (x − {mean:.1f}) / {std:.2f}"
+    elif not any(ct):
+        normalize, norm = NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True), "z-score (nonzero)"
+    else:
+        raise ValueError(f"{root}: channels {data.channel_names}: the MONAI recipe normalises one CT channel or MR")
+    load = [LoadImaged(keys=keys, image_only=True), EnsureChannelFirstd(keys=keys), normalize]
     train_tf = Compose(
         [
             *load,
@@ -297,7 +330,7 @@ def train_monai(
     val_every = float(val_every) if val_every else seconds / 6
     say(
         f"monai: patch {patch} (x y z), spacing {[round(s, 3) for s in spacing]}, strides {strides[1:]}, filters "
-        f"{widths}, deep supervision {deep}, {len(train_names)} train / {len(val_names)} val cases, "
+        f"{widths}, deep supervision {deep}, {norm}, {len(train_names)} train / {len(val_names)} val cases, "
         f"{time.perf_counter() - start:.0f} s to load"
     )
 
@@ -320,6 +353,7 @@ def train_monai(
         "seconds": time.perf_counter() - start,
         "validation_seconds": clock.val_seconds,
         "patch": patch,
+        "normalisation": norm,
         "kernels": kernels,
         "strides": strides,
         "filters": widths,

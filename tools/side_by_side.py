@@ -289,7 +289,18 @@ def _resumed(args, out: Path) -> dict[str, dict]:
             f"--resume: {out} holds runs of data {theirs[0]!r}, {theirs[1]} min, detloss overrides {theirs[2]}; "
             f"this comparison is {ours[0]!r}, {ours[1]} min, overrides {ours[2]} (give another --out)"
         )
+    if previous.get("options", _options(args)) != _options(args):
+        raise SystemExit(
+            f"--resume: {out} holds runs with the baseline options {previous['options']}, this comparison has "
+            f"{_options(args)} (give another --out)"
+        )
     return previous.get("results", {})
+
+
+def _options(args) -> dict[str, str]:
+    """The baseline's options of a comparison (its arguments but the data, budget, seeds and where to write)."""
+    skip = {"data", "minutes", "seeds", "only", "out", "runs", "plot", "resume", "overrides", "csv"}
+    return {k: str(v) for k, v in sorted(vars(args).items()) if k not in skip}
 
 
 def compare(args, task: str, base: list[str], name: str, baseline, detloss=None) -> int:
@@ -313,7 +324,7 @@ def compare(args, task: str, base: list[str], name: str, baseline, detloss=None)
     results: dict[str, dict] = _resumed(args, out) if getattr(args, "resume", False) else {}
     done = sorted({int(s) for runs in results.values() for s in runs})
     record = {"data": str(args.data), "minutes": args.minutes, "seeds": sorted({*done, *args.seeds})}
-    record |= {"machine": machine, "detloss_overrides": args.overrides, "results": results}
+    record |= {"machine": machine, "detloss_overrides": args.overrides, "options": _options(args), "results": results}
     when = {"machine": machine}
     for seed in args.seeds:
         if args.only in (None, "detloss") and str(seed) not in results.get("detloss", {}):
