@@ -1,8 +1,10 @@
 """The plan of a volumetric run: nnU-Net's rules (:mod:`detloss.plan.rules`) under a compute budget.
 
-On a GPU the budget is memory, as in nnU-Net: the network is nnU-Net's (32 channels at full resolution), batch 2,
-and the patch shrinks (:func:`~detloss.plan.rules.shrink_patch`) until a measured training step fits
-``memory_gib``; epochs and steps stay with the trainer's configuration.
+On a GPU the budget is memory, as in nnU-Net: the network is nnU-Net's (32 channels at full resolution), the patch
+shrinks (:func:`~detloss.plan.rules.shrink_patch`) until a measured training step of batch 2 fits ``memory_gib``,
+and the batch then grows into the memory left, at most to the patches that cover 5 % of the dataset's voxels
+(nnU-Net's cap against overfitting) and at least 2; an epoch is nnU-Net's 250 steps, the number of epochs stays
+with the trainer's configuration. Where nnU-Net estimates the memory of a step, detloss measures it.
 
 On a CPU the budget is time, where detloss departs from nnU-Net, which assumes a GPU and 1,000 epochs: a run has
 ``budget_minutes`` of wall time, and the planner measures the training step and the validation window of its
@@ -10,7 +12,8 @@ candidates on this machine (a few steps each, with the real model, criterion and
 recipe that still trains ``min_steps`` steps within the budget:
 
 1. candidates are nnU-Net's patch and its shrunken versions (down to 32³ voxels' worth), at widths 32, 16 and 8
-   channels, batch 2;
+   channels, batch 2, nnU-Net's smallest: a step's time grows with the batch, so under a time budget a larger
+   batch trains fewer steps of the same patch, and the planner spends what there is on the patch and the width;
 2. the candidates are ranked by the voxels of a patch times ``width^1.5`` (what a step's time grows with), and a
    binary search over that ranking measures a handful of them to find the largest whose step fits;
 3. validation (sliding windows over the validation cases at the target spacing) takes at most a sixth of the
@@ -31,7 +34,6 @@ import numpy as np
 from .cache import kept, machine
 from .fingerprint import VolumeFingerprint
 from .rules import (
-    MAX_POOLINGS,
     MIN_FEATURE,
     initial_patch,
     normalisation,
@@ -59,6 +61,8 @@ WIDTH_EXPONENT = 1.5
 MIN_PATCH_VOXELS = 32**3
 NNUNET_STEPS = 250
 """nnU-Net's training steps an epoch, the epoch's length of a GPU plan."""
+MAX_DATASET_COVERED = 0.05
+"""The largest share of the dataset's voxels one batch of a GPU plan may cover (nnU-Net's ``max_dataset_covered``)."""
 
 
 class PlanTable:
@@ -143,7 +147,7 @@ def _patches(spacing, median_shape, fixed: Sequence[int] | None, depth: int | No
     given ``depth``, rounded for that many poolings and none too small for them."""
     if fixed is not None:
         return [list(fixed)]
-    most = MAX_POOLINGS if depth is None else int(depth)
+    most = None if depth is None else int(depth)
     _, patch, _, _ = topology(spacing, initial_patch(spacing, median_shape), most)
     patches = [patch]
     while _voxels(patches[-1]) > MIN_PATCH_VOXELS:
@@ -213,10 +217,10 @@ def plan_volumes(
     widths = [int(given["base_channels"])] if "base_channels" in given else list(WIDTHS)
     batch = int(given.get("batch_size", BATCH))
     fraction = float(given.get("foreground_fraction", 1 / 3))
-    common = dict(spacing=spacing, normalization=norm, batch_size=batch, foreground_fraction=fraction)
+    common = dict(spacing=spacing, normalization=norm, foreground_fraction=fraction)
     common |= dict(machine=machine(), given=sorted(given))
 
-    def make(patch, width, budget, epochs=None, per_epoch=None, step=None, window=None, candidates=(), val=None):
+    def make(patch, width, budget, epochs=None, per_epoch=None, step=None, window=None, candidates=(), val=None, **kw):
         if "patch_size" in given:  # the given patch stands as given (the model refuses one it cannot take)
             depth = int(given.get("depth") or topology(spacing, patch)[0])
             try:
@@ -224,13 +228,14 @@ def plan_volumes(
             except ValueError as error:
                 raise ValueError(f"data.patch_size {list(patch)}: {error}") from None
         else:
-            depth, patch, kernels, pools = topology(spacing, patch, given.get("depth", MAX_POOLINGS))
+            depth, patch, kernels, pools = topology(spacing, patch, given.get("depth"))
         return VolumePlan(
             patch_size=patch,
             depth=depth,
             kernels=[list(k) for k in kernels],
             pools=[list(p) for p in pools],
             base_channels=width,
+            batch_size=kw.get("batch", batch),
             patches_per_epoch=given.get("patches_per_epoch", per_epoch),
             epochs=given.get("epochs", epochs),
             budget=budget,
@@ -244,7 +249,9 @@ def plan_volumes(
     if measure is None:
         return make(patches[0], widths[0], "none (not measured)")
     if budget_minutes is None:
-        return _plan_memory(patches, widths, batch, median_shape, spacing, measure, memory_gib or 8.0, make)
+        dataset_voxels = float(np.prod(median_shape, dtype=np.float64)) * len(fingerprint.cases)
+        batch = batch if "batch_size" in given else None  # None: grown into the memory left
+        return _plan_memory(patches, widths, batch, dataset_voxels, measure, memory_gib or 8.0, make)
     budget_s = 60.0 * float(budget_minutes)
     measured: dict[tuple, dict] = {}
 
@@ -295,26 +302,34 @@ def plan_volumes(
     )
 
 
-def _plan_memory(patches, widths, batch, median_shape, spacing, measure, memory_gib, make) -> VolumePlan:
-    """nnU-Net's rule: the widest network and the largest patch whose measured training step fits ``memory_gib``;
-    nnU-Net's 250 steps an epoch."""
-    width, per_epoch = widths[0], NNUNET_STEPS * batch
-    measured = []
+def _plan_memory(patches, widths, batch, dataset_voxels, measure, memory_gib, make) -> VolumePlan:
+    """nnU-Net's rule: the widest network and the largest patch whose measured training step of batch 2 (or the
+    given ``batch``) fits ``memory_gib``, then (``batch`` None) the batch that fills the memory, capped at 5 % of the
+    ``dataset_voxels`` and at least 2; nnU-Net's 250 steps an epoch."""
+    width, measured = widths[0], []
     for patch in patches:
-        m = measure(patch, width, batch)
+        m = measure(patch, width, batch or BATCH)
         measured.append({"patch_size": list(patch), "base_channels": width, "memory_gib": m["memory_gib"]})
         if m["memory_gib"] <= memory_gib:
-            return make(
-                patch,
-                width,
-                f"{memory_gib:g} GiB",
-                step=m["step_seconds"],
-                window=m["window_seconds"],
-                candidates=measured,
-                per_epoch=per_epoch,
-            )
-    budget = f"{memory_gib:g} GiB (smallest patch; none fits)"
-    return make(patches[-1], width, budget, candidates=measured, per_epoch=per_epoch)
+            break
+    else:
+        budget = f"{memory_gib:g} GiB (smallest patch; none fits)"
+        size = batch or BATCH
+        return make(patches[-1], width, budget, candidates=measured, per_epoch=NNUNET_STEPS * size, batch=size)
+    if batch is None:  # a step's memory taken as proportional to its batch, as nnU-Net scales its estimate
+        fills = math.floor(BATCH * memory_gib / m["memory_gib"])
+        covers = round(MAX_DATASET_COVERED * dataset_voxels / _voxels(patch))
+        batch = max(min(fills, covers), BATCH)
+    return make(
+        patch,
+        width,
+        f"{memory_gib:g} GiB",
+        step=m["step_seconds"],
+        window=m["window_seconds"],
+        candidates=measured,
+        per_epoch=NNUNET_STEPS * batch,
+        batch=batch,
+    )
 
 
 def cached_plan(

@@ -4,8 +4,9 @@ Sources: Isensee et al., *nnU-Net*, Nature Methods 2021 (the "rule-based paramet
 supplement), and nnU-Net v2's default experiment planner. The rules, in detloss's words:
 
 * **Target spacing** (:func:`target_spacing`): the median spacing of the cases; when the coarsest axis is more than
-  3 times the finest of the others *and* holds fewer than a third of their voxels (a stack of thick slices), its
-  spacing is the 10th percentile of the cases' spacings along it instead (not finer than the other axes).
+  3 times the coarsest of the others *and* holds fewer than a third of the voxels of the shortest other axis (a
+  stack of thick slices), its spacing is the 10th percentile of the cases' spacings along it instead (not finer
+  than the other axes).
 * **Normalisation** (:func:`normalisation`): a channel named CT (any case) is clipped to the 0.5 and 99.5
   percentiles of the dataset's foreground intensities and z-scored with the foreground's mean and std; every other
   channel is z-scored per case, inside the non-zero region only when cropping to it removes a quarter of the volume
@@ -13,11 +14,13 @@ supplement), and nnU-Net v2's default experiment planner. The rules, in detloss'
 * **Patch size** (:func:`initial_patch`): a cube of 256³ voxels' worth of physical extent, shaped by the spacing
   (``1 / spacing`` aspect), then clipped to the median shape of the cases at the target spacing.
 * **Topology** (:func:`topology`): poolings per axis and kernel sizes by :func:`plan_stages` (an axis
-  is pooled only while its spacing is less than twice the finest and the feature map keeps 8 voxels along it; a
-  coarse axis gets kernel 1 until the others catch up), as many poolings as the patch allows, at most
-  :data:`MAX_POOLINGS`; the patch is then rounded up to a multiple of the poolings.
+  is pooled only while its spacing is less than twice the finest of the axes still poolable and its feature map
+  keeps 8 voxels, a pooled side rounded up; a lone axis needs 12; a coarse axis gets kernel 1 until the others
+  catch up), as many poolings as the patch allows (nnU-Net v2 sets no cap); the patch is then rounded up to a
+  multiple of the poolings.
 * **Shrinking** (:func:`shrink_patch`): where a recipe is too large for the budget, the axis whose patch is largest
-  relative to the median shape loses one pooling unit (nnU-Net's loop under its GPU-memory estimate).
+  relative to the median shape (of equals, the last) loses one pooling multiple, recomputed for the smaller patch
+  so that no valid size is skipped (nnU-Net's loop under its GPU-memory estimate).
 
 Where detloss departs, it says so in :mod:`detloss.plan.budget`: on a CPU the budget is time, not memory.
 """
@@ -34,7 +37,6 @@ from .fingerprint import VolumeFingerprint
 __all__ = [
     "ANISOTROPY",
     "plan_stages",
-    "MAX_POOLINGS",
     "MIN_FEATURE",
     "target_spacing",
     "normalisation",
@@ -44,7 +46,6 @@ __all__ = [
 ]
 
 ANISOTROPY = 3.0
-MAX_POOLINGS = 5
 MIN_FEATURE = 4
 """The smallest side of a pooled feature map (nnU-Net's ``featuremap_min_edge_length``)."""
 
@@ -78,7 +79,7 @@ def plan_stages(
             )
         spacing = [s * p for s, p in zip(spacing, pool)]
         if size is not None:
-            size = [s // p for s, p in zip(size, pool)]
+            size = [-(-s // p) for s, p in zip(size, pool)]  # rounded up, as nnU-Net counts a pooled side
         kernel = [3 if k == 3 or s / min(spacing) < 2 else 1 for k, s in zip(kernel, spacing)]
         pools.append(tuple(pool))
         kernels.append(tuple(kernel))
@@ -129,14 +130,15 @@ def initial_patch(spacing: Sequence[float], median_shape: Sequence[int], voxels:
 
 
 def topology(
-    spacing: Sequence[float], patch: Sequence[int], max_depth: int = MAX_POOLINGS
+    spacing: Sequence[float], patch: Sequence[int], max_depth: int | None = None
 ) -> tuple[int, list[int], list, list]:
-    """``(depth, patch, kernels, pools)``: the most poolings (up to ``max_depth``, :data:`MAX_POOLINGS` by default)
-    that ``patch`` allows with feature maps of at least :data:`MIN_FEATURE` voxels, and the patch rounded up to a
-    multiple of them."""
+    """``(depth, patch, kernels, pools)``: the most poolings (up to ``max_depth``; ``None``: as many as the patch
+    allows, as nnU-Net v2) that ``patch`` allows with feature maps of at least :data:`MIN_FEATURE` voxels, and the
+    patch rounded up to a multiple of them."""
     patch = [max(int(p), 1) for p in patch]
     depth, kernels, pools = 0, *plan_stages(spacing, 0, patch, MIN_FEATURE)
-    for d in range(1, int(max_depth) + 1):
+    most = max(patch).bit_length() if max_depth is None else int(max_depth)  # a side halves at most this often
+    for d in range(1, most + 1):
         try:
             k, p = plan_stages(spacing, d, patch, MIN_FEATURE)
         except ValueError:
@@ -150,15 +152,29 @@ def topology(
 
 
 def shrink_patch(patch: Sequence[int], median_shape: Sequence[int], spacing: Sequence[float]) -> list[int] | None:
-    """``patch`` with the axis largest relative to ``median_shape`` made one pooling unit smaller (nnU-Net's
-    shrinking step), or ``None`` when no axis can shrink."""
-    patch = list(patch)
-    _, _, _, pools = topology(spacing, patch)
-    multiple = [math.prod(p[a] for p in pools) for a in range(3)]
-    order = np.argsort([-p / max(m, 1) for p, m in zip(patch, median_shape)], kind="stable")
+    """``patch`` one step smaller by nnU-Net's shrinking step, or ``None`` when no axis can shrink.
+
+    The axis whose patch is largest relative to ``median_shape`` shrinks (of equals, the last, as nnU-Net's
+    ``argsort()[-1]``), by the pooling multiple of the patch that one multiple of its current topology smaller would
+    have: from 128 (five poolings, a multiple of 32) to 112, not 96, so that no valid size is skipped. An axis that
+    would keep fewer than ``2 * MIN_FEATURE`` voxels does not shrink; the next largest does.
+    """
+    patch = [int(p) for p in patch]
+    relative = np.array([p / max(m, 1) for p, m in zip(patch, median_shape)], dtype=np.float64)
+    order = np.lexsort((np.arange(len(patch)), relative))[::-1]  # largest first; of equals, the last axis first
     for axis in order:
-        step = max(multiple[axis], 1)
-        if patch[axis] - step >= 2 * MIN_FEATURE:
-            patch[axis] -= step
-            return patch
+        trial = list(patch)
+        trial[axis] -= _multiple(spacing, patch)[axis]
+        if trial[axis] < 2 * MIN_FEATURE:
+            continue
+        smaller = list(patch)
+        smaller[axis] -= _multiple(spacing, trial)[axis]
+        if smaller[axis] >= 2 * MIN_FEATURE:
+            return smaller
     return None
+
+
+def _multiple(spacing: Sequence[float], patch: Sequence[int]) -> list[int]:
+    """What each side of ``patch`` must be divisible by for the poolings :func:`topology` gives it."""
+    _, _, _, pools = topology(spacing, patch)
+    return [math.prod(p[a] for p in pools) for a in range(len(patch))]

@@ -21,6 +21,7 @@ from detloss.plan import (
     initial_patch,
     normalisation,
     plan_volumes,
+    shrink_patch,
     target_spacing,
     topology,
     volume_fingerprint,
@@ -52,7 +53,8 @@ def write_case(root: Path, name: str, channels, labels, zooms_xyz) -> None:
 
 
 def make_dataset(root: Path, cases=5, shape=(8, 16, 16), zooms_xyz=(1.0, 1.0, 3.0), channel_names=("T1",), seed=0):
-    """Cases of a bright block (label 1) and a small cube (label 2) in a body of non-zero voxels."""
+    """Cases of a bright block (label 1) and a small cube (label 2) in a body of non-zero voxels; ``zooms_xyz`` one
+    spacing, or a list of one a case."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     names = {str(i): n for i, n in enumerate(channel_names)}
@@ -71,7 +73,8 @@ def make_dataset(root: Path, cases=5, shape=(8, 16, 16), zooms_xyz=(1.0, 1.0, 3.
             image[labels == 1] += 50
             image[labels == 2] += 80
             channels.append(image)
-        write_case(root, f"case_{i:03d}", channels, labels, zooms_xyz)
+        zooms = zooms_xyz[i] if isinstance(zooms_xyz, list) else zooms_xyz
+        write_case(root, f"case_{i:03d}", channels, labels, zooms)
     return root
 
 
@@ -130,7 +133,7 @@ def test_topology_does_not_pool_a_coarse_axis_first_and_rounds_the_patch_up():
     assert pools[0] == (1, 2, 2) and kernels[0] == (1, 3, 3)
     multiple = [int(np.prod([p[a] for p in pools])) for a in range(3)]
     assert all(s % m == 0 for s, m in zip(patch, multiple)) and patch[1] >= 100
-    assert depth == len(pools) <= 5
+    assert depth == len(pools)
     tiny_depth, tiny_patch, _, _ = topology((1.0, 1.0, 1.0), (8, 8, 8))
     assert tiny_depth == 1 and tiny_patch == [8, 8, 8]
     # every pooled feature map keeps at least 4 voxels along each pooled axis
@@ -139,6 +142,28 @@ def test_topology_does_not_pool_a_coarse_axis_first_and_rounds_the_patch_up():
             if f == 2:
                 assert size >= 8
             size //= f
+
+
+def test_the_patch_shrinks_as_nnunet_shrinks_it():
+    # five poolings of 256 make it a multiple of 32, but 224 is valid too: the step is recomputed, as nnU-Net's
+    assert shrink_patch([256] * 3, [256] * 3, (1.0,) * 3) == [256, 256, 224]  # of equals, the last axis
+    # the largest relative to the median shape shrinks; nnU-Net's ladder on a stack of thick slices
+    assert shrink_patch([24, 160, 160], [24, 160, 160], (4.0, 0.8, 0.8)) == [24, 160, 128]
+    assert shrink_patch([24, 160, 128], [24, 160, 160], (4.0, 0.8, 0.8)) == [24, 128, 128]
+    assert shrink_patch([24, 128, 128], [24, 160, 160], (4.0, 0.8, 0.8)) == [20, 128, 128]
+    assert shrink_patch([128, 128, 128], [90, 256, 256], (1.0,) * 3) == [112, 128, 128]
+    # an axis that would keep fewer than 8 voxels does not shrink; none left: None
+    assert shrink_patch([8, 64, 8], [8, 8, 8], (1.0,) * 3) == [8, 56, 8]
+    assert shrink_patch([8, 8, 8], [8, 8, 8], (1.0,) * 3) is None
+
+
+def test_topology_pools_as_often_as_the_patch_allows():
+    # nnU-Net v2 sets no cap: 320 in-plane pools six times, the 4 mm axis from the third pooling on
+    depth, patch, _, pools = topology((4.0, 0.8, 0.8), (24, 320, 320))
+    assert depth == 6 and patch == [24, 320, 320]
+    assert [p[1] for p in pools] == [2] * 6 and [p[0] for p in pools] == [1, 1, 2, 2, 1, 1]
+    # a pooled side is rounded up, as nnU-Net counts it: 15 -> 8 can still be pooled once more
+    assert topology((1.0,) * 3, (15, 15, 15))[0] == 2
 
 
 def cost(patch, width, batch):
@@ -170,6 +195,7 @@ def test_the_time_budget_picks_the_largest_recipe_that_trains_enough_steps(chann
         if np.prod(patch) * width > chosen:
             assert cost(patch, width, 2)["step_seconds"] * 500 > allowed
     assert len(calls) <= 6  # predicted, not measured one by one
+    assert [n["scheme"] for n in plan.normalization] == ["zscore"] * len(channels)
     steps = plan.epochs * plan.patches_per_epoch / plan.batch_size
     assert steps >= 500 and plan.epochs >= 1
     total = steps * plan.step_seconds + plan.epochs * plan.window_seconds * 2
@@ -197,10 +223,30 @@ def test_values_given_on_the_command_line_win():
 
 
 def test_on_a_gpu_the_budget_is_memory():
+    """The largest patch of nnU-Net's ladder whose measured step of batch 2 fits, measured from the largest down."""
     fp = fingerprint([(1.0, 1.0, 1.0)] * 3, [(200, 200, 200)] * 3)
     plan = plan_volumes(fp, cost, budget_minutes=None, memory_gib=1.0)
     assert plan.base_channels == 32 and cost(plan.patch_size, 32, 2)["memory_gib"] <= 1.0
-    assert plan.candidates[0]["patch_size"] == [256, 256, 256] or plan.candidates[0]["memory_gib"] > 1.0
+    *too_large, chosen = plan.candidates
+    assert too_large and all(c["memory_gib"] > 1.0 for c in too_large) and chosen["patch_size"] == plan.patch_size
+    assert plan.candidates[0]["patch_size"] == [224, 224, 224]  # the median shape, rounded up for 5 poolings
+    ladder = [plan.candidates[0]["patch_size"]]
+    while len(ladder) < len(plan.candidates):
+        ladder.append(topology((1.0,) * 3, shrink_patch(ladder[-1], [200] * 3, (1.0,) * 3))[1])
+    assert [c["patch_size"] for c in plan.candidates] == ladder  # every step of the ladder tried, in order
+
+
+def test_on_a_gpu_the_batch_fills_the_memory_left_up_to_5_percent_of_the_dataset():
+    # a 64³ median patch costs 0.125 GiB a step of batch 2: 8 GiB holds batch 128, 5 % of 400 cases' voxels 20
+    fp = fingerprint([(1.0, 1.0, 1.0)] * 400, [(64, 64, 64)] * 400)
+    plan = plan_volumes(fp, cost, budget_minutes=None, memory_gib=8.0)
+    assert plan.patch_size == [64, 64, 64] and plan.batch_size == 20 and plan.patches_per_epoch == 250 * 20
+    few = fingerprint([(1.0, 1.0, 1.0)] * 4000, [(64, 64, 64)] * 4000)
+    assert plan_volumes(few, cost, budget_minutes=None, memory_gib=8.0).batch_size == 128  # the memory binds
+    small = fingerprint([(1.0, 1.0, 1.0)] * 10, [(64, 64, 64)] * 10)
+    assert plan_volumes(small, cost, budget_minutes=None, memory_gib=8.0).batch_size == 2  # never below 2
+    given = plan_volumes(fp, cost, budget_minutes=None, memory_gib=8.0, given={"batch_size": 3})
+    assert given.batch_size == 3 and "batch_size" in given.given
 
 
 def test_a_plan_is_cached_per_fingerprint_and_machine(tmp_path):
@@ -332,6 +378,43 @@ def test_a_run_plans_what_the_command_line_leaves_open_and_keeps_the_plan(tmp_pa
     assert ckpt[CHECKPOINT_DATA]["plan"]["patch_size"] == plan["patch_size"]
 
 
+def test_a_planned_checkpoint_predicts_and_evaluates_each_case_in_its_own_geometry(tmp_path):
+    """Slices of 2, 3 and 4.5 mm: the plan resamples every case to the median 3 mm (1 x 1 in plane), the checkpoint
+    keeps the plan, ``detloss-predict`` writes each mask in its input's shape and affine, ``detloss-eval`` rebuilds
+    the run from the checkpoint alone."""
+    import subprocess
+    import sys
+
+    from conftest import compose_config
+
+    from detloss.train import train
+
+    zooms = [(1.0, 1.0, z) for z in (2.0, 3.0, 4.5, 2.0, 3.0, 4.5)]
+    root = make_dataset(tmp_path / "ds", cases=6, shape=(8, 24, 24), zooms_xyz=zooms)
+    run = tmp_path / "run"
+    overrides = [f"paths.output_dir={run}", "task=volumetric", "data=nnunet", f"data.root={root}"]
+    overrides += ["data.plan.budget_minutes=0.3", "data.plan.min_steps=4", "data.plan.cache=false"]
+    overrides += ["model.base_channels=4", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "logger=none"]
+    train(compose_config(*overrides, "task.num_previews=0"))
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["spacing"] == [3.0, 1.0, 1.0]
+    ckpt = run / "checkpoints" / "last.ckpt"
+
+    def call(module, *args):
+        done = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    call("detloss.predict", f"ckpt_path={ckpt}", f"input={root / 'imagesTr'}", "output=out")
+    for case in ("case_000", "case_002"):  # 2 mm and 4.5 mm slices, neither at the plan's spacing
+        image = nib.load(str(root / "imagesTr" / f"{case}_0000.nii.gz"))
+        mask = nib.load(str(tmp_path / "out" / "masks" / f"{case}.nii.gz"))
+        assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+    call("detloss.eval", f"ckpt_path={ckpt}", "hydra.run.dir=eval")
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"val/dice", "val/dice/big", "val/dice/small"} <= record["metrics"].keys()
+
+
 class Threshold(torch.nn.Module):
     """A volumetric task's ``infer``: label 1 where the first channel is above 0 (after preprocessing)."""
 
@@ -457,3 +540,4 @@ def test_bad_planning_input_is_refused_naming_the_argument(tmp_path):
     for normalization, message in bad:
         with pytest.raises(ValueError, match=rf"data.normalization.*{message}"):
             NnUNetDataModule(root, normalization=normalization)
+

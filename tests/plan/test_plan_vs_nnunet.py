@@ -5,14 +5,14 @@ anisotropic and isotropic, small and large, one and four channels, CT and MR.
 
 Skipped where nnunetv2 is not installed (the ``tools`` extra). What must agree: the target spacing, the median shape
 at it, the normalisation of each channel (scheme, mask, CT statistics), and the topology (poolings per axis and
-kernels) of nnU-Net's patch. Where nnU-Net's patch was not shrunk for GPU memory, detloss's unshrunk patch equals
-it; detloss then chooses among shrunken patches by measured time on a CPU, not by memory (``detloss.plan.budget``).
+kernels) of nnU-Net's patch, and the patch: where nnU-Net did not shrink it for GPU memory, detloss's unshrunk patch
+equals it, and where nnU-Net did (under small memory targets here), it is one of detloss's shrinking steps; detloss
+then chooses among them by measured time on a CPU or measured memory on a GPU (``detloss.plan.budget``).
 """
 
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("nnunetv2")
@@ -23,7 +23,14 @@ from nnunet_plan import nnunet_plan  # noqa: E402
 from nnunet_raw import write_nnunet_dataset  # noqa: E402
 
 from detloss.data import NnUNetDataset  # noqa: E402
-from detloss.plan import initial_patch, normalisation, target_spacing, topology, volume_fingerprint  # noqa: E402
+from detloss.plan import (  # noqa: E402
+    initial_patch,
+    normalisation,
+    shrink_patch,
+    target_spacing,
+    topology,
+    volume_fingerprint,
+)
 
 # name: (shape_xyz, spacing_xyz (one, or one a case), cases, channels, labels)
 DATASETS = {
@@ -89,14 +96,36 @@ def test_topology_of_nnunets_patch_agrees(pairs, name):
     assert [list(k) for k in kernels] == [list(k) for k in plan["conv_kernel_sizes"]]
 
 
+def ladder(spacing, median_shape) -> list[list[int]]:
+    """detloss's patches from the unshrunk one down, each :func:`shrink_patch`'s step from the one before."""
+    patches = [topology(spacing, initial_patch(spacing, median_shape))[1]]
+    while (smaller := shrink_patch(patches[-1], median_shape, spacing)) is not None:
+        patches.append(topology(spacing, smaller)[1])
+    return patches
+
+
 @pytest.mark.parametrize("name", DATASETS)
-def test_the_unshrunk_patch_agrees_where_nnunet_did_not_shrink(pairs, name):
+def test_nnunets_patch_is_on_detlosss_ladder(pairs, name):
+    """Unshrunk, nnU-Net's patch is detloss's first; shrunk for memory, it is one of detloss's shrinking steps."""
     fingerprint, plan = pairs[name]
     spacing = target_spacing(fingerprint)
-    ours = topology(spacing, initial_patch(spacing, fingerprint.median_shape_at(spacing)))[1]
-    median = plan["median_image_size_in_voxels"]
-    shrunk = any(p < min(m, 256) - 16 for p, m in zip(plan["patch_size"], median))
-    if shrunk:
-        assert np.prod(ours) >= np.prod(plan["patch_size"])
-    else:
-        assert ours == list(plan["patch_size"])
+    patches = ladder(spacing, fingerprint.median_shape_at(spacing))
+    assert list(plan["patch_size"]) in patches
+    shrunk = any(p < min(m, 256) - 16 for p, m in zip(plan["patch_size"], plan["median_image_size_in_voxels"]))
+    if not shrunk:
+        assert patches[0] == list(plan["patch_size"])
+
+
+# name, GPU memory target (GB) under which nnU-Net shrinks the patch of these datasets several steps
+SHRUNK = [("large_iso", 2), ("large_iso", 4), ("mr_1x1x2", 1), ("aniso_thick", 0.05)]
+
+
+@pytest.mark.parametrize(("name", "gigabytes"), SHRUNK)
+def test_the_shrinking_steps_are_nnunets(name, gigabytes, tmp_path):
+    """nnU-Net under a small memory target: its patch is on detloss's ladder, at least two steps down (the rule
+    that picks the axis, of equals the last, and the step recomputed for the smaller patch)."""
+    shape, spacing, cases, channels, labels = DATASETS[name]
+    write_nnunet_dataset(tmp_path, shape, spacing, cases, channels, labels, seed=1)
+    plan = nnunet_plan(tmp_path, gpu_memory_target_in_gb=gigabytes, intensity_samples=20_000)
+    patches = ladder(plan["spacing"], plan["median_image_size_in_voxels"])
+    assert list(plan["patch_size"]) in patches[2:], (plan["patch_size"], patches)
