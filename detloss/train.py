@@ -50,6 +50,7 @@ __all__ = [
     "build",
     "plan_run",
     "adapt_to_data",
+    "task_for_data",
     "build_task",
     "compile_model",
     "geometry",
@@ -85,8 +86,52 @@ def adapt_to_data(cfg: DictConfig, datamodule) -> None:
     ``detloss-plan`` alike): the region recipe where the data has regions (:func:`choose_region_loss`), and the loss
     terms' ``class_weights: inverse_frequency`` and the like as lists of the training split's weights, so that the
     resolved config (run directory, checkpoints) keeps them (:mod:`detloss.data.class_weights`)."""
+    check_task_fits_data(cfg, type(datamodule))
     choose_region_loss(cfg, datamodule.describe())
     resolve_class_weights(cfg.loss, datamodule.class_names, datamodule.class_counts)
+
+
+def task_for_data(datamodule_class: type) -> str:
+    """The task that trains data of ``datamodule_class``: ``"detection"`` (a :class:`~detloss.data.base.
+    DetectionDataModule`), ``"segmentation"`` (2D masks) or ``"volumetric"`` (volumes, nnU-Net and Decathlon
+    layouts); ``""`` for another class."""
+    from .data.base import DetectionDataModule, SegmentationDataModule
+    from .data.nnunet import NnUNetDataModule
+
+    kinds = (
+        (DetectionDataModule, "detection"),
+        (SegmentationDataModule, "segmentation"),
+        (NnUNetDataModule, "volumetric"),
+    )
+    return next((kind for cls, kind in kinds if issubclass(datamodule_class, cls)), "")
+
+
+def check_task_fits_data(cfg: DictConfig, datamodule_class: type) -> None:
+    """Refuse data of ``datamodule_class`` where the configured task is built for another kind of data
+    (``data=nnunet`` under the default ``task=detection``), before a model of the wrong kind meets it; a task class
+    of the user's own passes.
+
+    Raises:
+        ValueError: naming the data, its kind and the ``task=`` to give.
+    """
+    from . import tasks
+
+    built_in = {
+        "detection": tasks.DetectionTask,
+        "segmentation": tasks.SegmentationTask,
+        "volumetric": tasks.VolumetricTask,
+    }
+    kind, target = task_for_data(datamodule_class), OmegaConf.select(cfg, "task._target_")
+    if kind not in built_in or target is None:
+        return
+    task_class = hydra.utils.get_class(target)
+    others = tuple(cls for name, cls in built_in.items() if name != kind)
+    if issubclass(task_class, others) and not issubclass(task_class, built_in[kind]):
+        raise ValueError(
+            f"data ({datamodule_class.__name__}) is {kind} data, but the task is {cfg.get('task_name')!r} "
+            f"({task_class.__name__}); give task={kind}"
+            + (" (or task=brats for overlapping regions)" if kind == "volumetric" else "")
+        )
 
 
 def choose_region_loss(cfg: DictConfig, data: Mapping[str, Any]) -> None:

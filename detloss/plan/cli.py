@@ -5,17 +5,21 @@ It composes the training config (``train.yaml``) with the same overrides as ``de
 plans as a run would (:func:`detloss.planning.plan_run`: measured candidates on this machine where values are left to
 the plan), and prints the fingerprint's summary and the plan::
 
-    detloss-plan task=volumetric data=nnunet data.root=/data/Dataset001 [data.plan.budget_minutes=20]
-    detloss-plan task=segmentation data=masks data.root=/data/masks data.num_classes=11
+    detloss-plan data=nnunet data.root=/data/Dataset001 [data.plan.budget_minutes=20]
+    detloss-plan data=masks data.root=/data/masks data.num_classes=11
 
-Detection data (``data=coco``, ``yolo``, ``shapes``) is not planned: its fingerprint alone is printed.
+Without ``task=`` on the command line the data's own task is planned (``task=volumetric`` for volumes,
+``task=segmentation`` for 2D masks; the line that says so is printed); a given ``task=`` that does not train the
+data is refused, as ``detloss-train`` refuses it. Detection data (``data=coco``, ``yolo``, ``shapes``) is not
+planned: its fingerprint alone is printed.
 """
 
 from __future__ import annotations
 
 import hydra
 import numpy as np
-from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from ..config import CONFIG_SOURCE
@@ -87,6 +91,7 @@ def main(cfg: DictConfig) -> None:
     from ..planning import plan_run
     from ..train import adapt_to_data
 
+    cfg = _with_the_task_of_its_data(cfg)
     datamodule = instantiate(cfg.data)
     if isinstance(datamodule, DetectionDataModule):
         from .images import detection_fingerprint
@@ -102,6 +107,26 @@ def main(cfg: DictConfig) -> None:
     print("Fingerprint:\n" + describe_fingerprint(fingerprint))
     adapt_to_data(cfg, datamodule)  # the loss that training would plan with: regions, computed class weights
     plan_run(cfg, datamodule)  # logs the plan's table
+
+
+def _with_the_task_of_its_data(cfg: DictConfig) -> DictConfig:
+    """``cfg``, or where the command line gives no ``task=`` and the default task does not train the data, the
+    config composed again with the data's task (:func:`~detloss.train.task_for_data`)."""
+    from hydra import compose
+
+    from ..train import check_task_fits_data, task_for_data
+
+    data_class = get_class(cfg.data._target_)
+    try:
+        check_task_fits_data(cfg, data_class)
+        return cfg
+    except ValueError:
+        overrides = list(HydraConfig.get().overrides.task)
+        if any(o.lstrip("+~").startswith("task=") for o in overrides):
+            raise
+    kind = task_for_data(data_class)
+    print(f"detloss-plan: {data_class.__name__} is {kind} data, planned as task={kind} (give task=... for another)")
+    return compose(config_name="train", overrides=[*overrides, f"task={kind}"])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ budget with a known step cost, resampling, and the plan through a run, its check
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -541,3 +542,38 @@ def test_bad_planning_input_is_refused_naming_the_argument(tmp_path):
         with pytest.raises(ValueError, match=rf"data.normalization.*{message}"):
             NnUNetDataModule(root, normalization=normalization)
 
+
+# --- detloss-plan and the task of the data --------------------------------------------------------------------------
+
+
+def test_detloss_plan_plans_volumes_without_being_told_the_task(tmp_path):
+    """The command of a user who brings volumes: ``detloss-plan data=nnunet data.root=DIR``, no ``task=``."""
+    import subprocess
+    import sys
+
+    root = make_dataset(tmp_path / "ds", cases=6, shape=(8, 24, 24))
+    overrides = ["data=nnunet", f"data.root={root}", "data.plan.budget_minutes=0.5", "data.plan.min_steps=5"]
+    overrides += ["data.plan.cache=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "detloss.plan", *overrides], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert "NnUNetDataModule is volumetric data, planned as task=volumetric" in out
+    assert "cases: 6" in out and "spacing (mm, D H W): median 3 × 1 × 1" in out
+    assert re.search(r"target spacing \(mm, D H W\) +3 × 1 × 1", out) and "measured step / window" in out
+
+
+def test_a_task_that_does_not_train_the_data_is_refused_by_name(tmp_path):
+    from conftest import compose_config
+
+    from detloss.data import MaskDataModule
+    from detloss.train import check_task_fits_data, task_for_data
+
+    assert task_for_data(NnUNetDataModule) == "volumetric" and task_for_data(MaskDataModule) == "segmentation"
+    with pytest.raises(ValueError, match=r"NnUNetDataModule\) is volumetric data, but the task is 'detection'.*task="):
+        check_task_fits_data(compose_config("data=nnunet", "data.root=x"), NnUNetDataModule)
+    with pytest.raises(ValueError, match=r"MaskDataModule\) is segmentation data.*give task=segmentation"):
+        check_task_fits_data(compose_config("task=volumetric"), MaskDataModule)
+    check_task_fits_data(compose_config("task=brats"), NnUNetDataModule)  # BraTS trains volumes
+    check_task_fits_data(compose_config("task=segmentation"), MaskDataModule)
