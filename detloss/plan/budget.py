@@ -220,7 +220,9 @@ def plan_volumes(
     common = dict(spacing=spacing, normalization=norm, foreground_fraction=fraction)
     common |= dict(machine=machine(), given=sorted(given))
 
-    def make(patch, width, budget, epochs=None, per_epoch=None, step=None, window=None, candidates=(), val=None, **kw):
+    def make(
+        patch, width, budget, epochs=None, per_epoch=None, step=None, window=None, candidates=(), val=None, size=batch
+    ):
         if "patch_size" in given:  # the given patch stands as given (the model refuses one it cannot take)
             depth = int(given.get("depth") or topology(spacing, patch)[0])
             try:
@@ -235,7 +237,7 @@ def plan_volumes(
             kernels=[list(k) for k in kernels],
             pools=[list(p) for p in pools],
             base_channels=width,
-            batch_size=kw.get("batch", batch),
+            batch_size=size,
             patches_per_epoch=given.get("patches_per_epoch", per_epoch),
             epochs=given.get("epochs", epochs),
             budget=budget,
@@ -306,18 +308,18 @@ def _plan_memory(patches, widths, batch, dataset_voxels, measure, memory_gib, ma
     """nnU-Net's rule: the widest network and the largest patch whose measured training step of batch 2 (or the
     given ``batch``) fits ``memory_gib``, then (``batch`` None) the batch that fills the memory, capped at 5 % of the
     ``dataset_voxels`` and at least 2; nnU-Net's 250 steps an epoch."""
-    width, measured = widths[0], []
+    width, measured, measured_batch = widths[0], [], batch or BATCH
     for patch in patches:
-        m = measure(patch, width, batch or BATCH)
+        m = measure(patch, width, measured_batch)
         measured.append({"patch_size": list(patch), "base_channels": width, "memory_gib": m["memory_gib"]})
         if m["memory_gib"] <= memory_gib:
             break
     else:
         budget = f"{memory_gib:g} GiB (smallest patch; none fits)"
-        size = batch or BATCH
-        return make(patches[-1], width, budget, candidates=measured, per_epoch=NNUNET_STEPS * size, batch=size)
+        per_epoch = NNUNET_STEPS * measured_batch
+        return make(patches[-1], width, budget, candidates=measured, per_epoch=per_epoch, size=measured_batch)
     if batch is None:  # a step's memory taken as proportional to its batch, as nnU-Net scales its estimate
-        fills = math.floor(BATCH * memory_gib / m["memory_gib"])
+        fills = math.floor(measured_batch * memory_gib / m["memory_gib"])
         covers = round(MAX_DATASET_COVERED * dataset_voxels / _voxels(patch))
         batch = max(min(fills, covers), BATCH)
     return make(
@@ -328,7 +330,7 @@ def _plan_memory(patches, widths, batch, dataset_voxels, measure, memory_gib, ma
         window=m["window_seconds"],
         candidates=measured,
         per_epoch=NNUNET_STEPS * batch,
-        batch=batch,
+        size=batch,
     )
 
 

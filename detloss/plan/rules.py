@@ -162,9 +162,10 @@ def shrink_patch(patch: Sequence[int], median_shape: Sequence[int], spacing: Seq
     patch = [int(p) for p in patch]
     relative = np.array([p / max(m, 1) for p, m in zip(patch, median_shape)], dtype=np.float64)
     order = np.lexsort((np.arange(len(patch)), relative))[::-1]  # largest first; of equals, the last axis first
+    multiple = _multiple(spacing, patch)
     for axis in order:
         trial = list(patch)
-        trial[axis] -= _multiple(spacing, patch)[axis]
+        trial[axis] -= multiple[axis]
         if trial[axis] < 2 * MIN_FEATURE:
             continue
         smaller = list(patch)
