@@ -301,7 +301,7 @@ class VolumeWriter(PredictionWriter):
         case, paths, volumes, spacing = read
         planned = "normalization" in self.data  # a checkpoint of a planned run; an older one used every case as it is
         target = self.data.get("spacing") if planned else None
-        image = preprocess(volumes, spacing, target, self.data.get("normalization"))
+        image = preprocess(volumes, spacing, target, self.data.get("normalization"), f"case {case!r}")
         logits = self.task.infer(torch.from_numpy(image)[None].to(self.task.device))
         labels = labels_of(resize_logits(logits, volumes[0].shape), self.data)[0].cpu()
         values = labels.numpy().transpose(2, 1, 0)  # (D, H, W) to the file's (x, y, z)

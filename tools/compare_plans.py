@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         records[root.name] = {"detloss": ours, "nnunet": theirs}
         same = "yes" if all(abs(a - b) <= 1e-4 * b for a, b in zip(ours["spacing"], theirs["spacing"])) else "NO"
         norm = ", ".join(
-            "CT" if n["scheme"] == "ct" else "z" + ("/mask" if n.get("nonzero_mask") else "")
+            {"ct": "CT", "zscore": "z" + ("/mask" if n.get("nonzero_mask") else "")}.get(n["scheme"], n["scheme"])
             for n in ours["normalization"]
         )
         row = [

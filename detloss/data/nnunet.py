@@ -224,7 +224,9 @@ class NnUNetDataset:
         if index in self._images:
             return self._images[index]
         case = self.cases[index]
-        image = preprocess(self.read_channels(index), case.spacing, self.target_spacing, self.normalization)
+        image = preprocess(
+            self.read_channels(index), case.spacing, self.target_spacing, self.normalization, f"case {case.name!r}"
+        )
         if self.cache:
             self._images[index] = image
         return image

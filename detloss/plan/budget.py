@@ -135,7 +135,9 @@ def _describe_norm(norm: Mapping[str, Any]) -> str:
     if norm["scheme"] == "ct":
         low, high = norm["clip"]
         return f"CT clip [{low:.4g}, {high:.4g}] then (x − {norm['mean']:.4g}) / {norm['std']:.4g}"
-    return "z-score" + (" in the non-zero region" if norm.get("nonzero_mask") else "")
+    if norm["scheme"] == "zscore":
+        return "z-score" + (" in the non-zero region" if norm.get("nonzero_mask") else "")
+    return {"none": "none (as stored)", "rescale_to_0_1": "rescaled to [0, 1]", "rgb_to_0_1": "x / 255"}[norm["scheme"]]
 
 
 def _voxels(patch: Sequence[int]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -72,13 +73,26 @@ def write_json(paths: Sequence[Path], data: dict) -> Path | None:
 
 
 def machine() -> str:
-    """The machine a plan was measured on, in words (its CPU count, or the GPU's name): part of a kept plan's key,
-    so it names nothing that differs between the processes of one run (torch's thread count does)."""
+    """The machine a plan was measured on, in words: the GPU's name, or the CPU's model and count, and the torch
+    that measured it; part of a kept plan's key, so that a plan measured on another processor or under another
+    torch is measured anew, and naming nothing that differs between the processes of one run (torch's thread count
+    does)."""
     import torch
 
     if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name()}"
-    return f"cpu: {os.cpu_count()} cores"
+        return f"cuda: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"cpu: {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``, else :func:`platform.processor`), or its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def kept(

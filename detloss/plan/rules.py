@@ -7,10 +7,12 @@ supplement), and nnU-Net v2's default experiment planner. The rules, in detloss'
   3 times the coarsest of the others *and* holds fewer than a third of the voxels of the shortest other axis (a
   stack of thick slices), its spacing is the 10th percentile of the cases' spacings along it instead (not finer
   than the other axes).
-* **Normalisation** (:func:`normalisation`): a channel named CT (any case) is clipped to the 0.5 and 99.5
-  percentiles of the dataset's foreground intensities and z-scored with the foreground's mean and std; every other
-  channel is z-scored per case, inside the non-zero region only when cropping to it removes a quarter of the volume
-  or more (the median case), and is 0 outside it.
+* **Normalisation** (:func:`normalisation`): by the channel's name in ``dataset.json`` (any case), as nnU-Net v2
+  maps it: ``CT`` is clipped to the 0.5 and 99.5 percentiles of the dataset's foreground intensities and z-scored
+  with the foreground's mean and std; ``noNorm`` is left as it is; ``rescale_to_0_1`` is rescaled to [0, 1] per
+  case; ``rgb_to_0_1`` is divided by 255; every other channel (``zscore``, ``T1``, ``FLAIR``, …) is z-scored per
+  case, inside the non-zero region only when cropping to it removes a quarter of the volume or more (the median
+  case), and is 0 outside it.
 * **Patch size** (:func:`initial_patch`): a cube of 256³ voxels' worth of physical extent, shaped by the spacing
   (``1 / spacing`` aspect), then clipped to the median shape of the cases at the target spacing.
 * **Topology** (:func:`topology`): poolings per axis and kernel sizes by :func:`plan_stages` (an axis
@@ -101,13 +103,21 @@ def target_spacing(fingerprint: VolumeFingerprint) -> tuple[float, float, float]
     return tuple(float(s) for s in target)
 
 
+NAMED_SCHEMES = {"nonorm": "none", "rescale_to_0_1": "rescale_to_0_1", "rgb_to_0_1": "rgb_to_0_1"}
+"""Channel names (casefolded) that nnU-Net v2 normalises by a scheme without statistics, and detloss's scheme."""
+
+
 def normalisation(fingerprint: VolumeFingerprint) -> list[dict]:
-    """One normalisation per channel: ``{"scheme": "ct", "clip": [low, high], "mean", "std"}`` or
-    ``{"scheme": "zscore", "nonzero_mask": bool}`` (see the module docstring)."""
+    """One normalisation per channel, by its name (see the module docstring): ``{"scheme": "ct", "clip": [low,
+    high], "mean", "std"}``, ``{"scheme": "none"}``, ``{"scheme": "rescale_to_0_1"}``, ``{"scheme": "rgb_to_0_1"}``
+    or ``{"scheme": "zscore", "nonzero_mask": bool}`` (:func:`detloss.data.preprocess.normalise` applies them)."""
     use_mask = fingerprint.median_relative_size_after_cropping < 0.75
     schemes = []
     for name, stats in zip(fingerprint.channel_names, fingerprint.intensities):
-        if name.strip().upper() == "CT":
+        key = name.strip().casefold()
+        if key in NAMED_SCHEMES:
+            schemes.append({"scheme": NAMED_SCHEMES[key]})
+        elif key == "ct":
             if stats["p00_5"] == stats["p99_5"]:
                 raise ValueError(
                     f"channel {name!r} is CT, but the dataset has no foreground intensities to clip it to (no case "

@@ -4,6 +4,7 @@ budget with a known step cost, resampling, and the plan through a run, its check
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from detloss.plan import (
     cached_plan,
     crop_to_nonzero_box,
     initial_patch,
+    machine,
     normalisation,
     plan_volumes,
     shrink_patch,
@@ -120,6 +122,25 @@ def test_ct_channels_are_clipped_to_the_foreground_percentiles_and_mr_channels_z
     assert out.ravel().tolist() == pytest.approx([0.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="normalization scheme"):
         normalise(body, {"scheme": "minmax"})
+
+
+def test_nnunets_other_channel_names_get_its_schemes_and_rgb_out_of_range_is_refused_naming_the_case(tmp_path):
+    names = ("noNorm", "RESCALE_TO_0_1", "rgb_to_0_1", "zscore", "FLAIR")
+    fp = fingerprint([(1.0,) * 3], [(64,) * 3], channels=names)
+    schemes = [n["scheme"] for n in normalisation(fp)]
+    assert schemes == ["none", "rescale_to_0_1", "rgb_to_0_1", "zscore", "zscore"]
+    volume = np.array([[[-2.0, 0.0, 6.0]]])
+    assert normalise(volume, {"scheme": "none"}).ravel().tolist() == [-2.0, 0.0, 6.0]
+    assert normalise(volume, {"scheme": "rescale_to_0_1"}).ravel().tolist() == pytest.approx([0.0, 0.25, 1.0])
+    assert normalise(np.full((1, 1, 3), 7.0), {"scheme": "rescale_to_0_1"}).ravel().tolist() == [0.0] * 3
+    assert normalise(np.array([[[0.0, 51.0, 255.0]]]), {"scheme": "rgb_to_0_1"}).ravel().tolist() == pytest.approx(
+        [0.0, 0.2, 1.0]
+    )
+    root = make_dataset(tmp_path / "ds", cases=5, channel_names=("T1", "T2", "rgb_to_0_1"))  # the 3rd near 300
+    dataset = NnUNetDataset(root)
+    dataset.prepare(normalization=[{"scheme": "zscore"}, {"scheme": "zscore"}, {"scheme": "rgb_to_0_1"}])
+    with pytest.raises(ValueError, match=r"case 'case_000', channel 2: an 'rgb_to_0_1' channel must hold values in"):
+        dataset.image(0)
 
 
 def test_the_initial_patch_is_shaped_by_the_spacing_and_clipped_to_the_median_shape():
@@ -250,7 +271,7 @@ def test_on_a_gpu_the_batch_fills_the_memory_left_up_to_5_percent_of_the_dataset
     assert given.batch_size == 3 and "batch_size" in given.given
 
 
-def test_a_plan_is_cached_per_fingerprint_and_machine(tmp_path):
+def test_a_plan_is_cached_per_fingerprint_and_machine(tmp_path, monkeypatch):
     fp = fingerprint([(1.0, 1.0, 1.0)] * 3, [(32, 32, 32)] * 3)
     calls = []
 
@@ -264,6 +285,22 @@ def test_a_plan_is_cached_per_fingerprint_and_machine(tmp_path):
     assert again == first and len(calls) == count
     cached_plan(fp, measure, cache_dir=tmp_path, budget_minutes=6, min_steps=100)
     assert len(calls) > count
+    # another torch (or another processor) measures anew: its steps take other times
+    count = len(calls)
+    monkeypatch.setattr(torch, "__version__", "0.0.other")
+    cached_plan(fp, measure, cache_dir=tmp_path, budget_minutes=5, min_steps=100)
+    assert len(calls) > count
+
+
+def test_the_machine_of_a_plan_names_the_processor_its_cores_and_torch():
+    words = machine()
+    assert words.endswith(f"torch {torch.__version__}")
+    if not torch.cuda.is_available():
+        assert f"{os.cpu_count()} cores" in words
+        info = Path("/proc/cpuinfo")
+        lines = info.read_text().splitlines() if info.exists() else []
+        models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        assert not models or models[0] in words
 
 
 # --- fingerprint and resampling on files ---------------------------------------------------------------------------
@@ -533,7 +570,8 @@ def test_bad_planning_input_is_refused_naming_the_argument(tmp_path):
     with pytest.raises(ValueError, match=r"data.target_spacing must be 3 positive numbers"):
         NnUNetDataModule(root, target_spacing=[1.0, 2.0])
     bad = [
-        ([{"scheme": "minmax"}], "scheme must be 'zscore' or 'ct'"),
+        ([{"scheme": "minmax"}], "scheme must be one of"),
+        ([{"scheme": "none", "mean": 0}], "a 'none' scheme has the keys"),
         ([{"scheme": "ct", "mean": 0, "std": 1}], "a 'ct' scheme has the keys"),
         ([{"scheme": "zscore"}, {"scheme": "zscore"}], "one scheme per channel"),
         ([{"scheme": "ct", "clip": [5, 1], "mean": 0, "std": 1}], "low <= high"),

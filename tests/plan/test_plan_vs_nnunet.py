@@ -23,6 +23,7 @@ from nnunet_plan import nnunet_plan  # noqa: E402
 from nnunet_raw import write_nnunet_dataset  # noqa: E402
 
 from detloss.data import NnUNetDataset  # noqa: E402
+from detloss.data.preprocess import normalise  # noqa: E402
 from detloss.plan import (  # noqa: E402
     initial_patch,
     normalisation,
@@ -46,6 +47,15 @@ DATASETS = {
     "x_coarse": ((12, 40, 36), (4, 1, 1), 3, ["MR"], ["a"]),
     "mr_1x1x2": ((96, 96, 64), (1, 1, 2), 3, ["T1", "T2"], ["a", "b", "c"]),
     "large_iso": ((160, 160, 96), (1, 1, 1), 2, ["T1"], ["a", "b", "c"]),
+    "named_schemes": ((32, 32, 24), (1, 1, 1.5), 3, ["noNorm", "RESCALE_TO_0_1", "rgb_to_0_1", "zscore"], ["a"]),
+}
+
+NNUNET_SCHEME = {
+    "ct": "CTNormalization",
+    "zscore": "ZScoreNormalization",
+    "none": "NoNormalization",
+    "rescale_to_0_1": "RescaleTo01Normalization",
+    "rgb_to_0_1": "RGBTo01Normalization",
 }
 
 
@@ -78,13 +88,26 @@ def test_normalisation_agrees(pairs, name):
     for norm, scheme, mask, stats in zip(
         ours, plan["normalization_schemes"], plan["use_mask_for_norm"], stats_per_channel
     ):
-        assert scheme == {"ct": "CTNormalization", "zscore": "ZScoreNormalization"}[norm["scheme"]]
+        assert scheme == NNUNET_SCHEME[norm["scheme"]]
         if norm["scheme"] == "ct":
             # both sample the foreground (nnU-Net 2e5 voxels here, detloss up to 10,000 a case): close, not equal
             assert norm["mean"] == pytest.approx(stats["mean"], rel=0.05, abs=2.0)
             assert norm["clip"] == pytest.approx([stats["percentile_00_5"], stats["percentile_99_5"]], rel=0.05, abs=5)
-        else:
+        elif norm["scheme"] == "zscore":
             assert norm["nonzero_mask"] == mask
+        else:
+            assert not mask  # nnU-Net masks only z-scored channels
+
+
+@pytest.mark.parametrize("scheme", ["none", "rescale_to_0_1", "rgb_to_0_1", "zscore"])
+def test_each_scheme_normalises_as_nnunets_own_class(scheme):
+    """detloss's :func:`normalise` against nnU-Net's normalisation class of the same name, on one volume."""
+    import numpy as np
+    from nnunetv2.preprocessing.normalization import default_normalization_schemes as nnunet
+
+    volume = np.random.default_rng(0).uniform(3.0, 250.0, (6, 7, 8)).astype(np.float32)
+    theirs = getattr(nnunet, NNUNET_SCHEME[scheme])(use_mask_for_norm=False, intensityproperties={}).run(volume.copy())
+    assert normalise(volume, {"scheme": scheme}) == pytest.approx(theirs, rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", DATASETS)
