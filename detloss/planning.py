@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .plan import VolumePlan, cached_plan
+from .plan import MIN_STEPS, VolumePlan, cached_plan
 from .plan.image_plan import ImagePlan
 
 __all__ = ["plan_run"]
@@ -95,7 +95,7 @@ def _plan_volumes(cfg, datamodule, options, given, planned, on_gpu) -> VolumePla
         measure,
         budget_minutes=None if on_gpu else options.get("budget_minutes", 10.0),
         memory_gib=options.get("memory_gib", 8.0) if on_gpu else None,
-        min_steps=options.get("min_steps", 500),
+        min_steps=options.get("min_steps", MIN_STEPS),
         num_val_cases=len(datamodule.val_cases),
         num_cases=len(datamodule.train_cases) + len(datamodule.val_cases),
         given=given,

@@ -9,7 +9,7 @@ the trainer read; the run (:func:`detloss.planning.plan_run`) fills what the con
 logs it, writes it to the run directory and stores it in the checkpoints.
 """
 
-from .budget import Measure, VolumePlan, cached_plan, plan_volumes
+from .budget import MIN_STEPS, Measure, VolumePlan, cached_plan, plan_volumes
 from .cache import machine
 from .fingerprint import VolumeFingerprint, crop_to_nonzero_box, volume_fingerprint
 from .image_plan import ImagePlan, cached_image_plan, class_weights, plan_images
@@ -24,6 +24,7 @@ __all__ = [
     "detection_fingerprint",
     "mask_fingerprint",
     "plan_images",
+    "MIN_STEPS",
     "Measure",
     "cached_plan",
     "VolumePlan",

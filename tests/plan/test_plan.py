@@ -17,6 +17,7 @@ from detloss.data import NnUNetDataModule, NnUNetDataset, read_volume
 from detloss.data.preprocess import normalise, preprocess
 from detloss.data.resample import resample_image, resample_labels, resampled_shape
 from detloss.plan import (
+    MIN_STEPS,
     VolumeFingerprint,
     cached_plan,
     crop_to_nonzero_box,
@@ -222,6 +223,18 @@ def test_the_time_budget_picks_the_largest_recipe_that_trains_enough_steps(chann
     assert steps >= 500 and plan.epochs >= 1
     total = steps * plan.step_seconds + plan.epochs * plan.window_seconds * 2
     assert total <= 600
+
+
+def test_by_default_a_cpu_plan_trains_1000_steps_and_more_steps_ask_for_a_smaller_step():
+    from conftest import compose_config
+
+    fp = fingerprint([(1.0, 1.0, 1.0)] * 4, [(64, 64, 64)] * 4)
+    plan = plan_volumes(fp, cost, budget_minutes=20, num_val_cases=2)
+    assert MIN_STEPS == 1000 and plan.epochs * plan.patches_per_epoch / plan.batch_size >= MIN_STEPS
+    fewer = plan_volumes(fp, cost, budget_minutes=20, min_steps=500, num_val_cases=2)
+    assert plan.step_seconds < fewer.step_seconds and plan.step_seconds * MIN_STEPS <= 1200 * (1 - 1 / 6) - 20
+    for data in ("nnunet", "msd"):  # the user's data: the configs ask for the planner's default
+        assert compose_config(f"data={data}", "data.root=x").data.plan.min_steps == MIN_STEPS
 
 
 def test_a_tiny_volume_is_planned_whole_and_a_generous_budget_takes_the_widest_network():
