@@ -401,3 +401,35 @@ def test_brats_comparison_runs_both_recipes(tmp_path):
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert len(rows) == sum(len(r["0"]["curve"]) for r in results.values())
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_plot_runs_tables_each_seed_against_the_others_and_refuses_other_data(tmp_path):
+    import plot_runs
+
+    def record(data, recipe, curves):
+        runs = {str(s): {"curve": [[t, d, {"a": d}] for t, d in c], "steps": 10, "seconds": 60} for s, c in curves}
+        return {"data": f"/x/{data}", "minutes": 12, "results": {recipe: runs}}
+
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(record("mr", "detloss", [(0, [(100, 0.5), (200, 0.9)]), (1, [(100, 0.7), (200, 0.8)])])))
+    b.write_text(json.dumps(record("mr", "monai", [(0, [(150, 0.6), (300, 0.7)]), (1, [(150, 0.85), (300, 0.85)])])))
+    c.write_text(json.dumps(record("ct", "monai", [(0, [(150, 0.6)])])))
+    results, data = plot_runs.read_runs([f"ours={a}:detloss", f"theirs={b}:monai"])
+    assert data == "mr" and list(results) == ["ours", "theirs"]
+    rows = plot_runs.reach_table(results).splitlines()
+    # seed 0: ours reaches their final 0.7 at 200 s, theirs never reaches 0.9; seed 1: ours never reaches 0.85,
+    # theirs passes our final 0.8 at its first point
+    assert rows[0].startswith("| recipe | seed | final Dice | a | steps | time to ours's final |")
+    assert rows[2] == "| ours | 0 | 0.900 | 0.900 | 10 | – | 200 s to 0.700 |"
+    assert rows[3] == "| ours | 1 | 0.800 | 0.800 | 10 | – | not reached (0.850) |"
+    assert rows[4] == "| theirs | 0 | 0.700 | 0.700 | 10 | not reached (0.900) | – |"
+    assert rows[5] == "| theirs | 1 | 0.850 | 0.850 | 10 | 150 s to 0.800 | – |"
+    assert "ours: 0.850 ± 0.071 over 2 seeds" in rows[-3]
+    assert plot_runs.main([str(tmp_path / "p.png"), f"ours={a}:detloss", f"theirs={b}:monai"]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="different data"):
+        plot_runs.read_runs([f"ours={a}:detloss", f"ct={c}:monai"])
+    with pytest.raises(SystemExit, match="holds no runs of 'monai'"):
+        plot_runs.read_runs([f"ours={a}:monai"])
+    with pytest.raises(SystemExit, match="NAME=FILE:RECIPE"):
+        plot_runs.read_runs([str(a)])
