@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from side_by_side import plot, time_to_reach  # noqa: E402
+from side_by_side import plot, spread, time_to_reach  # noqa: E402
 
 __all__ = ["read_runs", "reach_table", "main"]
 
@@ -71,8 +70,7 @@ def reach_table(results: dict[str, dict]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     for name in names:
         finals = [run["curve"][-1][1] for run in results[name].values()]
-        spread = f" ± {statistics.stdev(finals):.3f}" if len(finals) > 1 else ""
-        lines.append(f"\n{name}: {statistics.mean(finals):.3f}{spread} over {len(finals)} seeds")
+        lines.append(f"\n{name}: {spread(finals)} over {len(finals)} seeds")
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "Clock",
     "read_curve",
     "run_detloss",
+    "spread",
     "time_to_reach",
     "summarise",
     "plot",
@@ -196,7 +197,8 @@ def run_detloss(
 # ------------------------------------------------------------------------------------------------------ summary
 
 
-def _spread(values: Sequence[float]) -> str:
+def spread(values: Sequence[float]) -> str:
+    """``mean ± sample std`` of ``values`` to three decimals (NaN and ``None`` left out; one value alone; "–" none)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "–"
@@ -223,7 +225,7 @@ def summarise(results: dict[str, dict], title: str = "") -> str:
     lines += ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
     for r in recipes:
         runs = list(results[r].values())
-        per_label = [_spread([run["curve"][-1][2].get(k, math.nan) for run in runs if run["curve"]]) for k in labels]
+        per_label = [spread([run["curve"][-1][2].get(k, math.nan) for run in runs if run["curve"]]) for k in labels]
         walls = [run["seconds"] for run in runs]
         wall = f"{statistics.mean(walls):.0f}" + (f" ± {statistics.stdev(walls):.0f}" if len(walls) > 1 else "")
         reach = "–"
@@ -239,7 +241,7 @@ def summarise(results: dict[str, dict], title: str = "") -> str:
                 if len(hit) < len(times):
                     reach += f" ({len(hit)} of {len(times)} seeds)"
         points = statistics.mean(len(run["curve"]) for run in runs)
-        cells = [r, str(len(runs)), _spread(finals[r]), *per_label, wall, f"{points:.0f}", reach]
+        cells = [r, str(len(runs)), spread(finals[r]), *per_label, wall, f"{points:.0f}", reach]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
